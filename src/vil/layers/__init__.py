@@ -1,0 +1,1 @@
+"""Building blocks of the ViL model, one concept per module."""

@@ -1,0 +1,147 @@
+"""The ViL block: pre-norm residual around an mLSTM layer (DESIGN.md section 2.1)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath
+from torch import nn
+
+from ..ops import mlstm
+from .conv import CausalConv1d, SequenceConv2d
+from .headwise import HeadwiseLinear
+from .norm import MultiHeadNorm, ResidualLayerNorm
+from .traversal import Traversal, from_traversal, to_traversal, traversal_grid
+
+
+class MLSTMCell(nn.Module):
+    """Gates, the mLSTM cell and its per-head output norm: q, k, v (B, S, E) -> (B, S, E)."""
+
+    def __init__(self, inner_dim: int, num_heads: int, norm_bias: bool, backend: str, chunk_size: int | None):
+        super().__init__()
+        self.num_heads = num_heads
+        self.backend = backend
+        self.chunk_size = chunk_size
+        self.igate = nn.Linear(3 * inner_dim, num_heads)
+        self.fgate = nn.Linear(3 * inner_dim, num_heads)
+        self.outnorm = MultiHeadNorm(inner_dim, bias=norm_bias)
+        nn.init.zeros_(self.fgate.weight)
+        with torch.no_grad():
+            self.fgate.bias.copy_(torch.linspace(3.0, 6.0, num_heads))
+        nn.init.zeros_(self.igate.weight)
+        nn.init.normal_(self.igate.bias, std=0.1)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        batch, seq_len, _ = q.shape
+        gate_input = torch.cat([q, k, v], dim=-1)  # (B, S, 3E)
+        gates = F.linear(  # both gates in one product: (B, S, 2 NH)
+            gate_input,
+            torch.cat([self.igate.weight, self.fgate.weight]),
+            torch.cat([self.igate.bias, self.fgate.bias]),
+        )
+        igate, fgate = gates.transpose(1, 2).chunk(2, dim=1)  # (B, NH, S) each
+        q, k, v = (x.view(batch, seq_len, self.num_heads, -1).transpose(1, 2) for x in (q, k, v))  # (B, NH, S, DH)
+        h = mlstm(q, k, v, igate, fgate, backend=self.backend, chunk_size=self.chunk_size)  # (B, NH, S, DH)
+        return self.outnorm(h)  # (B, S, E)
+
+
+class MLSTMBranch(nn.Module):
+    """What one traversal direction owns: the short conv, q/k/v projections, the cell and the learnable skip."""
+
+    def __init__(
+        self,
+        dim: int,
+        inner_dim: int,
+        num_heads: int,
+        qkv_block_size: int,
+        bias: bool,
+        conv_kind: str,
+        conv_kernel_size: int,
+        backend: str,
+        chunk_size: int | None,
+    ):
+        super().__init__()
+        if conv_kind == "2d":
+            self.conv = SequenceConv2d(inner_dim, conv_kernel_size)
+        else:
+            self.conv = CausalConv1d(inner_dim, conv_kernel_size)
+        self.q_proj, self.k_proj, self.v_proj = (HeadwiseLinear(inner_dim, qkv_block_size, bias) for _ in range(3))
+        self.mlstm_cell = MLSTMCell(inner_dim, num_heads, bias, backend, chunk_size)
+        self.learnable_skip = nn.Parameter(torch.ones(inner_dim))
+        for proj in (self.q_proj, self.k_proj, self.v_proj):
+            nn.init.normal_(proj.weight, std=math.sqrt(2 / (5 * dim)))  # scaled by the model width, not E
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int], has_cls: bool) -> torch.Tensor:
+        """x: (B, S, E) in traversal order, read as an image of ``grid`` -> (B, S, E), before the output gate."""
+        c = F.silu(self.conv(x, grid, has_cls))  # (B, S, E)
+        h = self.mlstm_cell(self.q_proj(c), self.k_proj(c), self.v_proj(x))  # (B, S, E)
+        return h + self.learnable_skip * c
+
+
+class MLSTMLayer(nn.Module):
+    """proj_up -> one branch per traversal (summed) -> output gate SiLU(z) -> proj_down."""
+
+    def __init__(
+        self,
+        dim: int,
+        traversals: tuple[Traversal, ...],
+        shared: bool,
+        num_blocks: int,
+        expansion: int = 2,
+        num_heads: int = 4,
+        qkv_block_size: int = 4,
+        bias: bool = True,
+        conv_kind: str = "2d",
+        conv_kernel_size: int = 3,
+        backend: str = "auto",
+        chunk_size: int | None = None,
+        init: str = "original",
+    ):
+        super().__init__()
+        inner_dim = expansion * dim
+        self.traversals = traversals
+        self.shared = shared
+        self.proj_up = nn.Linear(dim, 2 * inner_dim, bias=bias)
+        num_branches = 1 if shared else len(traversals)
+        self.branches = nn.ModuleList(
+            MLSTMBranch(
+                dim, inner_dim, num_heads, qkv_block_size, bias, conv_kind, conv_kernel_size, backend, chunk_size
+            )
+            for _ in range(num_branches)
+        )
+        self.proj_down = nn.Linear(inner_dim, dim, bias=bias)
+
+        nn.init.normal_(self.proj_up.weight, std=math.sqrt(2 / (5 * dim)))
+        # "original" is what the released weights used; "original-fixed" scales with the number of mLSTM blocks
+        down_std = 2 / math.sqrt(dim) / (num_blocks if init == "original-fixed" else 1)
+        nn.init.normal_(self.proj_down.weight, std=down_std)
+        for linear in (self.proj_up, self.proj_down):
+            if linear.bias is not None:
+                nn.init.zeros_(linear.bias)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int], has_cls: bool) -> torch.Tensor:
+        """x: (B, N, D) row-major tokens on ``grid`` -> (B, N, D)."""
+        x_mlstm, z = self.proj_up(x).chunk(2, dim=-1)  # (B, N, E) each
+        h = None
+        for index, traversal in enumerate(self.traversals):
+            branch = self.branches[0 if self.shared else index]
+            h_t = branch(to_traversal(x_mlstm, grid, traversal, has_cls), traversal_grid(grid, traversal), has_cls)
+            h_t = from_traversal(h_t, grid, traversal, has_cls)
+            h = h_t if h is None else h + h_t
+        # the output gate is per token, so it commutes with the reordering and is applied once to the sum
+        return self.proj_down(h * F.silu(z))
+
+
+class ViLBlock(nn.Module):
+    """x + drop_path(MLSTMLayer(LayerNorm(x)))."""
+
+    def __init__(self, dim: int, drop_path: float = 0.0, norm_bias: bool = True, **layer_kwargs):
+        super().__init__()
+        self.norm = ResidualLayerNorm(dim, bias=norm_bias)
+        self.layer = MLSTMLayer(dim, bias=norm_bias, **layer_kwargs)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int], has_cls: bool = False) -> torch.Tensor:
+        return x + self.drop_path(self.layer(self.norm(x), grid, has_cls))

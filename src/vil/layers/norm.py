@@ -1,0 +1,38 @@
+"""Normalisation layers whose weight is stored as a residual (used as ``1 + weight``), as in xLSTM."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ResidualLayerNorm(nn.Module):
+    """LayerNorm over the last dimension with weight ``1 + w`` (w initialised to 0) and an optional bias."""
+
+    def __init__(self, dim: int, bias: bool = True, eps: float = 1e-5):
+        super().__init__()
+        self.dim = dim
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (self.dim,), 1.0 + self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, bias={self.bias is not None}, eps={self.eps}"
+
+
+class MultiHeadNorm(ResidualLayerNorm):
+    """Per-head LayerNorm of the mLSTM cell output (GroupNorm with one group per head).
+
+    Input (B, NH, S, DH), output (B, S, NH * DH): the transpose back to the token layout is fused into the affine.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, heads, seq_len, head_dim = x.shape
+        x = F.layer_norm(x, (head_dim,), eps=self.eps)  # (B, NH, S, DH)
+        x = x.transpose(1, 2).reshape(batch, seq_len, heads * head_dim)  # (B, S, E)
+        x = x * (1.0 + self.weight)
+        return x if self.bias is None else x + self.bias

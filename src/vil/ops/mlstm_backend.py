@@ -1,0 +1,118 @@
+"""``mlstm``: one entry point for the three forms of the mLSTM cell, with automatic choice of form.
+
+All forms compute the same function (DESIGN.md section 2.2); they differ in cost:
+
+===========  =====================  ===================  ===============================
+form         time per token & head  memory               use
+===========  =====================  ===================  ===============================
+parallel     2*S*d                  S^2 per head         short sequences (<= a few 100)
+chunkwise    2*L*d + 2*d^2          S*L per head         long sequences: linear in S
+recurrent    2*d^2 (Python loop)    d^2 state            streaming, reference
+===========  =====================  ===================  ===============================
+
+The arithmetic always runs in float32 or float64: under bf16/fp16 autocast the inputs are promoted and the
+output is cast back, because the exponentials and the normaliser need the range.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .mlstm_chunkwise import mlstm_chunkwise
+from .mlstm_parallel import EPS, mlstm_parallel
+from .mlstm_recurrent import mlstm_recurrent
+from .mlstm_state import MLSTMState, check_state
+
+BACKENDS = ("auto", "parallel", "chunkwise", "recurrent")
+
+# Chosen from `python -m vil.bench cell` (one thread, this project's CPU; see docs/benchmarks.md): below
+# PARALLEL_MAX_TOKENS the S x S form is two big matrix products and wins; above it the chunkwise form wins and
+# its lead grows linearly with S.
+PARALLEL_MAX_TOKENS = 256
+CHUNK_SIZE_INFERENCE = 64
+CHUNK_SIZE_TRAINING = 128
+
+
+def choose_backend(seq_len: int, head_dim: int, needs_grad: bool, stateful: bool) -> tuple[str, int]:
+    """The fastest exact form for a sequence length and head size, and its chunk size."""
+    chunk_size = CHUNK_SIZE_TRAINING if needs_grad else CHUNK_SIZE_INFERENCE
+    if stateful or seq_len > PARALLEL_MAX_TOKENS:
+        return "chunkwise", chunk_size
+    return "parallel", chunk_size
+
+
+def mlstm(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    igate: torch.Tensor,
+    fgate: torch.Tensor,
+    backend: str = "auto",
+    chunk_size: int | None = None,
+    initial_state: MLSTMState | None = None,
+    return_state: bool = False,
+    eps: float = EPS,
+) -> torch.Tensor | tuple[torch.Tensor, MLSTMState]:
+    """The mLSTM cell.
+
+    Args:
+        q, k: (B, NH, S, DH); v: (B, NH, S, DHV).
+        igate, fgate: (B, NH, S) input and forget gate pre-activations.
+        backend: "auto" (default: the fastest exact form for S, DH and whether gradients are needed),
+            "parallel", "chunkwise" or "recurrent".
+        chunk_size: tokens per chunk for "chunkwise" (default: chosen by "auto"'s rule).
+        initial_state: state before the first token (chunkwise and recurrent only); None: no past.
+        return_state: also return the state after the last token (chunkwise and recurrent only).
+    Returns:
+        h: (B, NH, S, DHV) in the dtype of q, and the final :class:`MLSTMState` if ``return_state``.
+    """
+    _check_inputs(q, k, v, igate, fgate, backend, chunk_size)
+    stateful = initial_state is not None or return_state
+    if initial_state is not None:
+        check_state(initial_state, q, v)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, igate, fgate))
+    auto_backend, auto_chunk = choose_backend(q.shape[2], q.shape[3], needs_grad, stateful)
+    if backend == "auto":
+        backend = auto_backend
+    if backend == "parallel" and stateful:
+        raise ValueError("backend='parallel' has no state: use 'chunkwise' or 'recurrent' for initial_state/return_state")
+
+    out_dtype = q.dtype
+    compute_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        q, k, v, igate, fgate = (t.to(compute_dtype) for t in (q, k, v, igate, fgate))
+        if initial_state is not None:
+            initial_state = MLSTMState(*(t.to(compute_dtype) for t in initial_state))
+        if backend == "parallel":
+            result = mlstm_parallel(q, k, v, igate, fgate, eps=eps)
+        elif backend == "chunkwise":
+            result = mlstm_chunkwise(
+                q, k, v, igate, fgate, chunk_size=chunk_size or auto_chunk,
+                initial_state=initial_state, return_state=return_state, eps=eps,
+            )  # fmt: skip
+        else:
+            result = mlstm_recurrent(
+                q, k, v, igate, fgate, initial_state=initial_state, return_state=return_state, eps=eps
+            )
+    if return_state:
+        h, state = result
+        return h.to(out_dtype), state
+    return result.to(out_dtype)
+
+
+def _check_inputs(q, k, v, igate, fgate, backend, chunk_size) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown mLSTM backend {backend!r}; expected one of {BACKENDS}")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if q.ndim != 4:
+        raise ValueError(f"q must have shape (B, NH, S, DH), got {tuple(q.shape)}")
+    if k.shape != q.shape:
+        raise ValueError(f"k has shape {tuple(k.shape)}, expected q's shape {tuple(q.shape)}")
+    if v.ndim != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"v has shape {tuple(v.shape)}, expected (B, NH, S, DHV) = {tuple(q.shape[:3])} + (DHV,)")
+    for name, gate in (("igate", igate), ("fgate", fgate)):
+        if gate.shape != q.shape[:3]:
+            raise ValueError(f"{name} has shape {tuple(gate.shape)}, expected (B, NH, S) = {tuple(q.shape[:3])}")
+    if q.shape[2] == 0:
+        raise ValueError("the sequence is empty (S = 0)")
