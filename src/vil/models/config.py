@@ -126,7 +126,7 @@ class ViLConfig:
 
 def check_image_size(size: tuple[int, int], patch: tuple[int, int], stride: tuple[int, int]) -> None:
     """Raise ValueError unless patches of ``patch`` at ``stride`` tile an image of ``size`` exactly."""
-    for extent, p, s in zip(size, patch, stride):
+    for extent, p, s in zip(size, patch, stride, strict=True):
         if extent < p or extent % p or (extent - p) % s:
             raise ValueError(
                 f"image size {tuple(size)} does not fit patch size {tuple(patch)} with stride {tuple(stride)}: "

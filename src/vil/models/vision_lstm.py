@@ -124,7 +124,9 @@ class VisionLSTM(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"expected images of shape (B, C, H, W), got a tensor of shape {tuple(x.shape)}")
         if x.shape[1] != self.config.in_chans:
-            raise ValueError(f"expected {self.config.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+            raise ValueError(
+                f"expected {self.config.in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})"
+            )
         check_image_size(tuple(x.shape[-2:]), self.config.patch_size, self.config.patch_stride)
         x = self.pos_embed(self.patch_embed(x))  # (B, h, w, D)
         grid = (x.shape[1], x.shape[2])

@@ -75,7 +75,9 @@ def mlstm(
     if backend == "auto":
         backend = auto_backend
     if backend == "parallel" and stateful:
-        raise ValueError("backend='parallel' has no state: use 'chunkwise' or 'recurrent' for initial_state/return_state")
+        raise ValueError(
+            "backend='parallel' has no state: use 'chunkwise' or 'recurrent' with initial_state or return_state"
+        )
 
     out_dtype = q.dtype
     compute_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
