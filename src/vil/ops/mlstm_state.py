@@ -11,7 +11,8 @@ class MLSTMState(NamedTuple):
     """State after some prefix of the sequence, stabilised by ``m``.
 
     The true (unstabilised) memory is ``c * exp(m)`` and the true normaliser ``n * exp(m)``. Before the first token
-    there is no state at all: ``c = 0``, ``n = 0``, ``m = -inf`` (see :func:`empty_state`).
+    there is no state at all: ``c = 0``, ``n = 0``, ``m = -inf`` (see :func:`empty_state`). Keys are scaled by
+    1/sqrt(DH) before they are written (mlstm_kernels scales q instead: its c and n are sqrt(DH) times ours).
 
     c: (B, NH, DH, DHV) matrix memory; n: (B, NH, DH) normaliser; m: (B, NH) log-scale stabiliser.
     """

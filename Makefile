@@ -1,0 +1,18 @@
+# The two commands of the README: `make run` (the main job) and `make test` (lint + the test suite).
+PYTHON ?= python
+
+.PHONY: install run test lint
+
+install:
+	$(PYTHON) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PYTHON) -m pip install --quiet -e ".[dev]"
+
+run: install
+	vil models
+
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+test: install lint
+	$(PYTHON) -m pytest -q --durations=15

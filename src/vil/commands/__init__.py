@@ -1,0 +1,1 @@
+"""Subcommands of the ``vil`` command line (see ``vil.cli``)."""
