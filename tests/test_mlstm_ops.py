@@ -40,7 +40,7 @@ def test_forms_agree_float64_forward_and_backward(form, seq_len, chunk_size, gat
     assert rel_err(h, h_ref) < 1e-10
     # relative to the largest gradient of any input: some are ~0 (the first token's forget gate does nothing)
     scale = max(b.abs().max().item() for b in g_ref)
-    for name, a, b in zip("q k v igate fgate".split(), g, g_ref, strict=True):
+    for name, a, b in zip(["q", "k", "v", "igate", "fgate"], g, g_ref, strict=True):
         assert (a - b).abs().max().item() < 1e-10 * scale, name
 
 
