@@ -1,9 +1,17 @@
-"""Block-diagonal ("headwise") linear projection of the mLSTM layer."""
+"""Block-diagonal ("headwise") linear projections of the mLSTM layer, computed as a few dense group products.
+
+The official layer applies E/4 independent 4x4 blocks with an einsum, which on CPU becomes hundreds of tiny
+matrix products and costs more than the mLSTM cell itself at 224 pixels. Here neighbouring blocks are merged
+into dense block-diagonal groups (8 blocks = 32 x 32), so one batched product over E/32 groups does the work
+(~3x faster); projections of the same input (q and k) share that product.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+BLOCKS_PER_GROUP = 8
 
 
 class HeadwiseLinear(nn.Module):
@@ -24,15 +32,47 @@ class HeadwiseLinear(nn.Module):
         nn.init.normal_(self.weight, std=(2 / 5 / block_size) ** 0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return headwise_linear(x, self.weight, self.bias)
+        return headwise_linear(x, self)[0]
 
     def extra_repr(self) -> str:
         return f"{self.dim}, block_size={self.block_size}, bias={self.bias is not None}"
 
 
-def headwise_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x: (..., NB * BS); weight: (NB, BS_out, BS); bias: (NB * BS_out,) or None -> (..., NB * BS_out)."""
+def headwise_linear(x: torch.Tensor, *projections: HeadwiseLinear) -> list[torch.Tensor]:
+    """Apply several headwise projections to the same x: (B, S, E) -> one (B, S, E) tensor per projection."""
+    batch, seq_len, dim = x.shape
+    num_blocks = projections[0].weight.shape[0]
+    group_blocks = _group_size(num_blocks)
+    num_groups = num_blocks // group_blocks
+    weight = torch.cat([_group_weight(p.weight, group_blocks) for p in projections], dim=1)  # (G, n*gw, gw)
+    group_width = weight.shape[2]
+    # (G, B*S, gw) @ (G, gw, n*gw) -> (G, B*S, n*gw)
+    out = torch.bmm(x.reshape(batch * seq_len, num_groups, group_width).transpose(0, 1), weight.transpose(1, 2))
+    results = []
+    for index, projection in enumerate(projections):
+        y = out[:, :, index * group_width : (index + 1) * group_width].transpose(0, 1).reshape(batch, seq_len, dim)
+        results.append(y if projection.bias is None else y + projection.bias)
+    return results
+
+
+def fold_into_linear(weight: torch.Tensor, projection: HeadwiseLinear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Weight and bias of ``x -> weight @ projection(x)`` as one linear map: weight (O, E) -> ((O, E), (O,))."""
+    num_blocks, out_size, in_size = projection.weight.shape
+    folded = torch.einsum("nho,hod->nhd", weight.view(-1, num_blocks, out_size), projection.weight)
+    bias = None if projection.bias is None else weight @ projection.bias
+    return folded.reshape(weight.shape[0], num_blocks * in_size), bias
+
+
+def _group_size(num_blocks: int) -> int:
+    for size in (BLOCKS_PER_GROUP, 4, 2):
+        if num_blocks % size == 0:
+            return size
+    return 1
+
+
+def _group_weight(weight: torch.Tensor, group_blocks: int) -> torch.Tensor:
+    """(NB, o, i) blocks -> (NB / g, g*o, g*i) dense block-diagonal groups of g blocks."""
     num_blocks, out_size, in_size = weight.shape
-    x = x.unflatten(-1, (num_blocks, in_size))  # (..., NB, BS)
-    out = torch.einsum("...hd,hod->...ho", x, weight).flatten(-2)  # (..., NB * BS_out)
-    return out if bias is None else out + bias
+    eye = torch.eye(group_blocks, dtype=weight.dtype, device=weight.device)
+    grouped = torch.einsum("gboi,bc->gboci", weight.view(-1, group_blocks, out_size, in_size), eye)
+    return grouped.reshape(num_blocks // group_blocks, group_blocks * out_size, group_blocks * in_size)

@@ -11,13 +11,18 @@ from torch import nn
 
 from ..ops import mlstm
 from .conv import CausalConv1d, SequenceConv2d
-from .headwise import HeadwiseLinear
+from .headwise import HeadwiseLinear, fold_into_linear, headwise_linear
 from .norm import MultiHeadNorm, ResidualLayerNorm
 from .traversal import Traversal, from_traversal, to_traversal, traversal_grid
 
 
 class MLSTMCell(nn.Module):
-    """Gates, the mLSTM cell and its per-head output norm: q, k, v (B, S, E) -> (B, S, E)."""
+    """Gates, the mLSTM cell and its per-head output norm.
+
+    The gate pre-activations are linear in cat(q, k, v) (official: ``igate(cat(q, k, v))``). Since q, k, v are
+    themselves headwise projections, :meth:`gate_preactivations` folds those projections into the gate weights
+    and reads the gates straight from their inputs: no (B, S, 3E) concatenation, a third of the work.
+    """
 
     def __init__(self, inner_dim: int, num_heads: int, norm_bias: bool, backend: str, chunk_size: int | None):
         super().__init__()
@@ -33,14 +38,22 @@ class MLSTMCell(nn.Module):
         nn.init.zeros_(self.igate.weight)
         nn.init.normal_(self.igate.bias, std=0.1)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        batch, seq_len, _ = q.shape
-        gate_input = torch.cat([q, k, v], dim=-1)  # (B, S, 3E)
-        gates = F.linear(  # both gates in one product: (B, S, 2 NH)
-            gate_input,
-            torch.cat([self.igate.weight, self.fgate.weight]),
-            torch.cat([self.igate.bias, self.fgate.bias]),
+    def gate_preactivations(
+        self, qk_input: torch.Tensor, v_input: torch.Tensor, q_proj, k_proj, v_proj
+    ) -> torch.Tensor:
+        """== cat(igate, fgate)(cat(q_proj(qk_input), k_proj(qk_input), v_proj(v_input))): (B, S, E) -> (B, S, 2 NH)."""
+        weight = torch.cat([self.igate.weight, self.fgate.weight])  # (2 NH, 3E)
+        bias = torch.cat([self.igate.bias, self.fgate.bias])  # (2 NH,)
+        w_q, w_k, w_v = weight.chunk(3, dim=1)  # (2 NH, E) each
+        (w_q, b_q), (w_k, b_k), (w_v, b_v) = (
+            fold_into_linear(w, proj) for w, proj in ((w_q, q_proj), (w_k, k_proj), (w_v, v_proj))
         )
+        bias = sum((b for b in (b_q, b_k, b_v) if b is not None), bias)
+        return F.linear(qk_input, w_q + w_k, bias) + F.linear(v_input, w_v)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        """q, k, v: (B, S, E); gates: (B, S, 2 NH) input then forget pre-activations -> (B, S, E)."""
+        batch, seq_len, _ = q.shape
         igate, fgate = gates.transpose(1, 2).chunk(2, dim=1)  # (B, NH, S) each
         q, k, v = (x.view(batch, seq_len, self.num_heads, -1).transpose(1, 2) for x in (q, k, v))  # (B, NH, S, DH)
         h = mlstm(q, k, v, igate, fgate, backend=self.backend, chunk_size=self.chunk_size)  # (B, NH, S, DH)
@@ -76,8 +89,11 @@ class MLSTMBranch(nn.Module):
     def forward(self, x: torch.Tensor, grid: tuple[int, int], has_cls: bool) -> torch.Tensor:
         """x: (B, S, E) in traversal order, read as an image of ``grid`` -> (B, S, E), before the output gate."""
         c = F.silu(self.conv(x, grid, has_cls))  # (B, S, E)
-        h = self.mlstm_cell(self.q_proj(c), self.k_proj(c), self.v_proj(x))  # (B, S, E)
-        return h + self.learnable_skip * c
+        q, k = headwise_linear(c, self.q_proj, self.k_proj)  # (B, S, E) each
+        (v,) = headwise_linear(x, self.v_proj)
+        gates = self.mlstm_cell.gate_preactivations(c, x, self.q_proj, self.k_proj, self.v_proj)  # (B, S, 2 NH)
+        h = self.mlstm_cell(q, k, v, gates)  # (B, S, E)
+        return torch.addcmul(h, c, self.learnable_skip)
 
 
 class MLSTMLayer(nn.Module):

@@ -27,12 +27,13 @@ class ResidualLayerNorm(nn.Module):
 class MultiHeadNorm(ResidualLayerNorm):
     """Per-head LayerNorm of the mLSTM cell output (GroupNorm with one group per head).
 
-    Input (B, NH, S, DH), output (B, S, NH * DH): the transpose back to the token layout is fused into the affine.
+    Input (B, NH, S, DH), output (B, S, NH * DH).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, heads, seq_len, head_dim = x.shape
-        x = F.layer_norm(x, (head_dim,), eps=self.eps)  # (B, NH, S, DH)
-        x = x.transpose(1, 2).reshape(batch, seq_len, heads * head_dim)  # (B, S, E)
-        x = x * (1.0 + self.weight)
-        return x if self.bias is None else x + self.bias
+        x = x.transpose(1, 2).reshape(batch, seq_len, heads, head_dim)  # (B, S, NH, DH)
+        x = F.layer_norm(x, (head_dim,), eps=self.eps)
+        weight = (1.0 + self.weight).view(heads, head_dim)
+        x = x * weight if self.bias is None else torch.addcmul(self.bias.view(heads, head_dim), x, weight)
+        return x.view(batch, seq_len, heads * head_dim)

@@ -8,8 +8,14 @@ Cost per token and head: 2*L*d (intra-chunk) + 2*d^2 (state read and write), ins
 form. The result equals the parallel form up to float rounding: every exponent is stabilised by a running
 maximum, exactly as in the parallel form (DESIGN.md section 2.2).
 
-Normaliser trick: values are augmented with a column of ones, so one matrix product yields both the numerator
-(the first DHV columns) and the normaliser (the last column), for the chunk part and for the state part alike.
+Notation per chunk (t, s index tokens of the chunk): b[t] = sum of log f from the chunk start up to and
+including t; a[s] = i[s] - b[s]; amax[t] = max_{s<=t} a[s]; the state before the chunk is (C, m_prev), with the
+normaliser n stored as an extra column of C (values are augmented with a column of ones, so one matrix product
+yields numerator and normaliser). With r[t] = max(m_prev, amax[t]) the parallel form's stabiliser is
+M[t] = b[t] + r[t], the intra-chunk weights are exp(a[s] - r[t]) (s <= t) and the state's weight exp(m_prev - r[t]).
+
+The backward pass is written by hand (:class:`_ChunkwiseMLSTM`): it keeps q, k, v, the gates, the chunk states
+and h, and recomputes the L x L matrices, so that training memory stays linear in S with a small constant.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .mlstm_parallel import EPS
+from .mlstm_parallel import EPS, stabilised_decay
 from .mlstm_state import MLSTMState, empty_state
 
 
@@ -39,83 +45,239 @@ def mlstm_chunkwise(
     Args:
         q, k: (B, NH, S, DH); v: (B, NH, S, DHV).
         igate, fgate: (B, NH, S) gate pre-activations.
-        chunk_size: tokens per chunk; any S works (the last chunk is padded, which is exact because the scan is
-            causal and padded tokens neither decay nor write the state).
+        chunk_size: the largest number of tokens per chunk; any S works. The S tokens are split into
+            ceil(S / chunk_size) chunks of equal length, the last one padded (exact: the scan is causal and
+            padded tokens neither decay nor write the state).
         initial_state: state before the first token; None means no past (m = -inf).
         return_state: also return the state after the last token.
     Returns:
-        h: (B, NH, S, DHV), and the final :class:`MLSTMState` if ``return_state``.
+        h: (B, NH, S, DHV), and the final :class:`MLSTMState` if ``return_state``. h is laid out in memory as
+        (B, S, NH, DHV) (returned as a transposed view), which is the layout the caller needs next.
     """
-    batch, heads, seq_len, head_dim = q.shape
-    value_dim = v.shape[-1]
-    chunk = min(chunk_size, seq_len)
-    num_chunks = math.ceil(seq_len / chunk)
-    pad = num_chunks * chunk - seq_len
-
-    log_f = F.logsigmoid(fgate)  # (B, NH, S)
-    k = k * head_dim**-0.5
-    v = torch.cat([v, v.new_ones(batch, heads, seq_len, 1)], dim=-1)  # (B, NH, S, DHV+1)
-    if pad:
-        q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
-        log_f = F.pad(log_f, (0, pad), value=0.0)  # padded tokens do not decay the state ...
-        igate = F.pad(igate, (0, pad), value=float("-inf"))  # ... and write nothing into it
-
-    # (B, NH, NC, L, ...) views: chunk j holds tokens [j*L, (j+1)*L)
-    q, k, v = (x.reshape(batch, heads, num_chunks, chunk, -1) for x in (q, k, v))
-    log_f = log_f.reshape(batch, heads, num_chunks, chunk)
-    igate = igate.reshape(batch, heads, num_chunks, chunk)
-
-    b = log_f.cumsum(dim=-1)  # (B, NH, NC, L): log forget from the chunk start up to and including t
-    g = b[..., -1]  # (B, NH, NC): log forget of the whole chunk
-
-    # What each chunk writes into the state, with a chunk-local stabiliser m_local.
-    write_log = g.unsqueeze(-1) - b + igate  # (B, NH, NC, L): a[s] = g - b[s] + i[s]
-    m_local = write_log.amax(dim=-1)  # (B, NH, NC)
-    write_weight = torch.exp(write_log - m_local.unsqueeze(-1))  # (B, NH, NC, L)
-    chunk_update = (k * write_weight.unsqueeze(-1)).transpose(-2, -1) @ v  # (B, NH, NC, DH, DHV+1)
-
-    state = initial_state if initial_state is not None else empty_state(q, v[..., :value_dim])
-    c_prev, m_prev, c_last, m_last = _scan_chunk_states(state, g, m_local, chunk_update)
-
-    # Intra-chunk log decay: intra[t, s] = b[t] - b[s] + i[s] for s <= t.
-    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril()
-    intra_log = (b.unsqueeze(-1) - b.unsqueeze(-2) + igate.unsqueeze(-2)).masked_fill(~causal, float("-inf"))
-    inter_log = b + m_prev.unsqueeze(-1)  # (B, NH, NC, L): weight of the state carried in from earlier chunks
-    m_row = torch.maximum(inter_log, intra_log.amax(dim=-1))  # (B, NH, NC, L) == the parallel form's m[t]
-
-    scores = (q @ k.transpose(-2, -1)) * torch.exp(intra_log - m_row.unsqueeze(-1))  # (B, NH, NC, L, L)
-    out = scores @ v + torch.exp(inter_log - m_row).unsqueeze(-1) * (q @ c_prev)  # (B, NH, NC, L, DHV+1)
-    numerator, normalizer = out[..., :value_dim], out[..., value_dim:]
-    h = numerator / (torch.maximum(normalizer.abs(), torch.exp(-m_row).unsqueeze(-1)) + eps)
-    h = h.reshape(batch, heads, num_chunks * chunk, value_dim)[:, :, :seq_len]  # (B, NH, S, DHV)
-    if not return_state:
-        return h
-    return h, MLSTMState(c=c_last[..., :value_dim], n=c_last[..., value_dim], m=m_last)
+    state = initial_state if initial_state is not None else empty_state(q, v)
+    h, c_last, n_last, m_last = _ChunkwiseMLSTM.apply(q, k, v, igate, fgate, state.c, state.n, state.m, chunk_size, eps)
+    return (h, MLSTMState(c=c_last, n=n_last, m=m_last)) if return_state else h
 
 
-def _scan_chunk_states(
-    state: MLSTMState, g: torch.Tensor, m_local: torch.Tensor, chunk_update: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run the state recurrence over chunks.
+class _Chunked:
+    """The inputs cut into chunks, and the quantities every pass derives from the gates alone."""
 
-    m_j = max(g_j + m_{j-1}, m_local_j);  C_j = exp(g_j + m_{j-1} - m_j) C_{j-1} + exp(m_local_j - m_j) U_j.
+    def __init__(self, q, k, v, igate, fgate, chunk_size: int):
+        batch, heads, seq_len, head_dim = q.shape
+        self.shape = (batch, heads, seq_len, head_dim, v.shape[-1])
+        self.num_chunks = math.ceil(seq_len / chunk_size)
+        self.chunk = math.ceil(seq_len / self.num_chunks)  # balanced chunks: as little padding as possible
+        self.pad = self.num_chunks * self.chunk - seq_len
+        self.scale = head_dim**-0.5
 
-    Args:
-        state: state before the first chunk.
-        g, m_local: (B, NH, NC); chunk_update U: (B, NH, NC, DH, DHV+1) (normaliser in the last column).
-    Returns:
-        c_prev (B, NH, NC, DH, DHV+1) and m_prev (B, NH, NC): the state *before* each chunk;
-        c_last, m_last: the state after the last chunk.
+        # (B, NH, NC, L, ...) contiguous copies; k pre-scaled by 1/sqrt(DH); v with a column of ones
+        self.q = self._chunks(q)
+        self.k = self._chunks(k * self.scale)
+        v_ones = torch.cat([v, v.new_ones(batch, heads, seq_len, 1)], dim=-1)
+        self.v = self._chunks(v_ones)
+
+        log_f = F.pad(F.logsigmoid(fgate), (0, self.pad), value=0.0)  # padded tokens do not decay the state ...
+        i = F.pad(igate, (0, self.pad), value=float("-inf"))  # ... and write nothing into it
+        self.b = log_f.view(batch, heads, self.num_chunks, self.chunk).cumsum(dim=-1)  # (B, NH, NC, L)
+        self.a = i.view_as(self.b) - self.b  # (B, NH, NC, L)
+        self.amax, self.amax_index = self.a.cummax(dim=-1)  # (B, NH, NC, L)
+        self.g = self.b[..., -1]  # (B, NH, NC): log forget of the whole chunk
+        self.a_last = self.amax[..., -1]  # (B, NH, NC): max_s a[s] over the chunk
+
+    def _chunks(self, x: torch.Tensor) -> torch.Tensor:
+        batch, heads = x.shape[:2]
+        x = F.pad(x, (0, 0, 0, self.pad)) if self.pad else x
+        return x.reshape(batch, heads, self.num_chunks, self.chunk, x.shape[-1])
+
+    def unchunk(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, NH, NC, L, X) -> (B, NH, S, X) without the padding."""
+        batch, heads, seq_len = self.shape[:3]
+        return x.reshape(batch, heads, self.num_chunks * self.chunk, x.shape[-1])[:, :, :seq_len]
+
+    def write_weights(self) -> torch.Tensor:
+        """exp(a[s] - max_s a[s]): how much token s writes into the state, stabilised per chunk. (B, NH, NC, L)"""
+        return torch.exp(self.a - self.a_last.unsqueeze(-1))
+
+    def chunk_updates(self, write_weight: torch.Tensor) -> torch.Tensor:
+        """U = sum_s w[s] k[s] v[s]^T for every chunk: (B, NH, NC, DH, DHV+1)."""
+        return (self.k * write_weight.unsqueeze(-1)).transpose(-2, -1) @ self.v
+
+
+def _stabilisers(chunked: _Chunked, m_initial: torch.Tensor) -> torch.Tensor:
+    """m before every chunk and after the last one: (B, NH, NC+1).
+
+    m_j = g_j + max(m_{j-1}, a_last_j). With G_j = g_1 + ... + g_j this is m_j = G_j + max(m_0, max_{i<=j}
+    (a_last_i - G_{i-1})): a cumulative maximum, computed in float64 so the long sums lose nothing.
     """
-    c = torch.cat([state.c, state.n.unsqueeze(-1)], dim=-1)  # (B, NH, DH, DHV+1)
-    m = state.m  # (B, NH)
-    c_before, m_before = [], []
-    for j in range(g.shape[-1]):
-        c_before.append(c)
-        m_before.append(m)
-        m_new = torch.maximum(g[..., j] + m, m_local[..., j])
-        decay = torch.exp(g[..., j] + m - m_new)[..., None, None]  # exp(-inf) = 0 when there is no past yet
-        scale = torch.exp(m_local[..., j] - m_new)[..., None, None]
-        c = decay * c + scale * chunk_update[:, :, j]
-        m = m_new
-    return torch.stack(c_before, dim=2), torch.stack(m_before, dim=2), c, m
+    g = chunked.g.double()
+    cum_g = g.cumsum(dim=-1)  # G_j
+    cum_g_before = cum_g - g  # G_{j-1}
+    running = torch.maximum(
+        (chunked.a_last.double() - cum_g_before).cummax(dim=-1).values, m_initial.double()[..., None]
+    )
+    m_after = cum_g + running  # (B, NH, NC)
+    return torch.cat([m_initial.double()[..., None], m_after], dim=-1).to(chunked.g.dtype)
+
+
+def _chunk_state_weights(m_prev: torch.Tensor, a_last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """C_j = alpha_j C_{j-1} + beta_j U_j with alpha = exp(m_prev - r), beta = exp(a_last - r), r = max(both)."""
+    r = torch.maximum(m_prev, a_last)
+    return torch.exp(m_prev - r), torch.exp(a_last - r)  # exp(-inf) = 0: no past before the first chunk
+
+
+def _forward(chunked: _Chunked, c0: torch.Tensor, m0: torch.Tensor, eps: float):
+    batch, heads, seq_len, head_dim, value_dim = chunked.shape
+    num_chunks = chunked.num_chunks
+    m_all = _stabilisers(chunked, m0)  # (B, NH, NC+1)
+    m_prev = m_all[..., :-1]
+    alpha, beta = _chunk_state_weights(m_prev, chunked.a_last)  # (B, NH, NC)
+    scaled_updates = chunked.chunk_updates(chunked.write_weights()).mul_(beta[..., None, None])
+
+    # states before each chunk and after the last: (B, NH, NC+1, DH, DHV+1)
+    states = c0.new_empty(batch, heads, num_chunks + 1, head_dim, value_dim + 1)
+    states[:, :, 0] = c0
+    for j in range(num_chunks):
+        torch.addcmul(scaled_updates[:, :, j], alpha[..., j, None, None], states[:, :, j], out=states[:, :, j + 1])
+    c_prev = states[:, :, :-1]
+
+    r = torch.maximum(m_prev.unsqueeze(-1), chunked.amax)  # (B, NH, NC, L)
+    scores = (chunked.q @ chunked.k.transpose(-2, -1)).mul_(stabilised_decay(chunked.a, r))  # (B, NH, NC, L, L)
+    inter_weight = torch.exp(m_prev.unsqueeze(-1) - r)  # (B, NH, NC, L)
+    out = (scores @ chunked.v).addcmul_(inter_weight.unsqueeze(-1), chunked.q @ c_prev)  # (B, NH, NC, L, DHV+1)
+    denominator = out[..., value_dim]  # (B, NH, NC, L)
+    normalizer = torch.maximum(denominator.abs(), torch.exp(-(chunked.b + r)))  # exp(-M[t])
+    h_chunks = out[..., :value_dim] / (normalizer + eps).unsqueeze(-1)  # (B, NH, NC, L, DHV)
+    # written in the (B, S, NH, DHV) layout and returned as a (B, NH, S, DHV) view
+    h = chunked.unchunk(h_chunks).transpose(1, 2).contiguous().transpose(1, 2)
+    return h, states, m_all, denominator
+
+
+class _ChunkwiseMLSTM(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, igate, fgate, c0, n0, m0, chunk_size, eps):
+        chunked = _Chunked(q, k, v, igate, fgate, chunk_size)
+        c0_aug = torch.cat([c0, n0.unsqueeze(-1)], dim=-1).to(q.dtype)  # (B, NH, DH, DHV+1)
+        h, states, m_all, denominator = _forward(chunked, c0_aug, m0.to(q.dtype), eps)
+        value_dim = v.shape[-1]
+        c_last = states[:, :, -1]
+        ctx.save_for_backward(q, k, v, igate, fgate, states, m_all, denominator, h)
+        ctx.chunk_size, ctx.eps = chunk_size, eps
+        return h, c_last[..., :value_dim], c_last[..., value_dim], m_all[..., -1]
+
+    @staticmethod
+    def backward(ctx, dh, dc_last, dn_last, dm_last):
+        q, k, v, igate, fgate, states, m_all, denominator, h = ctx.saved_tensors
+        grads = _backward(q, k, v, igate, fgate, states, m_all, denominator, h, dh, dc_last, dn_last, dm_last,
+                          ctx.chunk_size, ctx.eps)  # fmt: skip
+        return (*grads, None, None)
+
+
+def _backward(q, k, v, igate, fgate, states, m_all, denominator, h, dh, dc_last, dn_last, dm_last, chunk_size, eps):
+    """Gradients of h and the final state with respect to q, k, v, the gates and the initial state."""
+    chunked = _Chunked(q, k, v, igate, fgate, chunk_size)
+    batch, heads, seq_len, head_dim, value_dim = chunked.shape
+    b, a, amax = chunked.b, chunked.a, chunked.amax
+    m_prev = m_all[..., :-1]  # (B, NH, NC)
+    c_prev = states[:, :, :-1]  # (B, NH, NC, DH, DHV+1)
+
+    # --- recompute what the outputs were made of
+    r = torch.maximum(m_prev.unsqueeze(-1), amax)  # (B, NH, NC, L)
+    decay = stabilised_decay(a, r)  # (B, NH, NC, L, L)
+    qk = chunked.q @ chunked.k.transpose(-2, -1)
+    scores = qk * decay
+    inter_weight = torch.exp(m_prev.unsqueeze(-1) - r)  # (B, NH, NC, L)
+    floor = torch.exp(-(b + r))  # exp(-M)
+    normalizer = torch.maximum(denominator.abs(), floor)
+    inv = 1.0 / (normalizer + eps)  # (B, NH, NC, L)
+
+    # --- h = num / (N + eps), N = max(|den|, exp(-M))
+    dh_chunks = chunked._chunks(dh)  # (B, NH, NC, L, DHV)
+    h_chunks = chunked._chunks(h)
+    d_normalizer = -(dh_chunks * h_chunks).sum(dim=-1) * inv
+    on_floor = floor > denominator.abs()
+    d_out = torch.cat(
+        [dh_chunks * inv.unsqueeze(-1), (d_normalizer * denominator.sign() * ~on_floor).unsqueeze(-1)], dim=-1
+    )  # (B, NH, NC, L, DHV+1)
+    d_log_m_row = -d_normalizer * floor * on_floor  # dL/dM[t] through the floor exp(-M)
+
+    # --- out = scores @ v + inter_weight * (q @ C_prev)
+    d_scores = d_out @ chunked.v.transpose(-2, -1)  # (B, NH, NC, L, L)
+    dv = scores.transpose(-2, -1) @ d_out  # (B, NH, NC, L, DHV+1)
+    q_state = chunked.q @ c_prev  # (B, NH, NC, L, DHV+1)
+    d_inter_log = (d_out * q_state).sum(dim=-1) * inter_weight  # dL/d log(inter_weight)
+    d_out_inter = d_out * inter_weight.unsqueeze(-1)
+    dq = d_out_inter @ c_prev.transpose(-2, -1)  # (B, NH, NC, L, DH)
+    d_c_prev_out = chunked.q.transpose(-2, -1) @ d_out_inter  # (B, NH, NC, DH, DHV+1)
+
+    # --- scores = (q @ k^T) * decay
+    d_qk = d_scores * decay
+    dq += d_qk @ chunked.k
+    dk = d_qk.transpose(-2, -1) @ chunked.q  # (B, NH, NC, L, DH)
+    d_log_decay = d_scores.mul_(scores)  # dL/d log decay[t, s]
+    da = d_log_decay.sum(dim=-2)  # (B, NH, NC, L)
+    dr = -d_log_decay.sum(dim=-1) - d_inter_log + d_log_m_row  # M = b + r
+    db = d_log_m_row.clone()
+    dm_prev = d_inter_log.sum(dim=-1)  # (B, NH, NC)
+
+    # r = max(m_prev, amax)
+    from_amax = amax > m_prev.unsqueeze(-1)
+    d_amax = dr * from_amax
+    dm_prev += (dr * ~from_amax).sum(dim=-1)
+
+    # --- the state recurrence, backwards over chunks
+    write_weight = chunked.write_weights()  # (B, NH, NC, L)
+    updates = chunked.chunk_updates(write_weight)  # (B, NH, NC, DH, DHV+1)
+    alpha, beta = _chunk_state_weights(m_prev, chunked.a_last)
+    d_updates, d_a_last, d_g, dc0, dm0 = _scan_backward(
+        c_prev, updates, alpha, beta, m_prev, chunked.a_last, d_c_prev_out, dm_prev, dc_last, dn_last, dm_last
+    )
+
+    # U = (k * w)^T v with w = exp(a - a_last)
+    d_kw = chunked.v @ d_updates.transpose(-2, -1)  # (B, NH, NC, L, DH)
+    dv += (chunked.k * write_weight.unsqueeze(-1)) @ d_updates
+    d_log_w = (d_kw * chunked.k).sum(dim=-1) * write_weight
+    dk += d_kw * write_weight.unsqueeze(-1)
+    da += d_log_w
+    d_amax[..., -1] += d_a_last - d_log_w.sum(dim=-1)
+
+    # amax = cummax(a): each running maximum came from one earlier a[s]
+    da.scatter_add_(-1, chunked.amax_index, d_amax)
+    # a = i - b;  g = b[last];  b = cumsum(log f);  log f = logsigmoid(f)
+    d_igate = da
+    db -= da
+    db[..., -1] += d_g
+    d_log_f = db.flip(-1).cumsum(dim=-1).flip(-1)
+
+    d_igate = d_igate.reshape(batch, heads, -1)[..., :seq_len]
+    d_fgate = d_log_f.reshape(batch, heads, -1)[..., :seq_len] * torch.sigmoid(-fgate)
+    dq = chunked.unchunk(dq)
+    dk = chunked.unchunk(dk) * chunked.scale
+    dv = chunked.unchunk(dv[..., :value_dim])
+    return dq, dk, dv, d_igate, d_fgate, dc0[..., :value_dim], dc0[..., value_dim], dm0
+
+
+def _scan_backward(c_prev, updates, alpha, beta, m_prev, a_last, d_c_prev_out, dm_prev_out, dc_last, dn_last, dm_last):
+    """Backward of C_j = alpha_j C_{j-1} + beta_j U_j, m_j = g_j + max(m_{j-1}, a_last_j), last chunk first."""
+    num_chunks = c_prev.shape[2]
+    d_c = torch.zeros_like(c_prev[:, :, 0])
+    if dc_last is not None:
+        d_c[..., :-1] += dc_last
+    if dn_last is not None:
+        d_c[..., -1] += dn_last
+    d_m = torch.zeros_like(m_prev[..., 0]) if dm_last is None else dm_last.clone()
+    d_updates = torch.empty_like(updates)
+    d_a_last = torch.empty_like(a_last)
+    d_g = torch.empty_like(a_last)
+    dm_prev = torch.empty_like(m_prev)
+    from_a_last = a_last > m_prev
+    for j in reversed(range(num_chunks)):
+        d_g[..., j] = d_m  # m_j = g_j + r_j
+        d_log_alpha = (d_c * c_prev[:, :, j]).sum(dim=(-2, -1)) * alpha[..., j]
+        d_log_beta = (d_c * updates[:, :, j]).sum(dim=(-2, -1)) * beta[..., j]
+        d_r = d_m - d_log_alpha - d_log_beta  # alpha = exp(m_prev - r), beta = exp(a_last - r)
+        d_a_last[..., j] = d_log_beta + d_r * from_a_last[..., j]
+        dm_prev[..., j] = d_log_alpha + d_r * ~from_a_last[..., j] + dm_prev_out[..., j]
+        d_updates[:, :, j] = d_c * beta[..., j, None, None]
+        d_c = d_c * alpha[..., j, None, None] + d_c_prev_out[:, :, j]
+        d_m = dm_prev[..., j]
+    return d_updates, d_a_last, d_g, d_c, d_m
