@@ -20,7 +20,8 @@ TORCH = "torch"
 SAFETENSORS = "safetensors"
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
-_PICKLE_PROTOCOL_2_OR_LATER = b"\x80"  # torch.save's legacy format starts with a pickle
+_PICKLE_PROTO = b"\x80"  # torch.save's legacy format starts with a pickle: PROTO opcode, protocol 2 .. 5
+_PICKLE_PROTOCOLS = (b"\x02", b"\x03", b"\x04", b"\x05")
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -35,14 +36,17 @@ def detect_format(path: str | os.PathLike) -> str:
         raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint")
     with open(path, "rb") as f:
         head = f.read(9)
-    if head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_PROTOCOL_2_OR_LATER):
+    if head.startswith(_ZIP_MAGIC):
         return TORCH
-    # safetensors: an 8-byte little-endian header length, then the JSON header
+    # safetensors: an 8-byte little-endian header length, then the JSON header (checked before the pickle opcode:
+    # the header length may start with any byte)
     if len(head) == 9 and head[8:9] == b"{":
         header_end = 8 + int.from_bytes(head[:8], "little")
         if header_end > size:
             raise CheckpointError(f"{path} is a truncated safetensors file: its header ends at byte {header_end}")
         return SAFETENSORS
+    if head[:1] == _PICKLE_PROTO and head[1:2] in _PICKLE_PROTOCOLS:
+        return TORCH
     raise CheckpointError(
         f"{path} is not a checkpoint: neither a PyTorch checkpoint (torch.save) nor a safetensors file "
         f"(it starts with {head!r})"

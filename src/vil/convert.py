@@ -8,8 +8,8 @@ Four naming schemes ("layouts") of ViL weights exist:
   LayerNorm after pooling, ``head.1`` the classifier). The released files wrap it in a dict with ``ctor_kwargs``.
 - ``official_v2``: the standalone ``VisionLSTM2`` module, whose blocks come in pairs
   (``blocks.{j}.rowwise_from_top_left.*`` is our block 2j, ``blocks.{j}.rowwise_from_bot_right.*`` block 2j+1).
-- ``official_v1``: the standalone ``VisionLSTM`` module (``blocks.{i}.layer.q_proj.weight``; its ``legacy_norm``
-  is the norm over all tokens and its ``norm`` the LayerNorm after pooling).
+- ``official_v1``: the standalone ``VisionLSTM`` module (``blocks.{i}.layer.q_proj.weight``, ``layer.conv1d.conv``;
+  its ``legacy_norm`` is the norm over all tokens and its ``norm`` the LayerNorm after pooling).
 - ``vil``: ours (``blocks.{i}.layer.branches.{b}.q_proj.weight``), taken as is.
 
 The architecture is read from the tensors (width, depth, patch, generation, number of classes, pooled width,
@@ -38,8 +38,8 @@ LAYOUTS = (TRAINING, OFFICIAL_V2, OFFICIAL_V1, VIL)
 
 # Sub-modules that each traversal branch owns, by their official name -> ours.
 _BRANCH_MODULES = {
-    "conv1d": "conv",  # training code
-    "conv": "conv",  # official standalone modules
+    "conv1d": "conv",  # training code and the standalone VisionLSTM (v1)
+    "conv": "conv",  # the standalone VisionLSTM2
     "q_proj": "q_proj",
     "k_proj": "k_proj",
     "v_proj": "v_proj",
@@ -52,7 +52,7 @@ _TRAINING_DIRECTIONS = {"": 0, "_rev": 1, "_du": 2, "_ud": 3}
 _TRAINING_BLOCK = re.compile(r"^xlstm\.blocks\.(\d+)\.(.+)$")
 _TRAINING_BRANCH = re.compile(r"^(conv1d|q_proj|k_proj|v_proj|mlstm_cell|learnable_skip)(_rev|_du|_ud)?(\..+)?$")
 _OFFICIAL_V2_BLOCK = re.compile(r"^blocks\.(\d+)\.(rowwise_from_top_left|rowwise_from_bot_right)\.(.+)$")
-_OFFICIAL_BRANCH = re.compile(r"^(conv|q_proj|k_proj|v_proj|mlstm_cell|learnable_skip)(\..+)?$")
+_OFFICIAL_BRANCH = re.compile(r"^(conv1d|conv|q_proj|k_proj|v_proj|mlstm_cell|learnable_skip)(\..+)?$")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _BRANCH = re.compile(r"^blocks\.(\d+)\.layer\.branches\.(\d+)\.")
 
@@ -257,7 +257,7 @@ def infer_config(
         bias="blocks.0.layer.proj_up.bias" in state_dict,
     )
     if ctor_kwargs is None:  # the training code's default stride (None) is the patch size, as ours
-        assumptions["patch_stride"] = "no ctor_kwargs record the patch stride (no tensor shows it): the patch size"
+        assumptions["patch_stride"] = "patch stride = patch size assumed (no ctor_kwargs record it, no tensor shows it)"
     try:
         return ViLConfig(**values), assumptions
     except ValueError as error:
@@ -330,7 +330,7 @@ def _infer_pooling(state_dict, ctor: dict, dim: int, version: int, assumptions: 
         if width == 2 * dim:
             return "bilateral_concat"
         pooling = "bilateral_concat" if width is None and version == 2 else "bilateral_avg"
-        assumptions["pooling"] = f"no pooling recorded: {pooling!r} assumed from the pooled width {width or 'unknown'}"
+        assumptions["pooling"] = f"pooling {pooling!r} assumed from the pooled width {width or '(no head)'}"
     if width is not None and width != pooled_dim(pooling, dim):
         raise CheckpointError(
             f"{source}: the head reads vectors of width {width}, which does not fit pooling {pooling!r} at width {dim}"
@@ -377,8 +377,8 @@ def _infer_block_design(state_dict, ctor: dict, layout: str, depth: int, assumpt
         design = designs_by_count[num_branches]
         if num_branches == 1:
             assumptions["block_design"] = (
-                "no traversal design recorded: 'alternating' assumed (unidirectional and quad_alternating have the "
-                "same tensors)"
+                "block design 'alternating' assumed (no ctor_kwargs record it; unidirectional and quad_alternating "
+                "have the same tensors)"
             )
     traversals, shared = block_traversals(design, 0)
     expected = 1 if shared else len(traversals)

@@ -27,8 +27,12 @@ def load_official(path: str | os.PathLike, **overrides) -> VisionLSTM:
     ``num_classes`` (a new head), ``mlstm_backend`` / ``chunk_size``, ``drop_path_rate``, and what a plain state dict
     cannot show: ``patch_stride`` (e.g. 8 for the long-sequence models) and ``block_design``.
     """
-    converted = read_official(path)
+    return model_from_converted(read_official(path), str(path), **overrides)
+
+
+def model_from_converted(converted: ConvertedCheckpoint, source: str, **overrides) -> VisionLSTM:
+    """The model of a converted checkpoint; says (in the log) what had to be assumed and was not overridden."""
     for name, reason in converted.assumptions.items():
         if name not in overrides:
-            logger.info("%s: %s (pass %s=... to choose)", path, reason, name)
-    return model_from_state_dict(converted.state_dict, converted.config, str(path), **overrides)
+            logger.info("%s: %s (pass %s=... to choose)", source, reason, name)
+    return model_from_state_dict(converted.state_dict, converted.config, source, **overrides)
