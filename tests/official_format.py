@@ -14,7 +14,7 @@ import re
 
 import torch
 
-from vil import VisionLSTM, ViLConfig
+from vil import ViLConfig, VisionLSTM
 
 # our branch index -> training-code suffix (row forward, row reversed, column forward, column reversed)
 _SUFFIX = {0: "", 1: "_rev", 2: "_du", 3: "_ud"}
@@ -80,14 +80,14 @@ def training_name(key: str) -> str:
         return key  # patch_embed.*, pos_embed.embed
     block, rest = match.groups()
     if rest.startswith("norm."):
-        return f"xlstm.blocks.{block}.xlstm_norm.{rest[len('norm.'):]}"
+        return f"xlstm.blocks.{block}.xlstm_norm.{rest[len('norm.') :]}"
     branch = re.fullmatch(r"layer\.branches\.(\d+)\.(\w+)(.*)", rest)
     if branch is not None:
         index, module, tail = branch.groups()
         module = "conv1d" if module == "conv" else module
         return f"xlstm.blocks.{block}.xlstm.{module}{_SUFFIX[int(index)]}{tail}"
     assert rest.startswith("layer."), key
-    return f"xlstm.blocks.{block}.xlstm.{rest[len('layer.'):]}"
+    return f"xlstm.blocks.{block}.xlstm.{rest[len('layer.') :]}"
 
 
 def to_training_checkpoint(model: VisionLSTM) -> dict:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from official_format import randomize_, to_official_module_state_dict, to_training_checkpoint
 
-from vil import VisionLSTM, ViLConfig
+from vil import ViLConfig, VisionLSTM
 from vil.convert import (
     OFFICIAL_V1,
     OFFICIAL_V2,
@@ -110,7 +110,9 @@ def test_training_keys_map_to_ours():
     assert training_key_to_vil("xlstm.blocks.3.xlstm_norm.weight") == "blocks.3.norm.weight"
     assert training_key_to_vil("xlstm.blocks.3.xlstm.proj_up.bias") == "blocks.3.layer.proj_up.bias"
     assert training_key_to_vil("xlstm.blocks.0.xlstm.conv1d.weight") == "blocks.0.layer.branches.0.conv.weight"
-    assert training_key_to_vil("xlstm.blocks.0.xlstm.conv1d.conv.weight") == "blocks.0.layer.branches.0.conv.conv.weight"
+    assert (
+        training_key_to_vil("xlstm.blocks.0.xlstm.conv1d.conv.weight") == "blocks.0.layer.branches.0.conv.conv.weight"
+    )
     assert training_key_to_vil("xlstm.blocks.1.xlstm.q_proj_rev.weight") == "blocks.1.layer.branches.1.q_proj.weight"
     assert training_key_to_vil("xlstm.blocks.1.xlstm.conv1d_du.conv.bias") == "blocks.1.layer.branches.2.conv.conv.bias"
     assert (
@@ -140,7 +142,10 @@ def test_official_module_keys_map_to_ours():
     assert official_v2_key_to_vil("norm.weight") == "norm.weight"
     assert official_v2_key_to_vil("legacy_norm.weight") == "fc_norm.weight"
     assert official_v1_key_to_vil("blocks.2.layer.conv1d.conv.weight") == "blocks.2.layer.branches.0.conv.conv.weight"
-    assert official_v1_key_to_vil("blocks.2.layer.mlstm_cell.fgate.bias") == "blocks.2.layer.branches.0.mlstm_cell.fgate.bias"
+    assert (
+        official_v1_key_to_vil("blocks.2.layer.mlstm_cell.fgate.bias")
+        == "blocks.2.layer.branches.0.mlstm_cell.fgate.bias"
+    )
     assert official_v1_key_to_vil("legacy_norm.weight") == "norm.weight"
     assert official_v1_key_to_vil("norm.bias") == "fc_norm.bias"
     assert official_v1_key_to_vil("head.weight") == "head.weight"

@@ -71,7 +71,7 @@ def _load_error(path: Path, error: pickle.UnpicklingError) -> CheckpointError:
     if "Weights only load failed" not in message:
         return CheckpointError(f"{path} is truncated or corrupt: torch.load failed with: {message}")
     found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
-    what = f"a {found.group(1)} object" if found else "Python objects other than tensors and plain containers"
+    what = f"an object of type {found.group(1)}" if found else "Python objects other than tensors and plain containers"
     return CheckpointError(
         f"{path} contains {what}, which only unpickling with arbitrary code execution can restore; vil loads "
         "weights with torch.load(weights_only=True) and refuses. If you trust the file, re-save its tensors: "

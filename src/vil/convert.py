@@ -95,7 +95,9 @@ def split_checkpoint(checkpoint, source: str = "checkpoint") -> tuple[dict[str, 
             raise CheckpointError(f"{source}: 'ctor_kwargs' must be a dict, got a {type(ctor_kwargs).__name__}")
         checkpoint = checkpoint["state_dict"]
         if not isinstance(checkpoint, Mapping):
-            raise CheckpointError(f"{source}: 'state_dict' must be a dict of tensors, got a {type(checkpoint).__name__}")
+            raise CheckpointError(
+                f"{source}: 'state_dict' must be a dict of tensors, got a {type(checkpoint).__name__}"
+            )
     not_tensors = [key for key, value in checkpoint.items() if not isinstance(value, torch.Tensor)]
     if not_tensors:
         raise CheckpointError(
@@ -169,7 +171,9 @@ def training_key_to_vil(key: str) -> str | None:
     if branch is None:
         return key
     module, direction, tail = branch.groups()
-    return f"blocks.{index}.layer.branches.{_TRAINING_DIRECTIONS[direction or '']}.{_BRANCH_MODULES[module]}{tail or ''}"
+    return (
+        f"blocks.{index}.layer.branches.{_TRAINING_DIRECTIONS[direction or '']}.{_BRANCH_MODULES[module]}{tail or ''}"
+    )
 
 
 def official_v2_key_to_vil(key: str) -> str:

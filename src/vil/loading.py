@@ -95,7 +95,9 @@ def _fit_head(state_dict: dict[str, torch.Tensor], num_classes: int, source: str
     state_dict.pop("head.weight", None)
     state_dict.pop("head.bias", None)
     if num_classes == 0:
-        logger.info("%s: the head for %d classes is dropped (num_classes=0: the model returns features)", source, stored)
+        logger.info(
+            "%s: the head for %d classes is dropped (num_classes=0: the model returns features)", source, stored
+        )
         return set()
     logger.info(
         "%s: the head for %d classes is replaced by a freshly initialised head for %d classes (train it)",
@@ -121,7 +123,11 @@ def load_strict(model: VisionLSTM, state_dict: Mapping[str, torch.Tensor], sourc
     if missing or unexpected or mismatched:
         problems = [
             f"{label} ({len(items)}): {_listing(items)}"
-            for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched))
+            for label, items in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("shape mismatches", mismatched),
+            )
             if items
         ]
         raise CheckpointError(
@@ -141,7 +147,9 @@ def adopt_variant(stored: ViLConfig, variant: ViLConfig, source: str, variant_na
     ]
     if differences:
         raise CheckpointError(f"{source} is not a {variant_name}: " + "; ".join(differences))
-    changes = {name: getattr(variant, name) for name in VARIANT_FIELDS if getattr(stored, name) != getattr(variant, name)}
+    changes = {
+        name: getattr(variant, name) for name in VARIANT_FIELDS if getattr(stored, name) != getattr(variant, name)
+    }
     if changes:
         logger.info("%s loaded as %s with %s", source, variant_name, changes)
     return stored.replace(**changes)

@@ -62,7 +62,14 @@ def filter_state_dict(state_dict, model: VisionLSTM) -> dict:
 
 
 def _build(variant_name: str, **overrides) -> VisionLSTM:
-    return VisionLSTM(VARIANTS[variant_name].make_config(**overrides))
+    model = VisionLSTM(VARIANTS[variant_name].make_config(**overrides))
+    # what timm's feature extraction (features_only=True) reads: one feature map per mLSTM block
+    reduction = model.config.patch_stride[0]
+    model.feature_info = [
+        dict(module=f"blocks.{index}", num_chs=model.config.dim, reduction=reduction)
+        for index in range(model.config.depth)
+    ]
+    return model
 
 
 def _entry_point(variant_name: str):
