@@ -48,6 +48,15 @@ def test_pretrained_path_loads_the_named_variant(released):
     assert_same_weights(model, reference)
 
 
+def test_with_a_name_the_files_classes_and_image_size_stay(released, tmp_path):
+    path, _ = released
+    fine_tuned = vil.load_official(path, num_classes=10, img_size=256)  # as if fine-tuned on 10 classes at 256
+    vil.save_pretrained(fine_tuned, tmp_path / "fine_tuned.safetensors")
+    model = vil.create_model(NAME, pretrained=tmp_path / "fine_tuned.safetensors")
+    assert model.config == fine_tuned.config
+    assert_same_weights(model, fine_tuned)
+
+
 def test_the_requested_architecture_decides_the_stride(released, caplog):
     """As the official hub, whose stride-8 ViL-T+ loads the stride-16 file: the stride has no tensors."""
     path, reference = released

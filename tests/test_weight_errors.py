@@ -157,3 +157,12 @@ def test_official_file_given_to_the_safetensors_loader(tmp_path, official):
 def test_checkpoint_of_another_variant(tmp_path, official):
     with pytest.raises(CheckpointError, match=r"bad.th is not a vil1_tiny_patch16_224: dim: file 16, .* 192; depth"):
         vil.create_model("vil1_tiny_patch16_224", pretrained=save(tmp_path, official))
+
+
+def test_final_norms_that_vil_does_not_have(tmp_path, official):
+    no_fc_norm = {k: v for k, v in official["state_dict"].items() if not k.startswith("head.0.")}
+    with pytest.raises(CheckpointError, match="has a head without a LayerNorm before it"):
+        vil.load_official(save(tmp_path, no_fc_norm))
+    no_norm = {k: v for k, v in official["state_dict"].items() if not k.startswith("xlstm.post_blocks_norm.")}
+    with pytest.raises(CheckpointError, match="has no norm over all tokens after the blocks"):
+        vil.load_official(save(tmp_path, no_norm))

@@ -103,3 +103,26 @@ def test_save_pretrained_stores_the_config_and_extra_metadata(tmp_path):
     with safe_open(str(tmp_path / "ours.safetensors"), framework="pt") as f:
         metadata = f.metadata()
     assert metadata["note"] == "test" and metadata["format"] == "vil" and CONFIG_KEY in metadata
+
+
+def test_feature_extractor_checkpoint_gets_a_fresh_norm_after_pooling(tmp_path, caplog):
+    original = make_model(ARCHITECTURES["v2_no_head"])
+    checkpoint = to_training_checkpoint(original)
+    checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("head.0.")}
+    torch.save(checkpoint, tmp_path / "features.th")
+    with caplog.at_level(logging.INFO, logger="vil"):
+        model = vil.load_official(tmp_path / "features.th").eval()
+    assert "no LayerNorm after pooling (a feature extractor): fc_norm is freshly initialised" in caplog.text
+    x = image_for(original.config)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(x), original.forward_features(x), rtol=0, atol=0)
+
+
+def test_a_given_config_decides_image_size_and_classes(tmp_path, caplog):
+    original = make_model(ARCHITECTURES["v1_stride"])  # 16 x 16 pixels, 3 classes
+    vil.save_pretrained(original, tmp_path / "ours.safetensors")
+    wanted = original.config.replace(img_size=24, num_classes=9, mlstm_backend="recurrent")
+    with caplog.at_level(logging.INFO, logger="vil"):
+        model = vil.create_model(wanted, pretrained=tmp_path / "ours.safetensors")
+    assert model.config == wanted and "head for 3 classes is replaced" in caplog.text
+    assert vil.load_pretrained(tmp_path / "ours.safetensors").config.num_classes == 3  # the file's

@@ -73,12 +73,17 @@ def convert_checkpoint(checkpoint, source: str = "checkpoint") -> ConvertedCheck
     ``source`` names the checkpoint in error messages (a file name or URL).
     """
     state_dict, ctor_kwargs = split_checkpoint(checkpoint, source)
+    ours, layout = to_vil_names(state_dict, source)
+    config, assumptions = infer_config(ours, ctor_kwargs, layout, source)
+    return ConvertedCheckpoint(ours, config, layout, assumptions)
+
+
+def to_vil_names(state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> tuple[dict, str]:
+    """A state dict in any ViL layout -> (the same tensors in our names, the layout found)."""
     layout = detect_layout(state_dict)
     if layout is None:
         raise CheckpointError(f"{source} is not a Vision-LSTM checkpoint: {_describe_foreign_keys(state_dict)}")
-    ours = map_keys(state_dict, layout, source)
-    config, assumptions = infer_config(ours, ctor_kwargs, layout, source)
-    return ConvertedCheckpoint(ours, config, layout, assumptions)
+    return map_keys(state_dict, layout, source), layout
 
 
 def split_checkpoint(checkpoint, source: str = "checkpoint") -> tuple[dict[str, torch.Tensor], dict | None]:
@@ -230,6 +235,7 @@ def infer_config(
     read as the alternating design and a pooled width of D as bilateral averaging.
     """
     assumptions: dict[str, str] = {}
+    _check_final_norms(state_dict, source)
     patch = _require(state_dict, "patch_embed.proj.weight", 4, source)  # (D, C, ph, pw)
     dim, in_chans, *patch_size = patch.shape
     pos_embed = _require(state_dict, "pos_embed.embed", 4, source)  # (1, h, w, D)
@@ -275,6 +281,22 @@ def _require(state_dict: Mapping[str, torch.Tensor], key: str, ndim: int, source
     if tensor.ndim != ndim:
         raise CheckpointError(f"{source}: {key!r} has shape {tuple(tensor.shape)}, expected {ndim} dimensions")
     return tensor
+
+
+def _check_final_norms(state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Our model always has the norm over all tokens and the LayerNorm after pooling; a missing one cannot be
+    replaced by a fresh one without changing the outputs (except the LayerNorm of a model without a head).
+    """
+    if "norm.weight" not in state_dict:
+        raise CheckpointError(
+            f"{source} has no norm over all tokens after the blocks (official legacy_norm=False or training "
+            "add_post_blocks_norm=False): vil's ViL always has it, so these weights cannot reproduce that model"
+        )
+    if "head.weight" in state_dict and "fc_norm.weight" not in state_dict:
+        raise CheckpointError(
+            f"{source} has a head without a LayerNorm before it (official legacy_norm=False or training "
+            "add_pre_head_norm=False): vil's ViL always has it, so these weights cannot reproduce that model"
+        )
 
 
 def _count_blocks(state_dict: Mapping[str, torch.Tensor], source: str) -> int:

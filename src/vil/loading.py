@@ -67,10 +67,13 @@ def model_from_state_dict(
         )
     target = config.replace(**overrides) if overrides else config
     state_dict = fit_pos_embed(dict(state_dict), target.pos_embed_grid)
-    fresh = _fit_head(state_dict, target.num_classes, source)
-    if "fc_norm.weight" not in state_dict and "fc_norm.weight" not in fresh:
+    if "fc_norm.weight" not in state_dict and "head.weight" not in state_dict:
+        # a feature extractor's checkpoint (no head): nothing was trained on top of this LayerNorm
         logger.info("%s has no LayerNorm after pooling (a feature extractor): fc_norm is freshly initialised", source)
-        fresh |= {"fc_norm.weight", "fc_norm.bias"}
+        fresh = {"fc_norm.weight", "fc_norm.bias"}
+    else:
+        fresh = set()
+    fresh |= _fit_head(state_dict, target.num_classes, source)
     model = VisionLSTM(target)
     load_strict(model, state_dict, source, fresh)
     return model

@@ -14,7 +14,7 @@ import torch
 from .checkpoint_files import SAFETENSORS, detect_format, read_torch_checkpoint
 from .convert import convert_checkpoint
 from .errors import CheckpointError, WeightsDownloadError
-from .loading import adopt_variant, model_from_state_dict
+from .loading import LOAD_OVERRIDES, adopt_variant, model_from_state_dict
 from .models.config import ViLConfig
 from .models.factory import resolve_config, resolve_variant
 from .models.variants import Checkpoint
@@ -27,9 +27,17 @@ logger = logging.getLogger(__name__)
 def load_pretrained_model(name_or_config: str | ViLConfig, pretrained, **overrides) -> VisionLSTM:
     """The model ``name_or_config`` with weights from ``pretrained`` (True: the released default checkpoint of the
     variant, or the one named by a ``"name.tag"``; otherwise a file path), then ``overrides``.
+
+    The file must hold the architecture's tensors; the architecture's patch stride, block design and pooling apply.
+    With a name, image size and classes are the file's unless overridden; a ViLConfig decides them itself.
     """
     variant_config = resolve_config(name_or_config)
-    variant_name = name_or_config if isinstance(name_or_config, str) else "the given config"
+    if isinstance(name_or_config, ViLConfig):
+        # every field of a given config is the caller's choice: its image size, classes, backend apply as well
+        variant_name = "the given config"
+        overrides = {**{name: getattr(name_or_config, name) for name in LOAD_OVERRIDES}, **overrides}
+    else:
+        variant_name = name_or_config
     if pretrained is True:
         if not isinstance(name_or_config, str):
             raise ValueError("pretrained=True needs a model name; with a ViLConfig, pass pretrained='path/to/file'")

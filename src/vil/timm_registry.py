@@ -12,7 +12,7 @@ import timm.models
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from .convert import convert_checkpoint, detect_layout, map_keys, split_checkpoint
+from .convert import split_checkpoint, to_vil_names
 from .loading import fit_pos_embed
 from .models.variants import VARIANTS
 from .models.vision_lstm import VisionLSTM
@@ -55,10 +55,8 @@ default_cfgs = generate_default_cfgs(
 def filter_state_dict(state_dict, model: VisionLSTM) -> dict:
     """timm's pretrained filter: official names (or ours) -> ours, position embedding fitted to the model's grid."""
     tensors, _ = split_checkpoint(state_dict, source="pretrained weights")
-    layout = detect_layout(tensors)
-    if layout is None:
-        convert_checkpoint(tensors, source="pretrained weights")  # raises, naming what the keys look like
-    return fit_pos_embed(map_keys(tensors, layout), model.config.pos_embed_grid)
+    ours, _ = to_vil_names(tensors, source="pretrained weights")
+    return fit_pos_embed(ours, model.config.pos_embed_grid)
 
 
 def _build(variant_name: str, **overrides) -> VisionLSTM:

@@ -42,8 +42,9 @@ def create_model(
 
     pretrained: False (random init); True (download the variant's released ImageNet-1K weights through torch.hub,
         cached; ``"name.tag"`` picks another released checkpoint, see ``vil checkpoints``); or the path of an official
-        checkpoint (``.th``) or of our safetensors file. The file must hold this architecture; ``img_size`` and
-        ``num_classes`` come from the file unless overridden (see :func:`vil.load_official`).
+        checkpoint (``.th``) or of our safetensors file. The file must hold this architecture. With a name,
+        ``img_size`` and ``num_classes`` are the file's unless overridden (a changed ``img_size`` resamples the
+        position embedding, a changed ``num_classes`` gives a new head); a ViLConfig decides them itself.
     """
     if pretrained is not False and pretrained is not None:
         from ..pretrained import load_pretrained_model  # imported here: it builds on this module
