@@ -172,3 +172,12 @@ def test_describe_architecture():
         "ViL v2, dim 16, 2 mLSTM blocks, patch 4 stride 2x4, image 16x12, 3 classes, pooling bilateral_concat, "
         "block design alternating"
     )
+
+
+def test_the_module_class_decides_the_generation():
+    """VisionLSTM2 with a causal 1-D conv is still VisionLSTM2 (its final norms differ from v1's in eps)."""
+    config = ViLConfig(version=2, dim=16, depth=2, img_size=8, patch_size=4, conv_kind="causal1d", conv_kernel_size=4)
+    model = make_model(config)
+    assert convert_checkpoint(to_official_module_state_dict(model)).config == config
+    # the training code has one set of final norms for both convs: the conv decides there
+    assert convert_checkpoint(to_training_checkpoint(model)).config.version == 1

@@ -57,7 +57,7 @@ def read_torch_checkpoint(path: str | os.PathLike):
     """``torch.load(path, weights_only=True)`` on the CPU, with its failures turned into CheckpointError."""
     path = Path(path)
     if detect_format(path) != TORCH:
-        raise CheckpointError(f"{path} is a safetensors file, not a PyTorch checkpoint")
+        raise CheckpointError(f"{path} is a safetensors file, not a PyTorch checkpoint (vil.load_pretrained reads it)")
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as error:
@@ -83,7 +83,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     """The tensors and the metadata of a safetensors file."""
     path = Path(path)
     if detect_format(path) != SAFETENSORS:
-        raise CheckpointError(f"{path} is a PyTorch checkpoint, not a safetensors file")
+        raise CheckpointError(f"{path} is a PyTorch checkpoint, not a safetensors file (vil.load_official reads it)")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
@@ -97,7 +97,7 @@ def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The metadata record of a safetensors file, without reading the tensors."""
     path = Path(path)
     if detect_format(path) != SAFETENSORS:
-        raise CheckpointError(f"{path} is a PyTorch checkpoint, not a safetensors file")
+        raise CheckpointError(f"{path} is a PyTorch checkpoint, not a safetensors file (vil.load_official reads it)")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             return f.metadata() or {}

@@ -228,11 +228,11 @@ def infer_config(
 ) -> tuple[ViLConfig, dict[str, str]]:
     """The ViLConfig of a state dict in our names, and the fields that had to be assumed (field -> reason).
 
-    Tensors give: width, depth, patch size, input channels, generation (conv rank), biases, inner width, heads,
-    headwise block size, conv kernel, image size (position-embedding grid x patch), classes (0 without a head),
-    pooled width, [CLS] token and the number of traversal branches. ``ctor_kwargs`` give the patch stride, the
-    traversal design and the pooling design; without them the stride is the patch size, one branch per block is
-    read as the alternating design and a pooled width of D as bilateral averaging.
+    Tensors give: width, depth, patch size, input channels, generation (module layout, else conv rank), biases,
+    inner width, heads, headwise block size, conv kernel, image size (position-embedding grid x patch), classes (0
+    without a head), pooled width, [CLS] token and the number of traversal branches. ``ctor_kwargs`` give the patch
+    stride, the traversal design and the pooling design; without them the stride is the patch size, one branch per
+    block is read as the alternating design and a pooled width of D as bilateral averaging.
     """
     assumptions: dict[str, str] = {}
     _check_final_norms(state_dict, source)
@@ -247,9 +247,9 @@ def infer_config(
         raise CheckpointError(f"{source}: proj_up of shape {tuple(proj_up.shape)} does not fit width {dim}")
     conv_kind, conv_kernel_size = _conv(state_dict, source)
     ctor = dict(ctor_kwargs or {})
-    pooling = _infer_pooling(state_dict, ctor, dim, 2 if conv_kind == "2d" else 1, assumptions, source)
+    pooling = _infer_pooling(state_dict, ctor, dim, _generation(layout, conv_kind), assumptions, source)
     values = dict(
-        version=2 if conv_kind == "2d" else 1,
+        version=_generation(layout, conv_kind),
         dim=dim,
         depth=depth,
         img_size=(grid[0] * patch_size[0], grid[1] * patch_size[1]),
@@ -317,6 +317,15 @@ def _conv(state_dict: Mapping[str, torch.Tensor], source: str) -> tuple[str, int
     raise CheckpointError(
         f"{source}: block 0 has no depthwise conv weight of shape (E, 1, k, k) (conv2d) or (E, 1, k) (causal conv1d)"
     )
+
+
+def _generation(layout: str, conv_kind: str) -> int:
+    """The module class decides the generation (and with it the eps of the final norms); otherwise the conv does:
+    VisionLSTM2 / the training code's use_conv2d have the 2-D conv, VisionLSTM and the training default the 1-D one.
+    """
+    if layout in (OFFICIAL_V1, OFFICIAL_V2):
+        return 2 if layout == OFFICIAL_V2 else 1
+    return 2 if conv_kind == "2d" else 1
 
 
 def _stride(ctor: dict, source: str) -> int | tuple[int, int] | None:

@@ -4,7 +4,6 @@ format, loaded as the requested variant.
 
 from __future__ import annotations
 
-import logging
 import os
 import pickle
 from pathlib import Path
@@ -20,8 +19,6 @@ from .models.factory import resolve_config, resolve_variant
 from .models.variants import Checkpoint
 from .models.vision_lstm import VisionLSTM
 from .weights import read_pretrained
-
-logger = logging.getLogger(__name__)
 
 
 def load_pretrained_model(name_or_config: str | ViLConfig, pretrained, **overrides) -> VisionLSTM:
