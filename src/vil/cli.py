@@ -10,6 +10,8 @@ import sys
 # Modules that add a subcommand; each defines register(subparsers) -> None and sets a ``func(args) -> int``.
 COMMAND_MODULES = [
     "vil.commands.models",
+    "vil.commands.checkpoints",
+    "vil.commands.convert",
 ]
 
 

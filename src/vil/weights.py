@@ -6,10 +6,13 @@ import json
 import os
 from pathlib import Path
 
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+import torch
+from safetensors.torch import save_file
 
+from .checkpoint_files import read_safetensors, read_safetensors_metadata
+from .errors import CheckpointError
 from .io_utils import atomic_write
+from .loading import model_from_state_dict
 from .models.config import ViLConfig
 from .models.vision_lstm import VisionLSTM
 
@@ -26,15 +29,32 @@ def save_pretrained(model: VisionLSTM, path: str | os.PathLike, metadata: dict[s
 
 def read_config(path: str | os.PathLike) -> ViLConfig:
     """The ViLConfig stored in a file written by :func:`save_pretrained`."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if CONFIG_KEY not in meta:
-        raise ValueError(f"{path} is a safetensors file without a ViL config in its metadata (not saved by vil)")
-    return ViLConfig.from_dict(json.loads(meta[CONFIG_KEY]))
+    return _config_from_metadata(path, read_safetensors_metadata(path))
 
 
-def load_pretrained(path: str | os.PathLike) -> VisionLSTM:
-    """Rebuild the model saved by :func:`save_pretrained`, weights included."""
-    model = VisionLSTM(read_config(path))
-    model.load_state_dict(load_file(str(path)))
-    return model
+def read_pretrained(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], ViLConfig]:
+    """The tensors and the config of a file written by :func:`save_pretrained`."""
+    tensors, metadata = read_safetensors(path)
+    return tensors, _config_from_metadata(path, metadata)
+
+
+def load_pretrained(path: str | os.PathLike, **overrides) -> VisionLSTM:
+    """Rebuild the model saved by :func:`save_pretrained`, weights included.
+
+    Overrides as for :func:`vil.load_official`: ``img_size`` (position embedding resampled), ``num_classes`` (new
+    head), ``mlstm_backend``, ``chunk_size``, ... (see ``vil.loading.LOAD_OVERRIDES``).
+    """
+    state_dict, config = read_pretrained(path)
+    return model_from_state_dict(state_dict, config, str(path), **overrides)
+
+
+def _config_from_metadata(path, metadata: dict[str, str]) -> ViLConfig:
+    if CONFIG_KEY not in metadata:
+        raise CheckpointError(
+            f"{path} is a safetensors file without a ViL config in its metadata (not written by vil.save_pretrained)"
+        )
+    try:
+        values = json.loads(metadata[CONFIG_KEY])
+        return ViLConfig.from_dict(values)
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{path}: the ViL config in its metadata is not valid: {error}") from error

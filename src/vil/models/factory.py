@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 
 from .config import ViLConfig
-from .variants import VARIANTS
+from .variants import VARIANTS, Variant, split_name
 from .vision_lstm import VisionLSTM
 
 
@@ -14,20 +15,39 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(name for name in VARIANTS if fnmatch.fnmatch(name, pattern))
 
 
+def resolve_variant(name: str) -> tuple[Variant, str | None]:
+    """A variant name, optionally with a checkpoint tag ("vil2_tiny_patch16_224.in1k_e400") -> (variant, tag)."""
+    variant_name, tag = split_name(name)
+    if variant_name not in VARIANTS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
+    variant = VARIANTS[variant_name]
+    if tag is not None:
+        variant.checkpoint(tag)  # raises for an unknown tag, listing the known ones
+    return variant, tag
+
+
 def resolve_config(name_or_config: str | ViLConfig, **overrides) -> ViLConfig:
     """The config of a variant name (or a given config), with overrides applied."""
     if isinstance(name_or_config, ViLConfig):
         return name_or_config.replace(**overrides) if overrides else name_or_config
-    if name_or_config not in VARIANTS:
-        raise ValueError(f"unknown model {name_or_config!r}; valid names: {', '.join(list_models())}")
-    return VARIANTS[name_or_config].make_config(**overrides)
+    variant, _ = resolve_variant(name_or_config)
+    return variant.make_config(**overrides)
 
 
-def create_model(name_or_config: str | ViLConfig, pretrained: bool | str = False, **overrides) -> VisionLSTM:
+def create_model(
+    name_or_config: str | ViLConfig, pretrained: bool | str | os.PathLike = False, **overrides
+) -> VisionLSTM:
     """Build a ViL by name (see :func:`list_models`) or from a :class:`ViLConfig`, e.g.
     ``create_model("vil2_tiny_patch16_224", img_size=384, num_classes=10)``.
+
+    pretrained: False (random init); True (download the variant's released ImageNet-1K weights through torch.hub,
+        cached; ``"name.tag"`` picks another released checkpoint, see ``vil checkpoints``); or the path of an official
+        checkpoint (``.th``) or of our safetensors file. The file must hold this architecture. With a name,
+        ``img_size`` and ``num_classes`` are the file's unless overridden (a changed ``img_size`` resamples the
+        position embedding, a changed ``num_classes`` gives a new head); a ViLConfig decides them itself.
     """
-    config = resolve_config(name_or_config, **overrides)
-    if pretrained:
-        raise NotImplementedError("pretrained weights are not available yet")
-    return VisionLSTM(config)
+    if pretrained is not False and pretrained is not None:
+        from ..pretrained import load_pretrained_model  # imported here: it builds on this module
+
+        return load_pretrained_model(name_or_config, pretrained, **overrides)
+    return VisionLSTM(resolve_config(name_or_config, **overrides))

@@ -33,6 +33,18 @@ class Variant:
     def make_config(self, **overrides) -> ViLConfig:
         return ViLConfig(**{**self.config, **overrides})
 
+    def checkpoint(self, tag: str | None = None) -> Checkpoint:
+        """The released checkpoint with this tag; the first one (the default) for None."""
+        if not self.checkpoints:
+            raise ValueError(f"model {self.name!r} has no released checkpoint")
+        if tag is None:
+            return self.checkpoints[0]
+        for checkpoint in self.checkpoints:
+            if checkpoint.tag == tag:
+                return checkpoint
+        tags = [c.tag for c in self.checkpoints]
+        raise ValueError(f"model {self.name!r} has no checkpoint tagged {tag!r}; its tags: {tags}")
+
 
 def _v2(size: str, dim: int, checkpoints) -> Variant:
     return Variant(
@@ -52,6 +64,12 @@ def _v1(size: str, label: str, dim: int, depth: int, stride: int | None, checkpo
         config=dict(version=1, dim=dim, depth=depth, patch_stride=stride),
         checkpoints=tuple(checkpoints),
     )
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """ "vil2_tiny_patch16_224.in1k_e400" -> ("vil2_tiny_patch16_224", "in1k_e400"); no tag -> (name, None)."""
+    variant, _, tag = name.partition(".")
+    return variant, tag or None
 
 
 VARIANTS: dict[str, Variant] = {
