@@ -134,10 +134,10 @@ def _forward(chunked: _Chunked, c0: torch.Tensor, m0: torch.Tensor, eps: float):
     scaled_updates = chunked.chunk_updates(chunked.write_weights()).mul_(beta[..., None, None])
 
     # states before each chunk and after the last: (B, NH, NC+1, DH, DHV+1)
-    states = c0.new_empty(batch, heads, num_chunks + 1, head_dim, value_dim + 1)
-    states[:, :, 0] = c0
+    states = [c0]
     for j in range(num_chunks):
-        torch.addcmul(scaled_updates[:, :, j], alpha[..., j, None, None], states[:, :, j], out=states[:, :, j + 1])
+        states.append(torch.addcmul(scaled_updates[:, :, j], alpha[..., j, None, None], states[-1]))
+    states = torch.stack(states, dim=2)
     c_prev = states[:, :, :-1]
 
     r = torch.maximum(m_prev.unsqueeze(-1), chunked.amax)  # (B, NH, NC, L)
