@@ -182,3 +182,22 @@ class TestAgainstMlstmKernels:
         # same memory once both are unstabilised (c * exp(m)); they scale q by 1/sqrt(DH) where we scale k
         ours_c = state.c * state.m.exp()[..., None, None] * inputs[0].shape[-1] ** 0.5
         assert torch.allclose(ours_c, c * m.exp()[..., None], rtol=1e-7)
+
+
+@pytest.mark.parametrize("form", ["parallel", "chunkwise"])
+def test_hand_written_backward_passes_gradcheck(form):
+    """Numerical gradients of the hand-written backward passes, including the initial and final states."""
+    q, k, v, i, f = make_inputs(batch=1, heads=2, seq_len=11, head_dim=3, gate_scale=3.0)
+    if form == "parallel":
+        assert torch.autograd.gradcheck(lambda *x: mlstm(*x, backend="parallel"), (q, k, v, i, f))
+        return
+    c0, n0, m0 = (
+        torch.randn(*shape, dtype=torch.float64, requires_grad=True) for shape in [(1, 2, 3, 3), (1, 2, 3), (1, 2)]
+    )
+
+    def run(q, k, v, i, f, c0, n0, m0):
+        h, state = mlstm(q, k, v, i, f, backend="chunkwise", chunk_size=4,
+                         initial_state=MLSTMState(c0, n0, m0), return_state=True)  # fmt: skip
+        return h, *state
+
+    assert torch.autograd.gradcheck(run, (q, k, v, i, f, c0, n0, m0))

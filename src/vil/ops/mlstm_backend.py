@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 
 from .mlstm_chunkwise import mlstm_chunkwise
-from .mlstm_parallel import EPS, mlstm_parallel
+from .mlstm_common import EPS
+from .mlstm_parallel import mlstm_parallel
 from .mlstm_recurrent import mlstm_recurrent
 from .mlstm_state import MLSTMState, check_state
 

@@ -25,7 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .mlstm_parallel import EPS, stabilised_decay
+from .mlstm_common import EPS, gate_backward, normalised_readout, readout_backward, stabilised_decay, with_ones
 from .mlstm_state import MLSTMState, empty_state
 
 
@@ -73,8 +73,7 @@ class _Chunked:
         # (B, NH, NC, L, ...) contiguous copies; k pre-scaled by 1/sqrt(DH); v with a column of ones
         self.q = self._chunks(q)
         self.k = self._chunks(k * self.scale)
-        v_ones = torch.cat([v, v.new_ones(batch, heads, seq_len, 1)], dim=-1)
-        self.v = self._chunks(v_ones)
+        self.v = self._chunks(with_ones(v))
 
         log_f = F.pad(F.logsigmoid(fgate), (0, self.pad), value=0.0)  # padded tokens do not decay the state ...
         i = F.pad(igate, (0, self.pad), value=float("-inf"))  # ... and write nothing into it
@@ -144,9 +143,7 @@ def _forward(chunked: _Chunked, c0: torch.Tensor, m0: torch.Tensor, eps: float):
     scores = (chunked.q @ chunked.k.transpose(-2, -1)).mul_(stabilised_decay(chunked.a, r))  # (B, NH, NC, L, L)
     inter_weight = torch.exp(m_prev.unsqueeze(-1) - r)  # (B, NH, NC, L)
     out = (scores @ chunked.v).addcmul_(inter_weight.unsqueeze(-1), chunked.q @ c_prev)  # (B, NH, NC, L, DHV+1)
-    denominator = out[..., value_dim]  # (B, NH, NC, L)
-    normalizer = torch.maximum(denominator.abs(), torch.exp(-(chunked.b + r)))  # exp(-M[t])
-    h_chunks = out[..., :value_dim] / (normalizer + eps).unsqueeze(-1)  # (B, NH, NC, L, DHV)
+    h_chunks, denominator = normalised_readout(out, chunked.b + r, eps)  # (B, NH, NC, L, DHV), (B, NH, NC, L)
     # written in the (B, S, NH, DHV) layout and returned as a (B, NH, S, DHV) view
     h = chunked.unchunk(h_chunks).transpose(1, 2).contiguous().transpose(1, 2)
     return h, states, m_all, denominator
@@ -186,19 +183,9 @@ def _backward(q, k, v, igate, fgate, states, m_all, denominator, h, dh, dc_last,
     qk = chunked.q @ chunked.k.transpose(-2, -1)
     scores = qk * decay
     inter_weight = torch.exp(m_prev.unsqueeze(-1) - r)  # (B, NH, NC, L)
-    floor = torch.exp(-(b + r))  # exp(-M)
-    normalizer = torch.maximum(denominator.abs(), floor)
-    inv = 1.0 / (normalizer + eps)  # (B, NH, NC, L)
 
-    # --- h = num / (N + eps), N = max(|den|, exp(-M))
-    dh_chunks = chunked._chunks(dh)  # (B, NH, NC, L, DHV)
-    h_chunks = chunked._chunks(h)
-    d_normalizer = -(dh_chunks * h_chunks).sum(dim=-1) * inv
-    on_floor = floor > denominator.abs()
-    d_out = torch.cat(
-        [dh_chunks * inv.unsqueeze(-1), (d_normalizer * denominator.sign() * ~on_floor).unsqueeze(-1)], dim=-1
-    )  # (B, NH, NC, L, DHV+1)
-    d_log_m_row = -d_normalizer * floor * on_floor  # dL/dM[t] through the floor exp(-M)
+    # --- h = num / (N + eps), N = max(|den|, exp(-M)), M = b + r
+    d_out, d_log_m_row = readout_backward(chunked._chunks(dh), chunked._chunks(h), denominator, b + r, eps)
 
     # --- out = scores @ v + inter_weight * (q @ C_prev)
     d_scores = d_out @ chunked.v.transpose(-2, -1)  # (B, NH, NC, L, L)
@@ -242,12 +229,9 @@ def _backward(q, k, v, igate, fgate, states, m_all, denominator, h, dh, dc_last,
 
     # amax = cummax(a): each running maximum came from one earlier a[s]
     da.scatter_add_(-1, chunked.amax_index, d_amax)
-    # a = i - b;  g = b[last];  b = cumsum(log f);  log f = logsigmoid(f)
-    d_igate = da
-    db -= da
+    # a = i - b;  g = b[last];  b = cumsum(log f) within each chunk;  log f = logsigmoid(f)
     db[..., -1] += d_g
-    d_log_f = db.flip(-1).cumsum(dim=-1).flip(-1)
-
+    d_igate, d_log_f = gate_backward(da, db)
     d_igate = d_igate.reshape(batch, heads, -1)[..., :seq_len]
     d_fgate = d_log_f.reshape(batch, heads, -1)[..., :seq_len] * torch.sigmoid(-fgate)
     dq = chunked.unchunk(dq)

@@ -1,12 +1,15 @@
 """The mLSTM cell in parallel form: materialises the S x S decay matrix, O(S^2) time and memory.
 
 This is the form the official Vision-LSTM code computes. It is exact and, for short sequences (a 224 image
-has 196 tokens), also fast on CPU because most of its work is two large matrix products.
+has 196 tokens), also the fastest on CPU because most of its work is large matrix products.
 
-The stabiliser is found without the S x S matrix. With ``cum[t] = sum_{r<=t} log f[r]`` and
-``a[s] = i[s] - cum[s]`` the log decay is ``log_d[t, s] = cum[t] + a[s]``, so its row maximum is
-``m[t] = cum[t] + max_{s<=t} a[s]`` (a cumulative maximum, O(S)), and the stabilised decay is
-``exp(log_d[t, s] - m[t]) = exp(a[s] - amax[t])``: one broadcast subtraction and one exp per entry.
+The stabiliser is found without the S x S matrix. With ``b[t] = sum_{r<=t} log f[r]`` and ``a[s] = i[s] - b[s]``
+the log decay is ``log_d[t, s] = b[t] + a[s]``, so its row maximum is ``m[t] = b[t] + max_{s<=t} a[s]`` (a
+cumulative maximum, O(S)), and the stabilised decay is ``exp(a[s] - amax[t])``.
+
+The S x S matrices are computed in tiles of rows; tile j needs only the columns up to its last row, so the
+all-zero blocks above the diagonal (almost half of the work) are never computed. The backward pass is written
+by hand (:class:`_ParallelMLSTM`): it keeps only q, k, v, the gates and h and recomputes the tiles.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-EPS = 1e-6
-MIN_LOG_DECAY = -80.0  # exp(-80) = 1.8e-35: still a normal float32
+from .mlstm_common import EPS, gate_backward, normalised_readout, readout_backward, stabilised_decay, with_ones
+
 ROW_TILE = 64  # rows per tile; S = 196 gives 4 tiles of 49
 
 
@@ -32,55 +35,80 @@ def mlstm_parallel(
 ) -> torch.Tensor:
     """Stabilised parallel mLSTM.
 
-    The S x S matrices are computed in tiles of ``row_tile`` rows; tile j needs only the columns up to its last
-    row, so the all-zero blocks above the diagonal (almost half of the work) are never computed. The result does
-    not depend on the tiling.
-
     Args:
         q, k: (B, NH, S, DH); v: (B, NH, S, DHV).
         igate, fgate: (B, NH, S) gate pre-activations.
+        row_tile: rows per tile (the result does not depend on it).
     Returns:
-        h: (B, NH, S, DHV).
+        h: (B, NH, S, DHV), laid out in memory as (B, S, NH, DHV) (a transposed view), the layout needed next.
     """
-    seq_len, head_dim = q.shape[-2:]
-    cum_log_f = F.logsigmoid(fgate).cumsum(dim=-1)  # (B, NH, S)
-    write_log = igate - cum_log_f  # (B, NH, S): a[s]
-    write_log_max = write_log.cummax(dim=-1).values  # (B, NH, S): amax[t] = max_{s<=t} a[s]
-    max_log_d = cum_log_f + write_log_max  # (B, NH, S): the stabiliser m[t] = max_s log_d[t, s]
-    k = k * head_dim**-0.5
-    v = torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)  # (B, NH, S, DHV+1): ones give the normaliser
-
-    num_tiles = math.ceil(seq_len / row_tile)
-    tile = math.ceil(seq_len / num_tiles)
-    outputs = []
-    for start in range(0, seq_len, tile):
-        end = min(start + tile, seq_len)  # rows [start, end) see columns [0, end)
-        decay = stabilised_decay(write_log[..., :end], write_log_max[..., start:end], offset=start)  # (.., T, end)
-        scores = q[..., start:end, :] @ k[..., :end, :].transpose(-2, -1)  # (B, NH, T, end)
-        scores = scores.mul_(decay) if not torch.is_grad_enabled() else scores * decay
-        outputs.append(normalised_readout(scores, v[..., :end, :], max_log_d[..., start:end], eps))
-    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-2)  # (B, NH, S, DHV)
+    return _ParallelMLSTM.apply(q, k, v, igate, fgate, eps, row_tile)
 
 
-def stabilised_decay(write_log: torch.Tensor, write_log_max: torch.Tensor, offset: int = 0) -> torch.Tensor:
-    """exp(a[s] - amax[t]) for s <= t, exactly 0 for s > t: a (..., S') and amax (..., T) -> (..., T, S').
+class _Gates:
+    """What the parallel form derives from the gates alone: b, a = i - b, amax = cummax(a), M = b + amax."""
 
-    Row r is token t = offset + r. For s <= t the exponent is <= 0 by construction. It is floored at
-    MIN_LOG_DECAY: exp of very negative numbers (denormal results) runs ~7x slower on CPU, and a weight below
-    e^-80 next to the row's largest weight, 1, is far below float rounding. For s > t the exponent is clamped
-    to 0 (it could overflow) and the weight then zeroed.
-    """
-    log_decay = write_log.unsqueeze(-2) - write_log_max.unsqueeze(-1)  # (..., T, S')
-    decay = log_decay.clamp_(min=MIN_LOG_DECAY, max=0.0).exp_()
-    return decay.tril(offset) if torch.is_grad_enabled() else decay.tril_(offset)
+    def __init__(self, igate: torch.Tensor, fgate: torch.Tensor):
+        self.b = F.logsigmoid(fgate).cumsum(dim=-1)  # (B, NH, S)
+        self.a = igate - self.b
+        self.amax, self.amax_index = self.a.cummax(dim=-1)
+        self.log_m_row = self.b + self.amax  # M[t] = max_s log_d[t, s]
 
 
-def normalised_readout(scores: torch.Tensor, v_ones: torch.Tensor, max_log_d: torch.Tensor, eps: float):
-    """h[t] = sum_s C[t, s] v[s] / (max(|sum_s C[t, s]|, exp(-m[t])) + eps).
+def _tiles(seq_len: int, row_tile: int) -> list[tuple[int, int]]:
+    """Balanced row tiles [start, end) covering [0, seq_len)."""
+    size = math.ceil(seq_len / math.ceil(seq_len / row_tile))
+    return [(start, min(start + size, seq_len)) for start in range(0, seq_len, size)]
 
-    scores C: (..., T, S'); v_ones: (..., S', DHV+1), v with a column of ones appended, so that the row sums
-    come out of the same matrix product as the numerator; max_log_d m: (..., T) -> h: (..., T, DHV).
-    """
-    out = scores @ v_ones  # (..., T, DHV+1)
-    normalizer = torch.maximum(out[..., -1:].abs(), torch.exp(-max_log_d).unsqueeze(-1))  # (..., T, 1)
-    return out[..., :-1] / (normalizer + eps)
+
+class _ParallelMLSTM(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, igate, fgate, eps, row_tile):
+        gates = _Gates(igate, fgate)
+        k_scaled = k * q.shape[-1] ** -0.5
+        v_ones = with_ones(v)  # (B, NH, S, DHV+1)
+        batch, heads, seq_len, value_dim = v.shape
+        h = v.new_empty(batch, seq_len, heads, value_dim).transpose(1, 2)  # (B, NH, S, DHV) view of (B, S, NH, DHV)
+        denominator = v.new_empty(batch, heads, seq_len)
+        for start, end in _tiles(seq_len, row_tile):  # rows [start, end) see columns [0, end)
+            scores = q[:, :, start:end] @ k_scaled[:, :, :end].transpose(-2, -1)  # (B, NH, T, end)
+            scores.mul_(stabilised_decay(gates.a[..., :end], gates.amax[..., start:end], offset=start))
+            h[:, :, start:end], denominator[..., start:end] = normalised_readout(
+                scores @ v_ones[:, :, :end], gates.log_m_row[..., start:end], eps
+            )
+        ctx.save_for_backward(q, k, v, igate, fgate, h, denominator)
+        ctx.eps, ctx.row_tile = eps, row_tile
+        return h
+
+    @staticmethod
+    def backward(ctx, dh):
+        q, k, v, igate, fgate, h, denominator = ctx.saved_tensors
+        gates = _Gates(igate, fgate)
+        scale = q.shape[-1] ** -0.5
+        k_scaled = k * scale
+        v_ones = with_ones(v)
+        d_out, d_log_m_row = readout_backward(dh, h, denominator, gates.log_m_row, ctx.eps)  # (B, NH, S, DHV+1)
+
+        dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+        dk = torch.zeros_like(k_scaled)
+        dv = torch.zeros_like(v_ones)
+        d_a = torch.zeros_like(gates.a)
+        d_amax = d_log_m_row.clone()  # M = b + amax
+        for start, end in _tiles(q.shape[2], ctx.row_tile):
+            rows = slice(start, end)
+            decay = stabilised_decay(gates.a[..., :end], gates.amax[..., rows], offset=start)  # (B, NH, T, end)
+            qk = q[:, :, rows] @ k_scaled[:, :, :end].transpose(-2, -1)
+            scores = qk * decay
+            d_scores = d_out[:, :, rows] @ v_ones[:, :, :end].transpose(-2, -1)  # (B, NH, T, end)
+            dv[:, :, :end] += scores.transpose(-2, -1) @ d_out[:, :, rows]
+            d_qk = d_scores * decay
+            dq[:, :, rows] = d_qk @ k_scaled[:, :, :end]
+            dk[:, :, :end] += d_qk.transpose(-2, -1) @ q[:, :, rows]
+            d_log_decay = d_scores.mul_(scores)  # dL/d log decay[t, s], with log decay = a[s] - amax[t]
+            d_a[..., :end] += d_log_decay.sum(dim=-2)
+            d_amax[..., rows] -= d_log_decay.sum(dim=-1)
+
+        d_a.scatter_add_(-1, gates.amax_index, d_amax)  # amax = cummax(a)
+        d_igate, d_log_f = gate_backward(d_a, d_log_m_row)
+        d_fgate = d_log_f * torch.sigmoid(-fgate)
+        return dq, dk * scale, dv[..., :-1], d_igate, d_fgate, None, None

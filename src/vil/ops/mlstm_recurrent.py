@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .mlstm_parallel import EPS
+from .mlstm_common import EPS
 from .mlstm_state import MLSTMState, empty_state
 
 

@@ -1,0 +1,57 @@
+"""Pieces shared by the parallel and the chunkwise forms, forward and backward.
+
+Both forms write the log decay of token s seen from token t as ``b[t] + a[s]`` with b a cumulative sum of
+log forget gates and ``a[s] = i[s] - b[s]``; the stabiliser of row t is ``M[t] = b[t] + r[t]`` where r[t] is the
+largest ``a`` the row sees. The output is read out as h = num / (max(|den|, exp(-M)) + eps).
+"""
+
+from __future__ import annotations
+
+import torch
+
+EPS = 1e-6
+MIN_LOG_DECAY = -80.0  # exp(-80) = 1.8e-35: still a normal float32
+
+
+def stabilised_decay(write_log: torch.Tensor, row_max: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """exp(a[s] - r[t]) for s <= t, exactly 0 for s > t: a (..., S') and r (..., T) -> (..., T, S').
+
+    Row j is token t = offset + j. For s <= t the exponent is <= 0 because r[t] >= a[s]. It is floored at
+    MIN_LOG_DECAY: exp of very negative numbers (denormal results) runs ~7x slower on CPU, and a weight below
+    e^-80 next to the row's largest weight, 1, is far below float rounding. For s > t the exponent is clamped
+    to 0 (it could overflow) and the weight then zeroed.
+    """
+    log_decay = write_log.unsqueeze(-2) - row_max.unsqueeze(-1)  # (..., T, S')
+    decay = log_decay.clamp_(min=MIN_LOG_DECAY, max=0.0).exp_()
+    return decay.tril(offset) if torch.is_grad_enabled() else decay.tril_(offset)
+
+
+def normalised_readout(out: torch.Tensor, log_m_row: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """out: (..., T, DHV+1) = [numerator, denominator]; log_m_row M: (..., T) -> h (..., T, DHV), denominator."""
+    denominator = out[..., -1]
+    normalizer = torch.maximum(denominator.abs(), torch.exp(-log_m_row))
+    return out[..., :-1] / (normalizer + eps).unsqueeze(-1), denominator
+
+
+def readout_backward(
+    dh: torch.Tensor, h: torch.Tensor, denominator: torch.Tensor, log_m_row: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward of :func:`normalised_readout`: -> d_out (..., T, DHV+1) and dL/dM (..., T) through exp(-M)."""
+    floor = torch.exp(-log_m_row)
+    on_floor = floor > denominator.abs()
+    inv = 1.0 / (torch.maximum(denominator.abs(), floor) + eps)
+    d_normalizer = -(dh * h).sum(dim=-1) * inv
+    d_denominator = d_normalizer * denominator.sign() * ~on_floor
+    d_out = torch.cat([dh * inv.unsqueeze(-1), d_denominator.unsqueeze(-1)], dim=-1)
+    return d_out, -d_normalizer * floor * on_floor
+
+
+def gate_backward(d_a: torch.Tensor, d_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """dL/da and the direct dL/db -> (dL/di, dL/dlog f), for a = i - b and b = cumsum(log f) along the last dim."""
+    d_b = d_b - d_a
+    return d_a, d_b.flip(-1).cumsum(dim=-1).flip(-1)
+
+
+def with_ones(v: torch.Tensor) -> torch.Tensor:
+    """v (..., DHV) -> (..., DHV+1) with a column of ones: one product then yields numerator and denominator."""
+    return torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)
