@@ -25,8 +25,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .mlstm_common import EPS, gate_backward, normalised_readout, readout_backward, stabilised_decay, with_ones
-from .mlstm_state import MLSTMState, empty_state
+from .common import EPS, gate_backward, normalised_readout, readout_backward, stabilised_decay, with_ones
+from .state import MLSTMState, empty_state
 
 
 def mlstm_chunkwise(

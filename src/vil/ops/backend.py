@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import torch
 
-from .mlstm_chunkwise import mlstm_chunkwise
-from .mlstm_common import EPS
-from .mlstm_parallel import mlstm_parallel
-from .mlstm_recurrent import mlstm_recurrent
-from .mlstm_state import MLSTMState, check_state
+from .chunkwise import mlstm_chunkwise
+from .common import EPS
+from .parallel import mlstm_parallel
+from .recurrent import mlstm_recurrent
+from .state import MLSTMState, check_state
 
 BACKENDS = ("auto", "parallel", "chunkwise", "recurrent")
 

@@ -19,7 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .mlstm_common import EPS, gate_backward, normalised_readout, readout_backward, stabilised_decay, with_ones
+from .common import EPS, gate_backward, normalised_readout, readout_backward, stabilised_decay, with_ones
 
 ROW_TILE = 64  # rows per tile; S = 196 gives 4 tiles of 49
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .mlstm_common import EPS
-from .mlstm_state import MLSTMState, empty_state
+from .common import EPS
+from .state import MLSTMState, empty_state
 
 
 def mlstm_recurrent_step(
@@ -26,7 +26,7 @@ def mlstm_recurrent_step(
     """One token.
 
     Args:
-        state: the state after the previous token (:func:`vil.ops.mlstm_state.empty_state` before the first).
+        state: the state after the previous token (:func:`vil.ops.empty_state` before the first).
         q, k: (B, NH, DH); v: (B, NH, DHV); igate, fgate: (B, NH).
     Returns:
         h: (B, NH, DHV) and the new state.
