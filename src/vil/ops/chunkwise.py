@@ -24,6 +24,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from .common import EPS, gate_backward, normalised_readout, readout_backward, stabilised_decay, with_ones
 from .state import MLSTMState, empty_state
@@ -70,9 +71,14 @@ class _Chunked:
         self.pad = self.num_chunks * self.chunk - seq_len
         self.scale = head_dim**-0.5
 
-        # (B, NH, NC, L, ...) contiguous copies; k pre-scaled by 1/sqrt(DH); v with a column of ones
-        self.q = self._chunks(q)
-        self.k = self._chunks(k * self.scale)
+        # (B, NH, NC, L, ...) contiguous copies (batched products on strided views would copy every time);
+        # k pre-scaled by 1/sqrt(DH); v with a column of ones
+        self.q = self._chunks(q).contiguous()
+        self.k = (
+            torch.mul(self._chunks(k), self.scale, out=torch.empty_like(self.q))
+            if not torch.is_grad_enabled()
+            else self._chunks(k).contiguous() * self.scale
+        )
         self.v = self._chunks(with_ones(v))
 
         log_f = F.pad(F.logsigmoid(fgate), (0, self.pad), value=0.0)  # padded tokens do not decay the state ...
@@ -132,12 +138,12 @@ def _forward(chunked: _Chunked, c0: torch.Tensor, m0: torch.Tensor, eps: float):
     alpha, beta = _chunk_state_weights(m_prev, chunked.a_last)  # (B, NH, NC)
     scaled_updates = chunked.chunk_updates(chunked.write_weights()).mul_(beta[..., None, None])
 
-    # states before each chunk and after the last: (B, NH, NC+1, DH, DHV+1)
+    # the state before each chunk (B, NH, NC, DH, DHV+1), and after the last one
     states = [c0]
     for j in range(num_chunks):
         states.append(torch.addcmul(scaled_updates[:, :, j], alpha[..., j, None, None], states[-1]))
-    states = torch.stack(states, dim=2)
-    c_prev = states[:, :, :-1]
+    c_last = states.pop()
+    c_prev = torch.stack(states, dim=2)
 
     r = torch.maximum(m_prev.unsqueeze(-1), chunked.amax)  # (B, NH, NC, L)
     scores = (chunked.q @ chunked.k.transpose(-2, -1)).mul_(stabilised_decay(chunked.a, r))  # (B, NH, NC, L, L)
@@ -146,7 +152,7 @@ def _forward(chunked: _Chunked, c0: torch.Tensor, m0: torch.Tensor, eps: float):
     h_chunks, denominator = normalised_readout(out, chunked.b + r, eps)  # (B, NH, NC, L, DHV), (B, NH, NC, L)
     # written in the (B, S, NH, DHV) layout and returned as a (B, NH, S, DHV) view
     h = chunked.unchunk(h_chunks).transpose(1, 2).contiguous().transpose(1, 2)
-    return h, states, m_all, denominator
+    return h, c_prev, c_last, m_all, denominator
 
 
 class _ChunkwiseMLSTM(torch.autograd.Function):
@@ -154,28 +160,27 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
     def forward(ctx, q, k, v, igate, fgate, c0, n0, m0, chunk_size, eps):
         chunked = _Chunked(q, k, v, igate, fgate, chunk_size)
         c0_aug = torch.cat([c0, n0.unsqueeze(-1)], dim=-1).to(q.dtype)  # (B, NH, DH, DHV+1)
-        h, states, m_all, denominator = _forward(chunked, c0_aug, m0.to(q.dtype), eps)
+        h, c_prev, c_last, m_all, denominator = _forward(chunked, c0_aug, m0.to(q.dtype), eps)
         value_dim = v.shape[-1]
-        c_last = states[:, :, -1]
-        ctx.save_for_backward(q, k, v, igate, fgate, states, m_all, denominator, h)
+        ctx.save_for_backward(q, k, v, igate, fgate, c_prev, m_all, denominator, h)
         ctx.chunk_size, ctx.eps = chunk_size, eps
         return h, c_last[..., :value_dim], c_last[..., value_dim], m_all[..., -1]
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dh, dc_last, dn_last, dm_last):
-        q, k, v, igate, fgate, states, m_all, denominator, h = ctx.saved_tensors
-        grads = _backward(q, k, v, igate, fgate, states, m_all, denominator, h, dh, dc_last, dn_last, dm_last,
+        q, k, v, igate, fgate, c_prev, m_all, denominator, h = ctx.saved_tensors
+        grads = _backward(q, k, v, igate, fgate, c_prev, m_all, denominator, h, dh, dc_last, dn_last, dm_last,
                           ctx.chunk_size, ctx.eps)  # fmt: skip
         return (*grads, None, None)
 
 
-def _backward(q, k, v, igate, fgate, states, m_all, denominator, h, dh, dc_last, dn_last, dm_last, chunk_size, eps):
+def _backward(q, k, v, igate, fgate, c_prev, m_all, denominator, h, dh, dc_last, dn_last, dm_last, chunk_size, eps):
     """Gradients of h and the final state with respect to q, k, v, the gates and the initial state."""
     chunked = _Chunked(q, k, v, igate, fgate, chunk_size)
     batch, heads, seq_len, head_dim, value_dim = chunked.shape
     b, a, amax = chunked.b, chunked.a, chunked.amax
     m_prev = m_all[..., :-1]  # (B, NH, NC)
-    c_prev = states[:, :, :-1]  # (B, NH, NC, DH, DHV+1)
 
     # --- recompute what the outputs were made of
     r = torch.maximum(m_prev.unsqueeze(-1), amax)  # (B, NH, NC, L)

@@ -18,6 +18,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from .common import EPS, gate_backward, normalised_readout, readout_backward, stabilised_decay, with_ones
 
@@ -81,6 +82,7 @@ class _ParallelMLSTM(torch.autograd.Function):
         return h
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dh):
         q, k, v, igate, fgate, h, denominator = ctx.saved_tensors
         gates = _Gates(igate, fgate)
