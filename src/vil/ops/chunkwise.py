@@ -10,8 +10,7 @@ maximum, exactly as in the parallel form (DESIGN.md section 2.2).
 
 Notation per chunk (t, s index tokens of the chunk): b[t] = sum of log f from the chunk start up to and
 including t; a[s] = i[s] - b[s]; amax[t] = max_{s<=t} a[s]; the state before the chunk is (C, m_prev), with the
-normaliser n stored as an extra column of C (values are augmented with a column of ones, so one matrix product
-yields numerator and normaliser). With r[t] = max(m_prev, amax[t]) the parallel form's stabiliser is
+normaliser n. With r[t] = max(m_prev, amax[t]) the parallel form's stabiliser is
 M[t] = b[t] + r[t], the intra-chunk weights are exp(a[s] - r[t]) (s <= t) and the state's weight exp(m_prev - r[t]).
 
 The backward pass is written by hand (:class:`_ChunkwiseMLSTM`): it keeps q, k, v, the gates, the chunk states
@@ -26,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .common import EPS, gate_backward, normalised_readout, readout_backward, stabilised_decay, with_ones
+from .common import EPS, gate_backward, normalised_readout, readout_backward, stabilised_decay
 from .state import MLSTMState, empty_state
 
 
@@ -56,7 +55,7 @@ def mlstm_chunkwise(
         (B, S, NH, DHV) (returned as a transposed view), which is the layout the caller needs next.
     """
     state = initial_state if initial_state is not None else empty_state(q, v)
-    h, c_last, n_last, m_last = _ChunkwiseMLSTM.apply(q, k, v, igate, fgate, state.c, state.n, state.m, chunk_size, eps)
+    h, c_last, n_last, m_last = _ChunkwiseMLSTM.apply(q, k, v, igate, fgate, *state, chunk_size, eps)
     return (h, MLSTMState(c=c_last, n=n_last, m=m_last)) if return_state else h
 
 
@@ -72,14 +71,10 @@ class _Chunked:
         self.scale = head_dim**-0.5
 
         # (B, NH, NC, L, ...) contiguous copies (batched products on strided views would copy every time);
-        # k pre-scaled by 1/sqrt(DH); v with a column of ones
-        self.q = self._chunks(q).contiguous()
-        self.k = (
-            torch.mul(self._chunks(k), self.scale, out=torch.empty_like(self.q))
-            if not torch.is_grad_enabled()
-            else self._chunks(k).contiguous() * self.scale
-        )
-        self.v = self._chunks(with_ones(v))
+        # k pre-scaled by 1/sqrt(DH)
+        self.q = self.chunks(q).contiguous()
+        self.k = torch.mul(self.chunks(k), self.scale, out=torch.empty_like(self.q))
+        self.v = self.chunks(v).contiguous()
 
         log_f = F.pad(F.logsigmoid(fgate), (0, self.pad), value=0.0)  # padded tokens do not decay the state ...
         i = F.pad(igate, (0, self.pad), value=float("-inf"))  # ... and write nothing into it
@@ -89,7 +84,8 @@ class _Chunked:
         self.g = self.b[..., -1]  # (B, NH, NC): log forget of the whole chunk
         self.a_last = self.amax[..., -1]  # (B, NH, NC): max_s a[s] over the chunk
 
-    def _chunks(self, x: torch.Tensor) -> torch.Tensor:
+    def chunks(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, NH, S, X) -> (B, NH, NC, L, X), zero-padded."""
         batch, heads = x.shape[:2]
         x = F.pad(x, (0, 0, 0, self.pad)) if self.pad else x
         return x.reshape(batch, heads, self.num_chunks, self.chunk, x.shape[-1])
@@ -99,13 +95,14 @@ class _Chunked:
         batch, heads, seq_len = self.shape[:3]
         return x.reshape(batch, heads, self.num_chunks * self.chunk, x.shape[-1])[:, :, :seq_len]
 
-    def write_weights(self) -> torch.Tensor:
-        """exp(a[s] - max_s a[s]): how much token s writes into the state, stabilised per chunk. (B, NH, NC, L)"""
-        return torch.exp(self.a - self.a_last.unsqueeze(-1))
+    def weighted_keys(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """w[s] = exp(a[s] - max_s a[s]) (how much token s writes into the state, stabilised per chunk) and w*k."""
+        write_weight = torch.exp(self.a - self.a_last.unsqueeze(-1))  # (B, NH, NC, L)
+        return write_weight, self.k * write_weight.unsqueeze(-1)  # (B, NH, NC, L, DH)
 
-    def chunk_updates(self, write_weight: torch.Tensor) -> torch.Tensor:
-        """U = sum_s w[s] k[s] v[s]^T for every chunk: (B, NH, NC, DH, DHV+1)."""
-        return (self.k * write_weight.unsqueeze(-1)).transpose(-2, -1) @ self.v
+    def chunk_updates(self, weighted_keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What each chunk writes: U = sum_s w[s] k[s] v[s]^T (B, NH, NC, DH, DHV), u = sum_s w[s] k[s]."""
+        return weighted_keys.transpose(-2, -1) @ self.v, weighted_keys.sum(dim=-2)
 
 
 def _stabilisers(chunked: _Chunked, m_initial: torch.Tensor) -> torch.Tensor:
@@ -117,11 +114,10 @@ def _stabilisers(chunked: _Chunked, m_initial: torch.Tensor) -> torch.Tensor:
     g = chunked.g.double()
     cum_g = g.cumsum(dim=-1)  # G_j
     cum_g_before = cum_g - g  # G_{j-1}
-    running = torch.maximum(
-        (chunked.a_last.double() - cum_g_before).cummax(dim=-1).values, m_initial.double()[..., None]
-    )
+    running = (chunked.a_last.double() - cum_g_before).cummax(dim=-1).values
+    running = torch.maximum(running, m_initial.double().unsqueeze(-1))
     m_after = cum_g + running  # (B, NH, NC)
-    return torch.cat([m_initial.double()[..., None], m_after], dim=-1).to(chunked.g.dtype)
+    return torch.cat([m_initial.double().unsqueeze(-1), m_after], dim=-1).to(chunked.g.dtype)
 
 
 def _chunk_state_weights(m_prev: torch.Tensor, a_last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,143 +126,142 @@ def _chunk_state_weights(m_prev: torch.Tensor, a_last: torch.Tensor) -> tuple[to
     return torch.exp(m_prev - r), torch.exp(a_last - r)  # exp(-inf) = 0: no past before the first chunk
 
 
-def _forward(chunked: _Chunked, c0: torch.Tensor, m0: torch.Tensor, eps: float):
-    batch, heads, seq_len, head_dim, value_dim = chunked.shape
-    num_chunks = chunked.num_chunks
+def _inter_readout(q, c_prev, n_prev):
+    """What each token reads from the state before its chunk: q @ C (B, NH, NC, L, DHV) and q . n (.., L)."""
+    return q @ c_prev, (q @ n_prev.unsqueeze(-1)).squeeze(-1)
+
+
+def _forward(chunked: _Chunked, c0: torch.Tensor, n0: torch.Tensor, m0: torch.Tensor, eps: float):
     m_all = _stabilisers(chunked, m0)  # (B, NH, NC+1)
     m_prev = m_all[..., :-1]
     alpha, beta = _chunk_state_weights(m_prev, chunked.a_last)  # (B, NH, NC)
-    scaled_updates = chunked.chunk_updates(chunked.write_weights()).mul_(beta[..., None, None])
+    updates, update_n = chunked.chunk_updates(chunked.weighted_keys()[1])
+    updates.mul_(beta[..., None, None])
+    update_n.mul_(beta[..., None])
 
-    # the state before each chunk (B, NH, NC, DH, DHV+1), and after the last one
-    states = [c0]
-    for j in range(num_chunks):
-        states.append(torch.addcmul(scaled_updates[:, :, j], alpha[..., j, None, None], states[-1]))
-    c_last = states.pop()
-    c_prev = torch.stack(states, dim=2)
+    # the state before each chunk (B, NH, NC, DH, DHV) and (B, NH, NC, DH), and after the last one
+    c_states, n_states = [c0], [n0]
+    for j in range(chunked.num_chunks):
+        c_states.append(torch.addcmul(updates[:, :, j], alpha[..., j, None, None], c_states[-1]))
+        n_states.append(torch.addcmul(update_n[:, :, j], alpha[..., j, None], n_states[-1]))
+    c_last, n_last = c_states.pop(), n_states.pop()
+    c_prev, n_prev = torch.stack(c_states, dim=2), torch.stack(n_states, dim=2)
 
     r = torch.maximum(m_prev.unsqueeze(-1), chunked.amax)  # (B, NH, NC, L)
     scores = (chunked.q @ chunked.k.transpose(-2, -1)).mul_(stabilised_decay(chunked.a, r))  # (B, NH, NC, L, L)
-    inter_weight = torch.exp(m_prev.unsqueeze(-1) - r)  # (B, NH, NC, L)
-    out = (scores @ chunked.v).addcmul_(inter_weight.unsqueeze(-1), chunked.q @ c_prev)  # (B, NH, NC, L, DHV+1)
-    h_chunks, denominator = normalised_readout(out, chunked.b + r, eps)  # (B, NH, NC, L, DHV), (B, NH, NC, L)
+    inter_weight = torch.exp(m_prev.unsqueeze(-1) - r)  # (B, NH, NC, L); 0 when there is no past
+    q_c, q_n = _inter_readout(chunked.q, c_prev, n_prev)
+    numerator = (scores @ chunked.v).addcmul_(inter_weight.unsqueeze(-1), q_c)  # (B, NH, NC, L, DHV)
+    denominator = scores.sum(dim=-1).addcmul_(inter_weight, q_n)  # (B, NH, NC, L)
+    h_chunks = normalised_readout(numerator, denominator, chunked.b + r, eps)
     # written in the (B, S, NH, DHV) layout and returned as a (B, NH, S, DHV) view
     h = chunked.unchunk(h_chunks).transpose(1, 2).contiguous().transpose(1, 2)
-    return h, c_prev, c_last, m_all, denominator
+    return h, (c_prev, n_prev, c_last, n_last), m_all, denominator
 
 
 class _ChunkwiseMLSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, igate, fgate, c0, n0, m0, chunk_size, eps):
         chunked = _Chunked(q, k, v, igate, fgate, chunk_size)
-        c0_aug = torch.cat([c0, n0.unsqueeze(-1)], dim=-1).to(q.dtype)  # (B, NH, DH, DHV+1)
-        h, c_prev, c_last, m_all, denominator = _forward(chunked, c0_aug, m0.to(q.dtype), eps)
-        value_dim = v.shape[-1]
-        ctx.save_for_backward(q, k, v, igate, fgate, c_prev, m_all, denominator, h)
+        h, (c_prev, n_prev, c_last, n_last), m_all, denominator = _forward(
+            chunked, c0.to(q.dtype), n0.to(q.dtype), m0.to(q.dtype), eps
+        )
+        ctx.save_for_backward(q, k, v, igate, fgate, c_prev, n_prev, m_all, denominator, h)
         ctx.chunk_size, ctx.eps = chunk_size, eps
-        return h, c_last[..., :value_dim], c_last[..., value_dim], m_all[..., -1]
+        return h, c_last, n_last, m_all[..., -1]
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dh, dc_last, dn_last, dm_last):
-        q, k, v, igate, fgate, c_prev, m_all, denominator, h = ctx.saved_tensors
-        grads = _backward(q, k, v, igate, fgate, c_prev, m_all, denominator, h, dh, dc_last, dn_last, dm_last,
-                          ctx.chunk_size, ctx.eps)  # fmt: skip
-        return (*grads, None, None)
+        return (*_backward(*ctx.saved_tensors, dh, dc_last, dn_last, dm_last, ctx.chunk_size, ctx.eps), None, None)
 
 
-def _backward(q, k, v, igate, fgate, c_prev, m_all, denominator, h, dh, dc_last, dn_last, dm_last, chunk_size, eps):
+def _backward(q, k, v, igate, fgate, c_prev, n_prev, m_all, denominator, h, dh, dc_last, dn_last, dm_last,
+              chunk_size, eps):  # fmt: skip
     """Gradients of h and the final state with respect to q, k, v, the gates and the initial state."""
     chunked = _Chunked(q, k, v, igate, fgate, chunk_size)
-    batch, heads, seq_len, head_dim, value_dim = chunked.shape
-    b, a, amax = chunked.b, chunked.a, chunked.amax
+    batch, heads, seq_len = chunked.shape[:3]
+    q, k, v, a, amax = chunked.q, chunked.k, chunked.v, chunked.a, chunked.amax
     m_prev = m_all[..., :-1]  # (B, NH, NC)
 
     # --- recompute what the outputs were made of
     r = torch.maximum(m_prev.unsqueeze(-1), amax)  # (B, NH, NC, L)
     decay = stabilised_decay(a, r)  # (B, NH, NC, L, L)
-    qk = chunked.q @ chunked.k.transpose(-2, -1)
-    scores = qk * decay
+    scores = (q @ k.transpose(-2, -1)).mul_(decay)
     inter_weight = torch.exp(m_prev.unsqueeze(-1) - r)  # (B, NH, NC, L)
+    q_c, q_n = _inter_readout(q, c_prev, n_prev)
 
-    # --- h = num / (N + eps), N = max(|den|, exp(-M)), M = b + r
-    d_out, d_log_m_row = readout_backward(chunked._chunks(dh), chunked._chunks(h), denominator, b + r, eps)
+    # --- h = num / (max(|den|, exp(-M)) + eps), M = b + r
+    d_num, d_den, d_log_m_row = readout_backward(chunked.chunks(dh), chunked.chunks(h), denominator, chunked.b + r, eps)
 
-    # --- out = scores @ v + inter_weight * (q @ C_prev)
-    d_scores = d_out @ chunked.v.transpose(-2, -1)  # (B, NH, NC, L, L)
-    dv = scores.transpose(-2, -1) @ d_out  # (B, NH, NC, L, DHV+1)
-    q_state = chunked.q @ c_prev  # (B, NH, NC, L, DHV+1)
-    d_inter_log = (d_out * q_state).sum(dim=-1) * inter_weight  # dL/d log(inter_weight)
-    d_out_inter = d_out * inter_weight.unsqueeze(-1)
-    dq = d_out_inter @ c_prev.transpose(-2, -1)  # (B, NH, NC, L, DH)
-    d_c_prev_out = chunked.q.transpose(-2, -1) @ d_out_inter  # (B, NH, NC, DH, DHV+1)
+    # --- num = scores @ v + e * (q @ C),  den = scores.sum(-1) + e * (q . n),  e = inter_weight
+    d_scores = (d_num @ v.transpose(-2, -1)).add_(d_den.unsqueeze(-1))  # (B, NH, NC, L, L)
+    dv = scores.transpose(-2, -1) @ d_num  # (B, NH, NC, L, DHV)
+    d_log_inter = ((d_num * q_c).sum(dim=-1) + d_den * q_n) * inter_weight
+    d_num_inter, d_den_inter = d_num * inter_weight.unsqueeze(-1), d_den * inter_weight
+    dq = (d_num_inter @ c_prev.transpose(-2, -1)).add_(d_den_inter.unsqueeze(-1) * n_prev.unsqueeze(-2))
+    d_c_prev_out = q.transpose(-2, -1) @ d_num_inter  # (B, NH, NC, DH, DHV)
+    d_n_prev_out = (q.transpose(-2, -1) @ d_den_inter.unsqueeze(-1)).squeeze(-1)  # (B, NH, NC, DH)
 
-    # --- scores = (q @ k^T) * decay
+    # --- scores = (q @ k^T) * decay, log decay = a[s] - r[t]
     d_qk = d_scores * decay
-    dq += d_qk @ chunked.k
-    dk = d_qk.transpose(-2, -1) @ chunked.q  # (B, NH, NC, L, DH)
-    d_log_decay = d_scores.mul_(scores)  # dL/d log decay[t, s]
+    dq += d_qk @ k
+    dk = d_qk.transpose(-2, -1) @ q  # (B, NH, NC, L, DH)
+    d_log_decay = d_scores.mul_(scores)
     da = d_log_decay.sum(dim=-2)  # (B, NH, NC, L)
-    dr = -d_log_decay.sum(dim=-1) - d_inter_log + d_log_m_row  # M = b + r
-    db = d_log_m_row.clone()
-    dm_prev = d_inter_log.sum(dim=-1)  # (B, NH, NC)
-
-    # r = max(m_prev, amax)
-    from_amax = amax > m_prev.unsqueeze(-1)
+    dr = d_log_m_row - d_log_decay.sum(dim=-1) - d_log_inter  # M = b + r; inter_weight = exp(m_prev - r)
+    dm_prev_out = d_log_inter.sum(dim=-1)  # (B, NH, NC)
+    from_amax = amax > m_prev.unsqueeze(-1)  # r = max(m_prev, amax)
     d_amax = dr * from_amax
-    dm_prev += (dr * ~from_amax).sum(dim=-1)
+    dm_prev_out += (dr * ~from_amax).sum(dim=-1)
 
     # --- the state recurrence, backwards over chunks
-    write_weight = chunked.write_weights()  # (B, NH, NC, L)
-    updates = chunked.chunk_updates(write_weight)  # (B, NH, NC, DH, DHV+1)
+    write_weight, weighted_keys = chunked.weighted_keys()
+    updates, update_n = chunked.chunk_updates(weighted_keys)
     alpha, beta = _chunk_state_weights(m_prev, chunked.a_last)
-    d_updates, d_a_last, d_g, dc0, dm0 = _scan_backward(
-        c_prev, updates, alpha, beta, m_prev, chunked.a_last, d_c_prev_out, dm_prev, dc_last, dn_last, dm_last
-    )
+    (d_updates, d_update_n), d_a_last, d_g, (dc0, dn0, dm0) = _scan_backward(
+        (c_prev, n_prev), (updates, update_n), alpha, beta, chunked.a_last > m_prev,
+        (d_c_prev_out, d_n_prev_out), dm_prev_out, (dc_last, dn_last, dm_last),
+    )  # fmt: skip
 
-    # U = (k * w)^T v with w = exp(a - a_last)
-    d_kw = chunked.v @ d_updates.transpose(-2, -1)  # (B, NH, NC, L, DH)
-    dv += (chunked.k * write_weight.unsqueeze(-1)) @ d_updates
-    d_log_w = (d_kw * chunked.k).sum(dim=-1) * write_weight
-    dk += d_kw * write_weight.unsqueeze(-1)
+    # U = (w k)^T v, u = sum_s w k
+    d_weighted_keys = (v @ d_updates.transpose(-2, -1)).add_(d_update_n.unsqueeze(-2))  # (B, NH, NC, L, DH)
+    dv += weighted_keys @ d_updates
+    d_log_w = (d_weighted_keys * k).sum(dim=-1) * write_weight
+    dk += d_weighted_keys * write_weight.unsqueeze(-1)
     da += d_log_w
-    d_amax[..., -1] += d_a_last - d_log_w.sum(dim=-1)
+    d_amax[..., -1] += d_a_last - d_log_w.sum(dim=-1)  # w = exp(a - a_last), a_last = amax[last]
 
-    # amax = cummax(a): each running maximum came from one earlier a[s]
+    # amax = cummax(a); a = i - b; g = b[last]; b = cumsum(log f) within each chunk; log f = logsigmoid(f)
     da.scatter_add_(-1, chunked.amax_index, d_amax)
-    # a = i - b;  g = b[last];  b = cumsum(log f) within each chunk;  log f = logsigmoid(f)
+    db = d_log_m_row
     db[..., -1] += d_g
     d_igate, d_log_f = gate_backward(da, db)
     d_igate = d_igate.reshape(batch, heads, -1)[..., :seq_len]
     d_fgate = d_log_f.reshape(batch, heads, -1)[..., :seq_len] * torch.sigmoid(-fgate)
-    dq = chunked.unchunk(dq)
-    dk = chunked.unchunk(dk) * chunked.scale
-    dv = chunked.unchunk(dv[..., :value_dim])
-    return dq, dk, dv, d_igate, d_fgate, dc0[..., :value_dim], dc0[..., value_dim], dm0
+    return (chunked.unchunk(dq), chunked.unchunk(dk) * chunked.scale, chunked.unchunk(dv), d_igate, d_fgate,
+            dc0, dn0, dm0)  # fmt: skip
 
 
-def _scan_backward(c_prev, updates, alpha, beta, m_prev, a_last, d_c_prev_out, dm_prev_out, dc_last, dn_last, dm_last):
-    """Backward of C_j = alpha_j C_{j-1} + beta_j U_j, m_j = g_j + max(m_{j-1}, a_last_j), last chunk first."""
-    num_chunks = c_prev.shape[2]
-    d_c = torch.zeros_like(c_prev[:, :, 0])
-    if dc_last is not None:
-        d_c[..., :-1] += dc_last
-    if dn_last is not None:
-        d_c[..., -1] += dn_last
-    d_m = torch.zeros_like(m_prev[..., 0]) if dm_last is None else dm_last.clone()
-    d_updates = torch.empty_like(updates)
-    d_a_last = torch.empty_like(a_last)
-    d_g = torch.empty_like(a_last)
-    dm_prev = torch.empty_like(m_prev)
-    from_a_last = a_last > m_prev
-    for j in reversed(range(num_chunks)):
+def _scan_backward(states_prev, updates, alpha, beta, from_a_last, d_states_out, dm_prev_out, d_last):
+    """Backward of C_j = alpha_j C_{j-1} + beta_j U_j (the same for n) and m_j = g_j + max(m_{j-1}, a_last_j),
+    last chunk first. Returns dL/d(U, u), dL/d a_last, dL/dg and dL/d(initial c, n, m)."""
+    (c_prev, n_prev), (u_c, u_n), (d_c_out, d_n_out) = states_prev, updates, d_states_out
+    dc_last, dn_last, dm_last = d_last
+    d_c = torch.zeros_like(c_prev[:, :, 0]) if dc_last is None else dc_last.clone()
+    d_n = torch.zeros_like(n_prev[:, :, 0]) if dn_last is None else dn_last.clone()
+    d_m = torch.zeros_like(alpha[..., 0]) if dm_last is None else dm_last.clone()
+    d_u_c, d_u_n = torch.empty_like(u_c), torch.empty_like(u_n)
+    d_a_last, d_g = torch.empty_like(alpha), torch.empty_like(alpha)
+    for j in reversed(range(alpha.shape[-1])):
         d_g[..., j] = d_m  # m_j = g_j + r_j
-        d_log_alpha = (d_c * c_prev[:, :, j]).sum(dim=(-2, -1)) * alpha[..., j]
-        d_log_beta = (d_c * updates[:, :, j]).sum(dim=(-2, -1)) * beta[..., j]
+        d_log_alpha = ((d_c * c_prev[:, :, j]).sum(dim=(-2, -1)) + (d_n * n_prev[:, :, j]).sum(dim=-1)) * alpha[..., j]
+        d_log_beta = ((d_c * u_c[:, :, j]).sum(dim=(-2, -1)) + (d_n * u_n[:, :, j]).sum(dim=-1)) * beta[..., j]
         d_r = d_m - d_log_alpha - d_log_beta  # alpha = exp(m_prev - r), beta = exp(a_last - r)
         d_a_last[..., j] = d_log_beta + d_r * from_a_last[..., j]
-        dm_prev[..., j] = d_log_alpha + d_r * ~from_a_last[..., j] + dm_prev_out[..., j]
-        d_updates[:, :, j] = d_c * beta[..., j, None, None]
-        d_c = d_c * alpha[..., j, None, None] + d_c_prev_out[:, :, j]
-        d_m = dm_prev[..., j]
-    return d_updates, d_a_last, d_g, d_c, d_m
+        d_m = d_log_alpha + d_r * ~from_a_last[..., j] + dm_prev_out[..., j]
+        d_u_c[:, :, j] = d_c * beta[..., j, None, None]
+        d_u_n[:, :, j] = d_n * beta[..., j, None]
+        d_c = (d_c * alpha[..., j, None, None]).add_(d_c_out[:, :, j])
+        d_n = (d_n * alpha[..., j, None]).add_(d_n_out[:, :, j])
+    return (d_u_c, d_u_n), d_a_last, d_g, (d_c, d_n, d_m)

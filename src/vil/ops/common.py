@@ -26,32 +26,27 @@ def stabilised_decay(write_log: torch.Tensor, row_max: torch.Tensor, offset: int
     return decay.tril(offset) if torch.is_grad_enabled() else decay.tril_(offset)
 
 
-def normalised_readout(out: torch.Tensor, log_m_row: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """out: (..., T, DHV+1) = [numerator, denominator]; log_m_row M: (..., T) -> h (..., T, DHV), denominator."""
-    denominator = out[..., -1]
+def normalised_readout(
+    numerator: torch.Tensor, denominator: torch.Tensor, log_m_row: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """h = num / (max(|den|, exp(-M)) + eps): numerator (..., T, DHV), denominator and M (..., T) -> (..., T, DHV)."""
     normalizer = torch.maximum(denominator.abs(), torch.exp(-log_m_row))
-    return out[..., :-1] / (normalizer + eps).unsqueeze(-1), denominator
+    return numerator / (normalizer + eps).unsqueeze(-1)
 
 
 def readout_backward(
     dh: torch.Tensor, h: torch.Tensor, denominator: torch.Tensor, log_m_row: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Backward of :func:`normalised_readout`: -> d_out (..., T, DHV+1) and dL/dM (..., T) through exp(-M)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward of :func:`normalised_readout`: -> dL/d numerator, dL/d denominator, and dL/dM through exp(-M)."""
     floor = torch.exp(-log_m_row)
     on_floor = floor > denominator.abs()
     inv = 1.0 / (torch.maximum(denominator.abs(), floor) + eps)
     d_normalizer = -(dh * h).sum(dim=-1) * inv
     d_denominator = d_normalizer * denominator.sign() * ~on_floor
-    d_out = torch.cat([dh * inv.unsqueeze(-1), d_denominator.unsqueeze(-1)], dim=-1)
-    return d_out, -d_normalizer * floor * on_floor
+    return dh * inv.unsqueeze(-1), d_denominator, -d_normalizer * floor * on_floor
 
 
 def gate_backward(d_a: torch.Tensor, d_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """dL/da and the direct dL/db -> (dL/di, dL/dlog f), for a = i - b and b = cumsum(log f) along the last dim."""
     d_b = d_b - d_a
     return d_a, d_b.flip(-1).cumsum(dim=-1).flip(-1)
-
-
-def with_ones(v: torch.Tensor) -> torch.Tensor:
-    """v (..., DHV) -> (..., DHV+1) with a column of ones: one product then yields numerator and denominator."""
-    return torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)

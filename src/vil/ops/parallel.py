@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .common import EPS, gate_backward, normalised_readout, readout_backward, stabilised_decay, with_ones
+from .common import EPS, gate_backward, normalised_readout, readout_backward, stabilised_decay
 
 ROW_TILE = 64  # rows per tile; S = 196 gives 4 tiles of 49
 
@@ -67,15 +67,15 @@ class _ParallelMLSTM(torch.autograd.Function):
     def forward(ctx, q, k, v, igate, fgate, eps, row_tile):
         gates = _Gates(igate, fgate)
         k_scaled = k * q.shape[-1] ** -0.5
-        v_ones = with_ones(v)  # (B, NH, S, DHV+1)
         batch, heads, seq_len, value_dim = v.shape
         h = v.new_empty(batch, seq_len, heads, value_dim).transpose(1, 2)  # (B, NH, S, DHV) view of (B, S, NH, DHV)
         denominator = v.new_empty(batch, heads, seq_len)
         for start, end in _tiles(seq_len, row_tile):  # rows [start, end) see columns [0, end)
             scores = q[:, :, start:end] @ k_scaled[:, :, :end].transpose(-2, -1)  # (B, NH, T, end)
             scores.mul_(stabilised_decay(gates.a[..., :end], gates.amax[..., start:end], offset=start))
-            h[:, :, start:end], denominator[..., start:end] = normalised_readout(
-                scores @ v_ones[:, :, :end], gates.log_m_row[..., start:end], eps
+            denominator[..., start:end] = scores.sum(dim=-1)
+            h[:, :, start:end] = normalised_readout(
+                scores @ v[:, :, :end], denominator[..., start:end], gates.log_m_row[..., start:end], eps
             )
         ctx.save_for_backward(q, k, v, igate, fgate, h, denominator)
         ctx.eps, ctx.row_tile = eps, row_tile
@@ -88,21 +88,20 @@ class _ParallelMLSTM(torch.autograd.Function):
         gates = _Gates(igate, fgate)
         scale = q.shape[-1] ** -0.5
         k_scaled = k * scale
-        v_ones = with_ones(v)
-        d_out, d_log_m_row = readout_backward(dh, h, denominator, gates.log_m_row, ctx.eps)  # (B, NH, S, DHV+1)
+        d_num, d_den, d_log_m_row = readout_backward(dh, h, denominator, gates.log_m_row, ctx.eps)
 
         dq = torch.empty_like(q, memory_format=torch.contiguous_format)
         dk = torch.zeros_like(k_scaled)
-        dv = torch.zeros_like(v_ones)
+        dv = torch.zeros_like(v, memory_format=torch.contiguous_format)
         d_a = torch.zeros_like(gates.a)
         d_amax = d_log_m_row.clone()  # M = b + amax
         for start, end in _tiles(q.shape[2], ctx.row_tile):
             rows = slice(start, end)
             decay = stabilised_decay(gates.a[..., :end], gates.amax[..., rows], offset=start)  # (B, NH, T, end)
-            qk = q[:, :, rows] @ k_scaled[:, :, :end].transpose(-2, -1)
-            scores = qk * decay
-            d_scores = d_out[:, :, rows] @ v_ones[:, :, :end].transpose(-2, -1)  # (B, NH, T, end)
-            dv[:, :, :end] += scores.transpose(-2, -1) @ d_out[:, :, rows]
+            scores = (q[:, :, rows] @ k_scaled[:, :, :end].transpose(-2, -1)).mul_(decay)
+            # num = scores @ v, den = scores.sum(-1)
+            d_scores = (d_num[:, :, rows] @ v[:, :, :end].transpose(-2, -1)).add_(d_den[..., rows, None])
+            dv[:, :, :end] += scores.transpose(-2, -1) @ d_num[:, :, rows]
             d_qk = d_scores * decay
             dq[:, :, rows] = d_qk @ k_scaled[:, :, :end]
             dk[:, :, :end] += d_qk.transpose(-2, -1) @ q[:, :, rows]
@@ -113,4 +112,4 @@ class _ParallelMLSTM(torch.autograd.Function):
         d_a.scatter_add_(-1, gates.amax_index, d_amax)  # amax = cummax(a)
         d_igate, d_log_f = gate_backward(d_a, d_log_m_row)
         d_fgate = d_log_f * torch.sigmoid(-fgate)
-        return dq, dk * scale, dv[..., :-1], d_igate, d_fgate, None, None
+        return dq, dk * scale, dv, d_igate, d_fgate, None, None
