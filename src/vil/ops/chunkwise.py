@@ -166,7 +166,7 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
         h, (c_prev, n_prev, c_last, n_last), m_all, denominator = _forward(
             chunked, c0.to(q.dtype), n0.to(q.dtype), m0.to(q.dtype), eps
         )
-        ctx.save_for_backward(q, k, v, igate, fgate, c_prev, n_prev, m_all, denominator, h)
+        ctx.save_for_backward(q, k, v, igate, fgate, c_prev, n_prev, c_last, n_last, m_all, denominator, h)
         ctx.chunk_size, ctx.eps = chunk_size, eps
         return h, c_last, n_last, m_all[..., -1]
 
@@ -176,8 +176,8 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
         return (*_backward(*ctx.saved_tensors, dh, dc_last, dn_last, dm_last, ctx.chunk_size, ctx.eps), None, None)
 
 
-def _backward(q, k, v, igate, fgate, c_prev, n_prev, m_all, denominator, h, dh, dc_last, dn_last, dm_last,
-              chunk_size, eps):  # fmt: skip
+def _backward(q, k, v, igate, fgate, c_prev, n_prev, c_last, n_last, m_all, denominator, h, dh, dc_last, dn_last,
+              dm_last, chunk_size, eps):  # fmt: skip
     """Gradients of h and the final state with respect to q, k, v, the gates and the initial state."""
     chunked = _Chunked(q, k, v, igate, fgate, chunk_size)
     batch, heads, seq_len = chunked.shape[:3]
@@ -189,15 +189,17 @@ def _backward(q, k, v, igate, fgate, c_prev, n_prev, m_all, denominator, h, dh, 
     decay = stabilised_decay(a, r)  # (B, NH, NC, L, L)
     scores = (q @ k.transpose(-2, -1)).mul_(decay)
     inter_weight = torch.exp(m_prev.unsqueeze(-1) - r)  # (B, NH, NC, L)
-    q_c, q_n = _inter_readout(q, c_prev, n_prev)
+    log_m_row = chunked.b + r
+    h = chunked.chunks(h)
+    normalizer = torch.maximum(denominator.abs(), torch.exp(-log_m_row)) + eps
+    numerator = h * normalizer.unsqueeze(-1)  # (B, NH, NC, L, DHV), as in the forward pass
 
     # --- h = num / (max(|den|, exp(-M)) + eps), M = b + r
-    d_num, d_den, d_log_m_row = readout_backward(chunked.chunks(dh), chunked.chunks(h), denominator, chunked.b + r, eps)
+    d_num, d_den, d_log_m_row = readout_backward(chunked.chunks(dh), h, denominator, log_m_row, eps)
 
     # --- num = scores @ v + e * (q @ C),  den = scores.sum(-1) + e * (q . n),  e = inter_weight
     d_scores = (d_num @ v.transpose(-2, -1)).add_(d_den.unsqueeze(-1))  # (B, NH, NC, L, L)
     dv = scores.transpose(-2, -1) @ d_num  # (B, NH, NC, L, DHV)
-    d_log_inter = ((d_num * q_c).sum(dim=-1) + d_den * q_n) * inter_weight
     d_num_inter, d_den_inter = d_num * inter_weight.unsqueeze(-1), d_den * inter_weight
     dq = (d_num_inter @ c_prev.transpose(-2, -1)).add_(d_den_inter.unsqueeze(-1) * n_prev.unsqueeze(-2))
     d_c_prev_out = q.transpose(-2, -1) @ d_num_inter  # (B, NH, NC, DH, DHV)
@@ -208,23 +210,28 @@ def _backward(q, k, v, igate, fgate, c_prev, n_prev, m_all, denominator, h, dh, 
     dq += d_qk @ k
     dk = d_qk.transpose(-2, -1) @ q  # (B, NH, NC, L, DH)
     d_log_decay = d_scores.mul_(scores)
-    da = d_log_decay.sum(dim=-2)  # (B, NH, NC, L)
-    dr = d_log_m_row - d_log_decay.sum(dim=-1) - d_log_inter  # M = b + r; inter_weight = exp(m_prev - r)
+    d_log_decay_rows = d_log_decay.sum(dim=-1)  # (B, NH, NC, L)
+    da = d_log_decay.sum(dim=-2)
+    # dL/d log e: the state's share of num and den is (num, den) minus the chunk's share, so
+    # sum_c d_num (e q C) + d_den (e q.n) = <d_num, num> + d_den den - sum_s d_scores[t, s] scores[t, s]
+    d_log_inter = (d_num * numerator).sum(dim=-1) + d_den * denominator - d_log_decay_rows
+    dr = d_log_m_row - d_log_decay_rows - d_log_inter  # M = b + r; e = exp(m_prev - r)
     dm_prev_out = d_log_inter.sum(dim=-1)  # (B, NH, NC)
     from_amax = amax > m_prev.unsqueeze(-1)  # r = max(m_prev, amax)
     d_amax = dr * from_amax
     dm_prev_out += (dr * ~from_amax).sum(dim=-1)
 
     # --- the state recurrence, backwards over chunks
-    write_weight, weighted_keys = chunked.weighted_keys()
-    updates, update_n = chunked.chunk_updates(weighted_keys)
     alpha, beta = _chunk_state_weights(m_prev, chunked.a_last)
+    states_after = (torch.cat([c_prev[:, :, 1:], c_last.unsqueeze(2)], dim=2),
+                    torch.cat([n_prev[:, :, 1:], n_last.unsqueeze(2)], dim=2))  # fmt: skip
     (d_updates, d_update_n), d_a_last, d_g, (dc0, dn0, dm0) = _scan_backward(
-        (c_prev, n_prev), (updates, update_n), alpha, beta, chunked.a_last > m_prev,
+        (c_prev, n_prev), states_after, alpha, beta, chunked.a_last > m_prev,
         (d_c_prev_out, d_n_prev_out), dm_prev_out, (dc_last, dn_last, dm_last),
     )  # fmt: skip
 
     # U = (w k)^T v, u = sum_s w k
+    write_weight, weighted_keys = chunked.weighted_keys()
     d_weighted_keys = (v @ d_updates.transpose(-2, -1)).add_(d_update_n.unsqueeze(-2))  # (B, NH, NC, L, DH)
     dv += weighted_keys @ d_updates
     d_log_w = (d_weighted_keys * k).sum(dim=-1) * write_weight
@@ -243,25 +250,43 @@ def _backward(q, k, v, igate, fgate, c_prev, n_prev, m_all, denominator, h, dh, 
             dc0, dn0, dm0)  # fmt: skip
 
 
-def _scan_backward(states_prev, updates, alpha, beta, from_a_last, d_states_out, dm_prev_out, d_last):
-    """Backward of C_j = alpha_j C_{j-1} + beta_j U_j (the same for n) and m_j = g_j + max(m_{j-1}, a_last_j),
-    last chunk first. Returns dL/d(U, u), dL/d a_last, dL/dg and dL/d(initial c, n, m)."""
-    (c_prev, n_prev), (u_c, u_n), (d_c_out, d_n_out) = states_prev, updates, d_states_out
+def _scan_backward(states_prev, states_after, alpha, beta, from_a_last, d_states_out, dm_prev_out, d_last):
+    """Backward of C_j = alpha_j C_{j-1} + beta_j U_j (the same for n) and m_j = g_j + max(m_{j-1}, a_last_j).
+
+    Args:
+        states_prev, states_after: (C, n) before and after each chunk, (B, NH, NC, DH, DHV) and (B, NH, NC, DH).
+        alpha, beta, from_a_last (a_last_j > m_{j-1}): (B, NH, NC).
+        d_states_out: dL/d(C, n) before each chunk through that chunk's outputs; dm_prev_out likewise for m.
+        d_last: dL/d of the final (c, n, m), or None.
+    Returns:
+        dL/d(U, u) of each chunk, dL/d a_last, dL/dg, and dL/d of the initial (c, n, m).
+    """
+    (c_prev, n_prev), (c_after, n_after), (d_c_out, d_n_out) = states_prev, states_after, d_states_out
     dc_last, dn_last, dm_last = d_last
-    d_c = torch.zeros_like(c_prev[:, :, 0]) if dc_last is None else dc_last.clone()
-    d_n = torch.zeros_like(n_prev[:, :, 0]) if dn_last is None else dn_last.clone()
-    d_m = torch.zeros_like(alpha[..., 0]) if dm_last is None else dm_last.clone()
-    d_u_c, d_u_n = torch.empty_like(u_c), torch.empty_like(u_n)
+    num_chunks = alpha.shape[-1]
+
+    # dL/d(C, n) after each chunk: a linear recurrence run backwards, one fused op per chunk
+    d_c = [torch.zeros_like(c_prev[:, :, 0]) if dc_last is None else dc_last]
+    d_n = [torch.zeros_like(n_prev[:, :, 0]) if dn_last is None else dn_last]
+    for j in reversed(range(num_chunks)):
+        d_c.append(torch.addcmul(d_c_out[:, :, j], alpha[..., j, None, None], d_c[-1]))
+        d_n.append(torch.addcmul(d_n_out[:, :, j], alpha[..., j, None], d_n[-1]))
+    d_c_initial, d_n_initial = d_c.pop(), d_n.pop()
+    d_c_after, d_n_after = torch.stack(d_c[::-1], dim=2), torch.stack(d_n[::-1], dim=2)  # (B, NH, NC, ...)
+
+    # alpha and beta are exp(m_prev - r) and exp(a_last - r); beta U = C_after - alpha C_prev
+    dot_prev = (d_c_after * c_prev).sum(dim=(-2, -1)) + (d_n_after * n_prev).sum(dim=-1)  # (B, NH, NC)
+    dot_after = (d_c_after * c_after).sum(dim=(-2, -1)) + (d_n_after * n_after).sum(dim=-1)
+    d_log_alpha = dot_prev * alpha
+    d_log_beta = dot_after - d_log_alpha
+    d_updates = (d_c_after * beta[..., None, None], d_n_after * beta[..., None])
+
+    # m_j = g_j + r_j, r_j = max(m_{j-1}, a_last_j): a scalar recurrence per batch and head
+    d_m = torch.zeros_like(alpha[..., 0]) if dm_last is None else dm_last
     d_a_last, d_g = torch.empty_like(alpha), torch.empty_like(alpha)
-    for j in reversed(range(alpha.shape[-1])):
-        d_g[..., j] = d_m  # m_j = g_j + r_j
-        d_log_alpha = ((d_c * c_prev[:, :, j]).sum(dim=(-2, -1)) + (d_n * n_prev[:, :, j]).sum(dim=-1)) * alpha[..., j]
-        d_log_beta = ((d_c * u_c[:, :, j]).sum(dim=(-2, -1)) + (d_n * u_n[:, :, j]).sum(dim=-1)) * beta[..., j]
-        d_r = d_m - d_log_alpha - d_log_beta  # alpha = exp(m_prev - r), beta = exp(a_last - r)
-        d_a_last[..., j] = d_log_beta + d_r * from_a_last[..., j]
-        d_m = d_log_alpha + d_r * ~from_a_last[..., j] + dm_prev_out[..., j]
-        d_u_c[:, :, j] = d_c * beta[..., j, None, None]
-        d_u_n[:, :, j] = d_n * beta[..., j, None]
-        d_c = (d_c * alpha[..., j, None, None]).add_(d_c_out[:, :, j])
-        d_n = (d_n * alpha[..., j, None]).add_(d_n_out[:, :, j])
-    return (d_u_c, d_u_n), d_a_last, d_g, (d_c, d_n, d_m)
+    for j in reversed(range(num_chunks)):
+        d_g[..., j] = d_m
+        d_r = d_m - d_log_alpha[..., j] - d_log_beta[..., j]
+        d_a_last[..., j] = d_log_beta[..., j] + d_r * from_a_last[..., j]
+        d_m = d_log_alpha[..., j] + d_r * ~from_a_last[..., j] + dm_prev_out[..., j]
+    return d_updates, d_a_last, d_g, (d_c_initial, d_n_initial, d_m)
