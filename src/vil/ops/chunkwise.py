@@ -201,13 +201,13 @@ def _backward(q, k, v, igate, fgate, c_prev, n_prev, c_last, n_last, m_all, deno
     d_scores = (d_num @ v.transpose(-2, -1)).add_(d_den.unsqueeze(-1))  # (B, NH, NC, L, L)
     dv = scores.transpose(-2, -1) @ d_num  # (B, NH, NC, L, DHV)
     d_num_inter, d_den_inter = d_num * inter_weight.unsqueeze(-1), d_den * inter_weight
-    dq = (d_num_inter @ c_prev.transpose(-2, -1)).add_(d_den_inter.unsqueeze(-1) * n_prev.unsqueeze(-2))
+    dq = (d_num_inter @ c_prev.transpose(-2, -1)).addcmul_(d_den_inter.unsqueeze(-1), n_prev.unsqueeze(-2))
     d_c_prev_out = q.transpose(-2, -1) @ d_num_inter  # (B, NH, NC, DH, DHV)
     d_n_prev_out = (q.transpose(-2, -1) @ d_den_inter.unsqueeze(-1)).squeeze(-1)  # (B, NH, NC, DH)
 
     # --- scores = (q @ k^T) * decay, log decay = a[s] - r[t]
     d_qk = d_scores * decay
-    dq += d_qk @ k
+    _add_product(dq, d_qk, k)
     dk = d_qk.transpose(-2, -1) @ q  # (B, NH, NC, L, DH)
     d_log_decay = d_scores.mul_(scores)
     d_log_decay_rows = d_log_decay.sum(dim=-1)  # (B, NH, NC, L)
@@ -233,9 +233,9 @@ def _backward(q, k, v, igate, fgate, c_prev, n_prev, c_last, n_last, m_all, deno
     # U = (w k)^T v, u = sum_s w k
     write_weight, weighted_keys = chunked.weighted_keys()
     d_weighted_keys = (v @ d_updates.transpose(-2, -1)).add_(d_update_n.unsqueeze(-2))  # (B, NH, NC, L, DH)
-    dv += weighted_keys @ d_updates
-    d_log_w = (d_weighted_keys * k).sum(dim=-1) * write_weight
-    dk += d_weighted_keys * write_weight.unsqueeze(-1)
+    _add_product(dv, weighted_keys, d_updates)
+    d_log_w = _dot(d_weighted_keys, k) * write_weight
+    dk.addcmul_(d_weighted_keys, write_weight.unsqueeze(-1))
     da += d_log_w
     d_amax[..., -1] += d_a_last - d_log_w.sum(dim=-1)  # w = exp(a - a_last), a_last = amax[last]
 
@@ -275,8 +275,8 @@ def _scan_backward(states_prev, states_after, alpha, beta, from_a_last, d_states
     d_c_after, d_n_after = torch.stack(d_c[::-1], dim=2), torch.stack(d_n[::-1], dim=2)  # (B, NH, NC, ...)
 
     # alpha and beta are exp(m_prev - r) and exp(a_last - r); beta U = C_after - alpha C_prev
-    dot_prev = (d_c_after * c_prev).sum(dim=(-2, -1)) + (d_n_after * n_prev).sum(dim=-1)  # (B, NH, NC)
-    dot_after = (d_c_after * c_after).sum(dim=(-2, -1)) + (d_n_after * n_after).sum(dim=-1)
+    dot_prev = _dot(d_c_after.flatten(-2), c_prev.flatten(-2)) + _dot(d_n_after, n_prev)  # (B, NH, NC)
+    dot_after = _dot(d_c_after.flatten(-2), c_after.flatten(-2)) + _dot(d_n_after, n_after)
     d_log_alpha = dot_prev * alpha
     d_log_beta = dot_after - d_log_alpha
     d_updates = (d_c_after * beta[..., None, None], d_n_after * beta[..., None])
@@ -290,3 +290,13 @@ def _scan_backward(states_prev, states_after, alpha, beta, from_a_last, d_states
         d_a_last[..., j] = d_log_beta[..., j] + d_r * from_a_last[..., j]
         d_m = d_log_alpha[..., j] + d_r * ~from_a_last[..., j] + dm_prev_out[..., j]
     return d_updates, d_a_last, d_g, (d_c_initial, d_n_initial, d_m)
+
+
+def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Sum over the last dimension of x * y, as a batched product (no temporary of x's size)."""
+    return (x.unsqueeze(-2) @ y.unsqueeze(-1)).squeeze(-1).squeeze(-1)
+
+
+def _add_product(out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> None:
+    """out += x @ y in place, for contiguous (..., M, N) out, (..., M, K) x and (..., K, N) y."""
+    out.view(-1, *out.shape[-2:]).baddbmm_(x.reshape(-1, *x.shape[-2:]), y.reshape(-1, *y.shape[-2:]))
