@@ -38,20 +38,33 @@ class HeadwiseLinear(nn.Module):
         return f"{self.dim}, block_size={self.block_size}, bias={self.bias is not None}"
 
 
-def headwise_linear(x: torch.Tensor, *projections: HeadwiseLinear) -> list[torch.Tensor]:
-    """Apply several headwise projections to the same x: (B, S, E) -> one (B, S, E) tensor per projection."""
+def headwise_linear(x: torch.Tensor, *projections: HeadwiseLinear, num_heads: int | None = None) -> list[torch.Tensor]:
+    """Apply several headwise projections to the same x: (B, S, E) -> one tensor per projection.
+
+    The outputs are (B, S, E), or with ``num_heads`` (B, NH, S, E / NH) contiguous: the layout the mLSTM cell
+    reads, produced by the same single copy that the token layout would cost.
+    """
     batch, seq_len, dim = x.shape
-    num_blocks = projections[0].weight.shape[0]
-    group_blocks = _group_size(num_blocks)
+    num_blocks, block_out, block_in = projections[0].weight.shape
+    head_dim = dim // (num_heads or 1)
+    group_blocks = _group_size(num_blocks, head_dim // block_out)
     num_groups = num_blocks // group_blocks
     weight = torch.cat([_group_weight(p.weight, group_blocks) for p in projections], dim=1)  # (G, n*gw, gw)
-    group_width = weight.shape[2]
-    # (G, B*S, gw) @ (G, gw, n*gw) -> (G, B*S, n*gw)
-    out = torch.bmm(x.reshape(batch * seq_len, num_groups, group_width).transpose(0, 1), weight.transpose(1, 2))
+    group_width = group_blocks * block_out
+    x_groups = x.reshape(batch * seq_len, num_groups, group_blocks * block_in).transpose(0, 1)  # (G, B*S, gw)
+    if projections[0].bias is None:
+        out = torch.bmm(x_groups, weight.transpose(1, 2))  # (G, B*S, n*gw)
+    else:
+        bias = torch.cat([p.bias.view(num_groups, 1, group_width) for p in projections], dim=-1)
+        out = torch.baddbmm(bias, x_groups, weight.transpose(1, 2))
     results = []
-    for index, projection in enumerate(projections):
-        y = out[:, :, index * group_width : (index + 1) * group_width].transpose(0, 1).reshape(batch, seq_len, dim)
-        results.append(y if projection.bias is None else y + projection.bias)
+    for index in range(len(projections)):
+        y = out[:, :, index * group_width : (index + 1) * group_width]  # (G, B*S, gw)
+        if num_heads is None:
+            results.append(y.transpose(0, 1).reshape(batch, seq_len, dim))
+        else:  # group g belongs to head g // (G / NH)
+            y = y.view(num_heads, num_groups // num_heads, batch, seq_len, group_width)
+            results.append(y.permute(2, 0, 3, 1, 4).reshape(batch, num_heads, seq_len, head_dim))
     return results
 
 
@@ -63,9 +76,10 @@ def fold_into_linear(weight: torch.Tensor, projection: HeadwiseLinear) -> tuple[
     return folded.reshape(weight.shape[0], num_blocks * in_size), bias
 
 
-def _group_size(num_blocks: int) -> int:
+def _group_size(num_blocks: int, blocks_per_head: int) -> int:
+    """The most blocks per group (up to BLOCKS_PER_GROUP) such that groups tile both the blocks and each head."""
     for size in (BLOCKS_PER_GROUP, 4, 2):
-        if num_blocks % size == 0:
+        if num_blocks % size == 0 and blocks_per_head % size == 0:
             return size
     return 1
 

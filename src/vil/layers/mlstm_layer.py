@@ -52,10 +52,8 @@ class MLSTMCell(nn.Module):
         return F.linear(qk_input, w_q + w_k, bias) + F.linear(v_input, w_v)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        """q, k, v: (B, S, E); gates: (B, S, 2 NH) input then forget pre-activations -> (B, S, E)."""
-        batch, seq_len, _ = q.shape
+        """q, k, v: (B, NH, S, DH); gates: (B, S, 2 NH) input then forget pre-activations -> (B, S, E)."""
         igate, fgate = gates.transpose(1, 2).chunk(2, dim=1)  # (B, NH, S) each
-        q, k, v = (x.view(batch, seq_len, self.num_heads, -1).transpose(1, 2) for x in (q, k, v))  # (B, NH, S, DH)
         h = mlstm(q, k, v, igate, fgate, backend=self.backend, chunk_size=self.chunk_size)  # (B, NH, S, DH)
         return self.outnorm(h)  # (B, S, E)
 
@@ -89,8 +87,9 @@ class MLSTMBranch(nn.Module):
     def forward(self, x: torch.Tensor, grid: tuple[int, int], has_cls: bool) -> torch.Tensor:
         """x: (B, S, E) in traversal order, read as an image of ``grid`` -> (B, S, E), before the output gate."""
         c = F.silu(self.conv(x, grid, has_cls))  # (B, S, E)
-        q, k = headwise_linear(c, self.q_proj, self.k_proj)  # (B, S, E) each
-        (v,) = headwise_linear(x, self.v_proj)
+        heads = self.mlstm_cell.num_heads
+        q, k = headwise_linear(c, self.q_proj, self.k_proj, num_heads=heads)  # (B, NH, S, DH) each
+        (v,) = headwise_linear(x, self.v_proj, num_heads=heads)
         gates = self.mlstm_cell.gate_preactivations(c, x, self.q_proj, self.k_proj, self.v_proj)  # (B, S, 2 NH)
         h = self.mlstm_cell(q, k, v, gates)  # (B, S, E)
         return torch.addcmul(h, c, self.learnable_skip)
@@ -139,6 +138,12 @@ class MLSTMLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int], has_cls: bool) -> torch.Tensor:
         """x: (B, N, D) row-major tokens on ``grid`` -> (B, N, D)."""
+        if len(self.traversals) == 1:
+            # one direction: reorder the narrow (D-wide) input and output instead of the E-wide branch tensors
+            traversal = self.traversals[0]
+            x_mlstm, z = self.proj_up(to_traversal(x, grid, traversal, has_cls)).chunk(2, dim=-1)
+            h = self.branches[0](x_mlstm, traversal_grid(grid, traversal), has_cls)
+            return from_traversal(self.proj_down(h * F.silu(z)), grid, traversal, has_cls)
         x_mlstm, z = self.proj_up(x).chunk(2, dim=-1)  # (B, N, E) each
         h = None
         for index, traversal in enumerate(self.traversals):

@@ -73,7 +73,7 @@ class _Chunked:
         # (B, NH, NC, L, ...) contiguous copies (batched products on strided views would copy every time);
         # k pre-scaled by 1/sqrt(DH)
         self.q = self.chunks(q).contiguous()
-        self.k = torch.mul(self.chunks(k), self.scale, out=torch.empty_like(self.q))
+        self.k = (self.chunks(k) * self.scale).contiguous()
         self.v = self.chunks(v).contiguous()
 
         log_f = F.pad(F.logsigmoid(fgate), (0, self.pad), value=0.0)  # padded tokens do not decay the state ...
