@@ -68,13 +68,12 @@ class _Chunked:
         self.num_chunks = math.ceil(seq_len / chunk_size)
         self.chunk = math.ceil(seq_len / self.num_chunks)  # balanced chunks: as little padding as possible
         self.pad = self.num_chunks * self.chunk - seq_len
-        self.scale = head_dim**-0.5
+        # the 1/sqrt(DH) scaling of q.k is folded into the weights exp(...) of the intra-chunk decay and of the
+        # state writes, as log_scale, instead of costing a pass over k
+        self.log_scale = -0.5 * math.log(head_dim)
 
-        # (B, NH, NC, L, ...) contiguous copies (batched products on strided views would copy every time);
-        # k pre-scaled by 1/sqrt(DH)
-        self.q = self.chunks(q).contiguous()
-        self.k = (self.chunks(k) * self.scale).contiguous()
-        self.v = self.chunks(v).contiguous()
+        # (B, NH, NC, L, ...) contiguous (batched products on strided views would copy every time)
+        self.q, self.k, self.v = (self.chunks(x).contiguous() for x in (q, k, v))
 
         log_f = F.pad(F.logsigmoid(fgate), (0, self.pad), value=0.0)  # padded tokens do not decay the state ...
         i = F.pad(igate, (0, self.pad), value=float("-inf"))  # ... and write nothing into it
@@ -83,6 +82,7 @@ class _Chunked:
         self.amax, self.amax_index = self.a.cummax(dim=-1)  # (B, NH, NC, L)
         self.g = self.b[..., -1]  # (B, NH, NC): log forget of the whole chunk
         self.a_last = self.amax[..., -1]  # (B, NH, NC): max_s a[s] over the chunk
+        self.scaled_a = self.a + self.log_scale
 
     def chunks(self, x: torch.Tensor) -> torch.Tensor:
         """(B, NH, S, X) -> (B, NH, NC, L, X), zero-padded."""
@@ -96,8 +96,9 @@ class _Chunked:
         return x.reshape(batch, heads, self.num_chunks * self.chunk, x.shape[-1])[:, :, :seq_len]
 
     def weighted_keys(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """w[s] = exp(a[s] - max_s a[s]) (how much token s writes into the state, stabilised per chunk) and w*k."""
-        write_weight = torch.exp(self.a - self.a_last.unsqueeze(-1))  # (B, NH, NC, L)
+        """w[s] = exp(a[s] - max_s a[s]) / sqrt(DH) (how much token s writes into the state, stabilised per chunk,
+        with the q.k scaling) and w*k."""
+        write_weight = torch.exp(self.scaled_a - self.a_last.unsqueeze(-1))  # (B, NH, NC, L)
         return write_weight, self.k * write_weight.unsqueeze(-1)  # (B, NH, NC, L, DH)
 
     def chunk_updates(self, weighted_keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,7 +149,7 @@ def _forward(chunked: _Chunked, c0: torch.Tensor, n0: torch.Tensor, m0: torch.Te
     c_prev, n_prev = torch.stack(c_states, dim=2), torch.stack(n_states, dim=2)
 
     r = torch.maximum(m_prev.unsqueeze(-1), chunked.amax)  # (B, NH, NC, L)
-    scores = (chunked.q @ chunked.k.transpose(-2, -1)).mul_(stabilised_decay(chunked.a, r))  # (B, NH, NC, L, L)
+    scores = (chunked.q @ chunked.k.transpose(-2, -1)).mul_(stabilised_decay(chunked.scaled_a, r))  # (B, NH, NC, L, L)
     inter_weight = torch.exp(m_prev.unsqueeze(-1) - r)  # (B, NH, NC, L); 0 when there is no past
     q_c, q_n = _inter_readout(chunked.q, c_prev, n_prev)
     numerator = (scores @ chunked.v).addcmul_(inter_weight.unsqueeze(-1), q_c)  # (B, NH, NC, L, DHV)
@@ -181,12 +182,12 @@ def _backward(q, k, v, igate, fgate, c_prev, n_prev, c_last, n_last, m_all, deno
     """Gradients of h and the final state with respect to q, k, v, the gates and the initial state."""
     chunked = _Chunked(q, k, v, igate, fgate, chunk_size)
     batch, heads, seq_len = chunked.shape[:3]
-    q, k, v, a, amax = chunked.q, chunked.k, chunked.v, chunked.a, chunked.amax
+    q, k, v, amax = chunked.q, chunked.k, chunked.v, chunked.amax
     m_prev = m_all[..., :-1]  # (B, NH, NC)
 
     # --- recompute what the outputs were made of
     r = torch.maximum(m_prev.unsqueeze(-1), amax)  # (B, NH, NC, L)
-    decay = stabilised_decay(a, r)  # (B, NH, NC, L, L)
+    decay = stabilised_decay(chunked.scaled_a, r)  # (B, NH, NC, L, L), includes 1/sqrt(DH)
     scores = (q @ k.transpose(-2, -1)).mul_(decay)
     inter_weight = torch.exp(m_prev.unsqueeze(-1) - r)  # (B, NH, NC, L)
     log_m_row = chunked.b + r
@@ -237,7 +238,7 @@ def _backward(q, k, v, igate, fgate, c_prev, n_prev, c_last, n_last, m_all, deno
     d_log_w = _dot(d_weighted_keys, k) * write_weight
     dk.addcmul_(d_weighted_keys, write_weight.unsqueeze(-1))
     da += d_log_w
-    d_amax[..., -1] += d_a_last - d_log_w.sum(dim=-1)  # w = exp(a - a_last), a_last = amax[last]
+    d_amax[..., -1] += d_a_last - d_log_w.sum(dim=-1)  # w = exp(a - a_last) / sqrt(DH), a_last = amax[last]
 
     # amax = cummax(a); a = i - b; g = b[last]; b = cumsum(log f) within each chunk; log f = logsigmoid(f)
     da.scatter_add_(-1, chunked.amax_index, d_amax)
@@ -246,7 +247,7 @@ def _backward(q, k, v, igate, fgate, c_prev, n_prev, c_last, n_last, m_all, deno
     d_igate, d_log_f = gate_backward(da, db)
     d_igate = d_igate.reshape(batch, heads, -1)[..., :seq_len]
     d_fgate = d_log_f.reshape(batch, heads, -1)[..., :seq_len] * torch.sigmoid(-fgate)
-    return (chunked.unchunk(dq), chunked.unchunk(dk) * chunked.scale, chunked.unchunk(dv), d_igate, d_fgate,
+    return (chunked.unchunk(dq), chunked.unchunk(dk), chunked.unchunk(dv), d_igate, d_fgate,
             dc0, dn0, dm0)  # fmt: skip
 
 
