@@ -8,9 +8,11 @@ import torch
 import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..ops import mlstm
 from .conv import CausalConv1d, SequenceConv2d
+from .gated_projection import gated_projection
 from .headwise import HeadwiseLinear, fold_into_linear, headwise_linear
 from .norm import MultiHeadNorm, ResidualLayerNorm
 from .traversal import Traversal, from_traversal, to_traversal, traversal_grid
@@ -86,13 +88,23 @@ class MLSTMBranch(nn.Module):
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int], has_cls: bool) -> torch.Tensor:
         """x: (B, S, E) in traversal order, read as an image of ``grid`` -> (B, S, E), before the output gate."""
-        c = F.silu(self.conv(x, grid, has_cls))  # (B, S, E)
+        c = self._conv_silu(x, grid, has_cls)  # (B, S, E)
         heads = self.mlstm_cell.num_heads
         q, k = headwise_linear(c, self.q_proj, self.k_proj, num_heads=heads)  # (B, NH, S, DH) each
         (v,) = headwise_linear(x, self.v_proj, num_heads=heads)
         gates = self.mlstm_cell.gate_preactivations(c, x, self.q_proj, self.k_proj, self.v_proj)  # (B, S, 2 NH)
         h = self.mlstm_cell(q, k, v, gates)  # (B, S, E)
         return torch.addcmul(h, c, self.learnable_skip)
+
+    def _conv_silu(self, x: torch.Tensor, grid: tuple[int, int], has_cls: bool) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            # recomputed in the backward pass: keeps the E-wide conv output out of the saved activations
+            return checkpoint(_conv_silu, self.conv, x, grid, has_cls, use_reentrant=False)
+        return _conv_silu(self.conv, x, grid, has_cls)
+
+
+def _conv_silu(conv: nn.Module, x: torch.Tensor, grid: tuple[int, int], has_cls: bool) -> torch.Tensor:
+    return F.silu(conv(x, grid, has_cls))
 
 
 class MLSTMLayer(nn.Module):
@@ -143,7 +155,8 @@ class MLSTMLayer(nn.Module):
             traversal = self.traversals[0]
             x_mlstm, z = self.proj_up(to_traversal(x, grid, traversal, has_cls)).chunk(2, dim=-1)
             h = self.branches[0](x_mlstm, traversal_grid(grid, traversal), has_cls)
-            return from_traversal(self.proj_down(h * F.silu(z)), grid, traversal, has_cls)
+            out = gated_projection(h, z, self.proj_down.weight, self.proj_down.bias)
+            return from_traversal(out, grid, traversal, has_cls)
         x_mlstm, z = self.proj_up(x).chunk(2, dim=-1)  # (B, N, E) each
         h = None
         for index, traversal in enumerate(self.traversals):
@@ -152,7 +165,7 @@ class MLSTMLayer(nn.Module):
             h_t = from_traversal(h_t, grid, traversal, has_cls)
             h = h_t if h is None else h + h_t
         # the output gate is per token, so it commutes with the reordering and is applied once to the sum
-        return self.proj_down(h * F.silu(z))
+        return gated_projection(h, z, self.proj_down.weight, self.proj_down.bias)
 
 
 class ViLBlock(nn.Module):

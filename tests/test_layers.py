@@ -1,0 +1,28 @@
+"""Building blocks whose backward pass is written by hand, and the fast headwise projection."""
+
+import torch
+
+from vil.layers.gated_projection import gated_projection
+from vil.layers.headwise import HeadwiseLinear, headwise_linear
+
+
+def test_gated_projection_gradients():
+    h, z = (torch.randn(2, 5, 6, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    weight = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(gated_projection, (h, z, weight, bias))
+    assert torch.autograd.gradcheck(lambda h, z, w: gated_projection(h, z, w, None), (h, z, weight))
+
+
+def test_headwise_projection_matches_the_official_einsum():
+    x = torch.randn(2, 7, 64)
+    projections = [HeadwiseLinear(64, 4, bias=True) for _ in range(2)]
+    for p in projections:
+        torch.nn.init.normal_(p.bias)
+    for p, out in zip(projections, headwise_linear(x, *projections), strict=True):
+        reference = torch.einsum("bshd,hod->bsho", x.view(2, 7, 16, 4), p.weight).reshape(2, 7, 64) + p.bias
+        torch.testing.assert_close(out, reference)
+    # the head layout (B, NH, S, DH) holds the same numbers
+    heads = headwise_linear(x, projections[0], num_heads=4)[0]
+    torch.testing.assert_close(heads, headwise_linear(x, projections[0])[0].view(2, 7, 4, 16).transpose(1, 2))
+    assert heads.is_contiguous()
