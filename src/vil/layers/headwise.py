@@ -64,7 +64,7 @@ def headwise_linear(x: torch.Tensor, *projections: HeadwiseLinear, num_heads: in
             results.append(y.transpose(0, 1).reshape(batch, seq_len, dim))
         else:  # group g belongs to head g // (G / NH)
             y = y.view(num_heads, num_groups // num_heads, batch, seq_len, group_width)
-            results.append(y.permute(2, 0, 3, 1, 4).reshape(batch, num_heads, seq_len, head_dim))
+            results.append(y.permute(2, 0, 3, 1, 4).reshape(batch, num_heads, seq_len, head_dim).contiguous())
     return results
 
 
