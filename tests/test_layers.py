@@ -19,10 +19,11 @@ def test_headwise_projection_matches_the_official_einsum():
     projections = [HeadwiseLinear(64, 4, bias=True) for _ in range(2)]
     for p in projections:
         torch.nn.init.normal_(p.bias)
-    for p, out in zip(projections, headwise_linear(x, *projections), strict=True):
+    outputs = headwise_linear(x, [p.weight for p in projections], [p.bias for p in projections])
+    for p, out in zip(projections, outputs, strict=True):
         reference = torch.einsum("bshd,hod->bsho", x.view(2, 7, 16, 4), p.weight).reshape(2, 7, 64) + p.bias
         torch.testing.assert_close(out, reference)
     # the head layout (B, NH, S, DH) holds the same numbers
-    heads = headwise_linear(x, projections[0], num_heads=4)[0]
-    torch.testing.assert_close(heads, headwise_linear(x, projections[0])[0].view(2, 7, 4, 16).transpose(1, 2))
+    heads = headwise_linear(x, [projections[0].weight], [projections[0].bias], num_heads=4)[0]
+    torch.testing.assert_close(heads, projections[0](x).view(2, 7, 4, 16).transpose(1, 2))
     assert heads.is_contiguous()

@@ -201,3 +201,23 @@ def test_hand_written_backward_passes_gradcheck(form):
         return h, *state
 
     assert torch.autograd.gradcheck(run, (q, k, v, i, f, c0, n0, m0))
+
+
+@pytest.mark.parametrize("form", ["parallel", "chunkwise"])
+def test_projected_cell_recomputes_qkv_with_the_same_gradients(form):
+    from vil.ops.projected import mlstm_projected
+
+    x = torch.randn(2, 30, 12, dtype=torch.float64, requires_grad=True)
+    weights = [torch.randn(12, 12, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    _, _, _, i, f = make_inputs(batch=2, heads=3, seq_len=30, head_dim=4)
+
+    def project(x, wq, wk, wv):  # (B, S, 12) -> three (B, 3, S, 4)
+        return [(x @ w).view(2, 30, 3, 4).transpose(1, 2) for w in (wq, wk, wv)]
+
+    h = mlstm_projected(project, [x, *weights], i, f, backend=form, chunk_size=8)
+    expected = mlstm(*project(x, *weights), i, f, backend=form, chunk_size=8)
+    assert rel_err(h, expected) < 1e-12
+    grads = torch.autograd.grad(h.square().sum(), [x, *weights, i, f])
+    expected_grads = torch.autograd.grad(expected.square().sum(), [x, *weights, i, f])
+    for a, b in zip(grads, expected_grads, strict=True):
+        assert rel_err(a, b) < 1e-10

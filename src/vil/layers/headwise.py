@@ -8,6 +8,8 @@ into dense block-diagonal groups (8 blocks = 32 x 32), so one batched product ov
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -32,33 +34,38 @@ class HeadwiseLinear(nn.Module):
         nn.init.normal_(self.weight, std=(2 / 5 / block_size) ** 0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return headwise_linear(x, self)[0]
+        return headwise_linear(x, [self.weight], [self.bias])[0]
 
     def extra_repr(self) -> str:
         return f"{self.dim}, block_size={self.block_size}, bias={self.bias is not None}"
 
 
-def headwise_linear(x: torch.Tensor, *projections: HeadwiseLinear, num_heads: int | None = None) -> list[torch.Tensor]:
-    """Apply several headwise projections to the same x: (B, S, E) -> one tensor per projection.
+def headwise_linear(
+    x: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    biases: Sequence[torch.Tensor | None],
+    num_heads: int | None = None,
+) -> list[torch.Tensor]:
+    """Apply several headwise projections (weights (NB, bs, bs), biases (E,) or None) to the same x: (B, S, E).
 
-    The outputs are (B, S, E), or with ``num_heads`` (B, NH, S, E / NH) contiguous: the layout the mLSTM cell
-    reads, produced by the same single copy that the token layout would cost.
+    Returns one tensor per projection: (B, S, E), or with ``num_heads`` (B, NH, S, E / NH) contiguous: the layout
+    the mLSTM cell reads, produced by the same single copy that the token layout would cost.
     """
     batch, seq_len, dim = x.shape
-    num_blocks, block_out, block_in = projections[0].weight.shape
+    num_blocks, block_out, block_in = weights[0].shape
     head_dim = dim // (num_heads or 1)
     group_blocks = _group_size(num_blocks, head_dim // block_out)
     num_groups = num_blocks // group_blocks
-    weight = torch.cat([_group_weight(p.weight, group_blocks) for p in projections], dim=1)  # (G, n*gw, gw)
+    weight = torch.cat([_group_weight(w, group_blocks) for w in weights], dim=1)  # (G, n*gw, gw)
     group_width = group_blocks * block_out
     x_groups = x.reshape(batch * seq_len, num_groups, group_blocks * block_in).transpose(0, 1)  # (G, B*S, gw)
-    if projections[0].bias is None:
+    if biases[0] is None:
         out = torch.bmm(x_groups, weight.transpose(1, 2))  # (G, B*S, n*gw)
     else:
-        bias = torch.cat([p.bias.view(num_groups, 1, group_width) for p in projections], dim=-1)
+        bias = torch.cat([b.view(num_groups, 1, group_width) for b in biases], dim=-1)
         out = torch.baddbmm(bias, x_groups, weight.transpose(1, 2))
     results = []
-    for index in range(len(projections)):
+    for index in range(len(weights)):
         y = out[:, :, index * group_width : (index + 1) * group_width]  # (G, B*S, gw)
         if num_heads is None:
             results.append(y.transpose(0, 1).reshape(batch, seq_len, dim))

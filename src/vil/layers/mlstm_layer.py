@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +11,7 @@ from timm.layers import DropPath
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..ops import mlstm
+from ..ops.projected import mlstm_projected
 from .conv import CausalConv1d, SequenceConv2d
 from .gated_projection import gated_projection
 from .headwise import HeadwiseLinear, fold_into_linear, headwise_linear
@@ -53,11 +54,25 @@ class MLSTMCell(nn.Module):
         bias = sum((b for b in (b_q, b_k, b_v) if b is not None), bias)
         return F.linear(qk_input, w_q + w_k, bias) + F.linear(v_input, w_v)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        """q, k, v: (B, NH, S, DH); gates: (B, S, 2 NH) input then forget pre-activations -> (B, S, E)."""
+    def forward(self, qk_input: torch.Tensor, v_input: torch.Tensor, q_proj, k_proj, v_proj) -> torch.Tensor:
+        """q = q_proj(qk_input), k = k_proj(qk_input), v = v_proj(v_input): (B, S, E) each -> (B, S, E)."""
+        gates = self.gate_preactivations(qk_input, v_input, q_proj, k_proj, v_proj)  # (B, S, 2 NH)
         igate, fgate = gates.transpose(1, 2).chunk(2, dim=1)  # (B, NH, S) each
-        h = mlstm(q, k, v, igate, fgate, backend=self.backend, chunk_size=self.chunk_size)  # (B, NH, S, DH)
+        weights = [q_proj.weight, k_proj.weight, v_proj.weight]
+        biases = [q_proj.bias, k_proj.bias, v_proj.bias] if q_proj.bias is not None else []
+        # q, k, v are recomputed from their inputs in the backward pass rather than kept (see vil.ops.projected)
+        project = partial(_project_qkv, self.num_heads)
+        inputs = [qk_input, v_input, *weights, *biases]
+        h = mlstm_projected(project, inputs, igate, fgate, self.backend, self.chunk_size)  # (B, NH, S, DH)
         return self.outnorm(h)  # (B, S, E)
+
+
+def _project_qkv(num_heads: int, qk_input, v_input, q_weight, k_weight, v_weight, q_bias=None, k_bias=None,
+                 v_bias=None):  # fmt: skip
+    """q, k from qk_input and v from v_input, in the (B, NH, S, DH) layout of the cell."""
+    q, k = headwise_linear(qk_input, [q_weight, k_weight], [q_bias, k_bias], num_heads)
+    (v,) = headwise_linear(v_input, [v_weight], [v_bias], num_heads)
+    return q, k, v
 
 
 class MLSTMBranch(nn.Module):
@@ -89,11 +104,7 @@ class MLSTMBranch(nn.Module):
     def forward(self, x: torch.Tensor, grid: tuple[int, int], has_cls: bool) -> torch.Tensor:
         """x: (B, S, E) in traversal order, read as an image of ``grid`` -> (B, S, E), before the output gate."""
         c = self._conv_silu(x, grid, has_cls)  # (B, S, E)
-        heads = self.mlstm_cell.num_heads
-        q, k = headwise_linear(c, self.q_proj, self.k_proj, num_heads=heads)  # (B, NH, S, DH) each
-        (v,) = headwise_linear(x, self.v_proj, num_heads=heads)
-        gates = self.mlstm_cell.gate_preactivations(c, x, self.q_proj, self.k_proj, self.v_proj)  # (B, S, 2 NH)
-        h = self.mlstm_cell(q, k, v, gates)  # (B, S, E)
+        h = self.mlstm_cell(c, x, self.q_proj, self.k_proj, self.v_proj)  # (B, S, E)
         return torch.addcmul(h, c, self.learnable_skip)
 
     def _conv_silu(self, x: torch.Tensor, grid: tuple[int, int], has_cls: bool) -> torch.Tensor:

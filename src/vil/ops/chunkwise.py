@@ -163,18 +163,32 @@ def _forward(chunked: _Chunked, c0: torch.Tensor, n0: torch.Tensor, m0: torch.Te
 class _ChunkwiseMLSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, igate, fgate, c0, n0, m0, chunk_size, eps):
-        chunked = _Chunked(q, k, v, igate, fgate, chunk_size)
-        h, (c_prev, n_prev, c_last, n_last), m_all, denominator = _forward(
-            chunked, c0.to(q.dtype), n0.to(q.dtype), m0.to(q.dtype), eps
-        )
-        ctx.save_for_backward(q, k, v, igate, fgate, c_prev, n_prev, c_last, n_last, m_all, denominator, h)
+        outputs, saved = chunkwise_forward(q, k, v, igate, fgate, c0, n0, m0, chunk_size, eps)
+        ctx.save_for_backward(q, k, v, igate, fgate, *saved)
         ctx.chunk_size, ctx.eps = chunk_size, eps
-        return h, c_last, n_last, m_all[..., -1]
+        return outputs
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dh, dc_last, dn_last, dm_last):
-        return (*_backward(*ctx.saved_tensors, dh, dc_last, dn_last, dm_last, ctx.chunk_size, ctx.eps), None, None)
+        q, k, v, igate, fgate, *saved = ctx.saved_tensors
+        grads = chunkwise_backward(q, k, v, igate, fgate, saved, dh, ctx.chunk_size, ctx.eps, dc_last, dn_last, dm_last)
+        return *grads, None, None
+
+
+def chunkwise_forward(q, k, v, igate, fgate, c0, n0, m0, chunk_size: int, eps: float = EPS):
+    """-> (h, c_last, n_last, m_last), and what :func:`chunkwise_backward` needs besides the inputs."""
+    chunked = _Chunked(q, k, v, igate, fgate, chunk_size)
+    h, (c_prev, n_prev, c_last, n_last), m_all, denominator = _forward(
+        chunked, c0.to(q.dtype), n0.to(q.dtype), m0.to(q.dtype), eps
+    )
+    return (h, c_last, n_last, m_all[..., -1]), (c_prev, n_prev, c_last, n_last, m_all, denominator, h)
+
+
+def chunkwise_backward(q, k, v, igate, fgate, saved, dh, chunk_size: int, eps: float = EPS,
+                       dc_last=None, dn_last=None, dm_last=None):  # fmt: skip
+    """Gradients with respect to q, k, v, igate, fgate and the initial c, n, m."""
+    return _backward(q, k, v, igate, fgate, *saved, dh, dc_last, dn_last, dm_last, chunk_size, eps)
 
 
 def _backward(q, k, v, igate, fgate, c_prev, n_prev, c_last, n_last, m_all, denominator, h, dh, dc_last, dn_last,

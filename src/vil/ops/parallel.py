@@ -70,48 +70,59 @@ def _tiles(seq_len: int, row_tile: int) -> list[tuple[int, int]]:
 class _ParallelMLSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, igate, fgate, eps, row_tile):
-        gates = _Gates(igate, fgate)
-        batch, heads, seq_len, value_dim = v.shape
-        h = v.new_empty(batch, seq_len, heads, value_dim).transpose(1, 2)  # (B, NH, S, DHV) view of (B, S, NH, DHV)
-        denominator = v.new_empty(batch, heads, seq_len)
-        for start, end in _tiles(seq_len, row_tile):  # rows [start, end) see columns [0, end)
-            scores = q[:, :, start:end] @ k[:, :, :end].transpose(-2, -1)  # (B, NH, T, end)
-            scores.mul_(gates.scaled_decay(slice(start, end), end, q.shape[-1]))
-            denominator[..., start:end] = scores.sum(dim=-1)
-            h[:, :, start:end] = normalised_readout(
-                scores @ v[:, :, :end], denominator[..., start:end], gates.log_m_row[..., start:end], eps
-            )
-        ctx.save_for_backward(q, k, v, igate, fgate, h, denominator)
+        h, saved = parallel_forward(q, k, v, igate, fgate, eps, row_tile)
+        ctx.save_for_backward(q, k, v, igate, fgate, *saved)
         ctx.eps, ctx.row_tile = eps, row_tile
         return h
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dh):
-        q, k, v, igate, fgate, h, denominator = ctx.saved_tensors
-        gates = _Gates(igate, fgate)
-        d_num, d_den, d_log_m_row = readout_backward(dh, h, denominator, gates.log_m_row, ctx.eps)
+        q, k, v, igate, fgate, *saved = ctx.saved_tensors
+        return *parallel_backward(q, k, v, igate, fgate, saved, dh, ctx.eps, ctx.row_tile), None, None
 
-        dq = torch.empty_like(q, memory_format=torch.contiguous_format)
-        dk = torch.zeros_like(k, memory_format=torch.contiguous_format)
-        dv = torch.zeros_like(v, memory_format=torch.contiguous_format)
-        d_a = torch.zeros_like(gates.a)
-        d_amax = d_log_m_row.clone()  # M = b + amax
-        for start, end in _tiles(q.shape[2], ctx.row_tile):
-            rows = slice(start, end)
-            decay = gates.scaled_decay(rows, end, q.shape[-1])  # (B, NH, T, end)
-            scores = (q[:, :, rows] @ k[:, :, :end].transpose(-2, -1)).mul_(decay)
-            # num = scores @ v, den = scores.sum(-1)
-            d_scores = (d_num[:, :, rows] @ v[:, :, :end].transpose(-2, -1)).add_(d_den[..., rows, None])
-            dv[:, :, :end] += scores.transpose(-2, -1) @ d_num[:, :, rows]
-            d_qk = d_scores * decay
-            dq[:, :, rows] = d_qk @ k[:, :, :end]
-            dk[:, :, :end] += d_qk.transpose(-2, -1) @ q[:, :, rows]
-            d_log_decay = d_scores.mul_(scores)  # dL/d log decay[t, s], log decay = a[s] - amax[t] - log sqrt(DH)
-            d_a[..., :end] += d_log_decay.sum(dim=-2)
-            d_amax[..., rows] -= d_log_decay.sum(dim=-1)
 
-        d_a.scatter_add_(-1, gates.amax_index, d_amax)  # amax = cummax(a)
-        d_igate, d_log_f = gate_backward(d_a, d_log_m_row)
-        d_fgate = d_log_f * torch.sigmoid(-fgate)
-        return dq, dk, dv, d_igate, d_fgate, None, None
+def parallel_forward(q, k, v, igate, fgate, eps: float = EPS, row_tile: int = ROW_TILE):
+    """-> h (B, NH, S, DHV), and what :func:`parallel_backward` needs besides the inputs."""
+    gates = _Gates(igate, fgate)
+    batch, heads, seq_len, value_dim = v.shape
+    h = v.new_empty(batch, seq_len, heads, value_dim).transpose(1, 2)  # (B, NH, S, DHV) view of (B, S, NH, DHV)
+    denominator = v.new_empty(batch, heads, seq_len)
+    for start, end in _tiles(seq_len, row_tile):  # rows [start, end) see columns [0, end)
+        scores = q[:, :, start:end] @ k[:, :, :end].transpose(-2, -1)  # (B, NH, T, end)
+        scores.mul_(gates.scaled_decay(slice(start, end), end, q.shape[-1]))
+        denominator[..., start:end] = scores.sum(dim=-1)
+        h[:, :, start:end] = normalised_readout(
+            scores @ v[:, :, :end], denominator[..., start:end], gates.log_m_row[..., start:end], eps
+        )
+    return h, (h, denominator)
+
+
+def parallel_backward(q, k, v, igate, fgate, saved, dh, eps: float = EPS, row_tile: int = ROW_TILE):
+    """Gradients with respect to q, k, v, igate, fgate."""
+    h, denominator = saved
+    gates = _Gates(igate, fgate)
+    d_num, d_den, d_log_m_row = readout_backward(dh, h, denominator, gates.log_m_row, eps)
+
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    dk = torch.zeros_like(k, memory_format=torch.contiguous_format)
+    dv = torch.zeros_like(v, memory_format=torch.contiguous_format)
+    d_a = torch.zeros_like(gates.a)
+    d_amax = d_log_m_row.clone()  # M = b + amax
+    for start, end in _tiles(q.shape[2], row_tile):
+        rows = slice(start, end)
+        decay = gates.scaled_decay(rows, end, q.shape[-1])  # (B, NH, T, end)
+        scores = (q[:, :, rows] @ k[:, :, :end].transpose(-2, -1)).mul_(decay)
+        # num = scores @ v, den = scores.sum(-1)
+        d_scores = (d_num[:, :, rows] @ v[:, :, :end].transpose(-2, -1)).add_(d_den[..., rows, None])
+        dv[:, :, :end] += scores.transpose(-2, -1) @ d_num[:, :, rows]
+        d_qk = d_scores * decay
+        dq[:, :, rows] = d_qk @ k[:, :, :end]
+        dk[:, :, :end] += d_qk.transpose(-2, -1) @ q[:, :, rows]
+        d_log_decay = d_scores.mul_(scores)  # dL/d log decay[t, s], log decay = a[s] - amax[t] - log sqrt(DH)
+        d_a[..., :end] += d_log_decay.sum(dim=-2)
+        d_amax[..., rows] -= d_log_decay.sum(dim=-1)
+
+    d_a.scatter_add_(-1, gates.amax_index, d_amax)  # amax = cummax(a)
+    d_igate, d_log_f = gate_backward(d_a, d_log_m_row)
+    return dq, dk, dv, d_igate, d_log_f * torch.sigmoid(-fgate)
