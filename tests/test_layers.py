@@ -7,11 +7,17 @@ from vil.layers.headwise import HeadwiseLinear, headwise_linear
 
 
 def test_gated_projection_gradients():
-    h, z = (torch.randn(2, 5, 6, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    h, c, z = (torch.randn(2, 5, 6, dtype=torch.float64, requires_grad=True) for _ in range(3))
     weight = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(gated_projection, (h, z, weight, bias))
-    assert torch.autograd.gradcheck(lambda h, z, w: gated_projection(h, z, w, None), (h, z, weight))
+
+    def make_h(h, c):  # anything differentiable that the layer would recompute
+        return h.tanh() * c
+
+    assert torch.autograd.gradcheck(
+        lambda h, c, z, w, b: gated_projection(make_h, [h, c], z, w, b), (h, c, z, weight, bias)
+    )
+    assert torch.autograd.gradcheck(lambda h, z, w: gated_projection(torch.sin, [h], z, w, None), (h, z, weight))
 
 
 def test_headwise_projection_matches_the_official_einsum():

@@ -1,38 +1,51 @@
-"""The output gate and down-projection of the mLSTM layer, fused to keep less for the backward pass."""
+"""The output gate and down-projection of the mLSTM layer, kept lean for the backward pass."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 
-def gated_projection(h: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """linear(h * silu(z), weight, bias): (B, N, E) twice -> (B, N, D).
+def gated_projection(
+    make_h: Callable[..., torch.Tensor],
+    h_inputs: Sequence[torch.Tensor],
+    z: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """``linear(make_h(*h_inputs) * silu(z), weight, bias)``: (B, N, E) -> (B, N, D).
 
-    Autograd would keep silu(z) and the product (two E-wide tensors per block); this keeps only h and z (which
-    the layer holds anyway) and recomputes the product in the backward pass.
+    Autograd would keep h, silu(z) and the gated product (three E-wide tensors per block). This keeps only
+    ``h_inputs`` and z, which the layer holds for other reasons anyway, and recomputes the cheap elementwise
+    part (and whatever ``make_h`` does, e.g. the output norm and skip) in the backward pass; the matrix product
+    is not recomputed.
     """
-    return _GatedProjection.apply(h, z, weight, bias)
+    if not torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.is_autocast_enabled(z.device.type):
+        return F.linear(make_h(*h_inputs) * F.silu(z), weight, bias)
+    return _GatedProjection.apply(make_h, z, weight, bias, *h_inputs)
 
 
 class _GatedProjection(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, z, weight, bias):
-        ctx.save_for_backward(h, z, weight)
-        ctx.has_bias = bias is not None
-        return F.linear(h * F.silu(z), weight, bias)
+    def forward(ctx, make_h, z, weight, bias, *h_inputs):
+        ctx.save_for_backward(z, weight, *h_inputs)
+        ctx.make_h, ctx.has_bias = make_h, bias is not None
+        return F.linear(make_h(*h_inputs) * F.silu(z), weight, bias)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out):
-        h, z, weight = ctx.saved_tensors
-        sigmoid_z = torch.sigmoid(z)
-        silu_z = z * sigmoid_z
-        d_gated = d_out @ weight  # (B, N, E)
-        d_weight = d_out.flatten(0, -2).t() @ (h * silu_z).flatten(0, -2)  # (D, E)
+        z, weight, *h_inputs = ctx.saved_tensors
+        with torch.enable_grad():
+            leaves = [x.detach().requires_grad_(x.requires_grad) for x in (z, *h_inputs)]
+            gated = ctx.make_h(*leaves[1:]) * F.silu(leaves[0])  # (B, N, E)
+        d_gated = d_out @ weight
+        d_weight = d_out.flatten(0, -2).t() @ gated.detach().flatten(0, -2)  # (D, E)
         d_bias = d_out.flatten(0, -2).sum(dim=0) if ctx.has_bias else None
-        d_h = d_gated * silu_z
-        # silu'(z) = sigmoid(z) * (1 + z * (1 - sigmoid(z)))
-        d_z = d_gated.mul_(h).mul_(sigmoid_z.mul_(1 + z * (1 - sigmoid_z)))
-        return d_h, d_z, d_weight, d_bias
+        wanted = [x for x in leaves if x.requires_grad]
+        found = iter(torch.autograd.grad(gated, wanted, d_gated))
+        d_z, *d_h_inputs = [next(found) if x.requires_grad else None for x in leaves]
+        return None, d_z, d_weight, d_bias, *d_h_inputs

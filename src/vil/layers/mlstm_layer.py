@@ -15,8 +15,10 @@ from ..ops.projected import mlstm_projected
 from .conv import CausalConv1d, SequenceConv2d
 from .gated_projection import gated_projection
 from .headwise import HeadwiseLinear, fold_into_linear, headwise_linear
-from .norm import MultiHeadNorm, ResidualLayerNorm
+from .norm import MultiHeadNorm, ResidualLayerNorm, multi_head_norm
 from .traversal import Traversal, from_traversal, to_traversal, traversal_grid
+
+OUTNORM_EPS = 1e-5
 
 
 class MLSTMCell(nn.Module):
@@ -34,7 +36,7 @@ class MLSTMCell(nn.Module):
         self.chunk_size = chunk_size
         self.igate = nn.Linear(3 * inner_dim, num_heads)
         self.fgate = nn.Linear(3 * inner_dim, num_heads)
-        self.outnorm = MultiHeadNorm(inner_dim, bias=norm_bias)
+        self.outnorm = MultiHeadNorm(inner_dim, bias=norm_bias, eps=OUTNORM_EPS)
         nn.init.zeros_(self.fgate.weight)
         with torch.no_grad():
             self.fgate.bias.copy_(torch.linspace(3.0, 6.0, num_heads))
@@ -55,7 +57,8 @@ class MLSTMCell(nn.Module):
         return F.linear(qk_input, w_q + w_k, bias) + F.linear(v_input, w_v)
 
     def forward(self, qk_input: torch.Tensor, v_input: torch.Tensor, q_proj, k_proj, v_proj) -> torch.Tensor:
-        """q = q_proj(qk_input), k = k_proj(qk_input), v = v_proj(v_input): (B, S, E) each -> (B, S, E)."""
+        """q = q_proj(qk_input), k = k_proj(qk_input), v = v_proj(v_input): (B, S, E) each -> (B, NH, S, DH),
+        before the output norm."""
         gates = self.gate_preactivations(qk_input, v_input, q_proj, k_proj, v_proj)  # (B, S, 2 NH)
         igate, fgate = gates.transpose(1, 2).chunk(2, dim=1)  # (B, NH, S) each
         weights = [q_proj.weight, k_proj.weight, v_proj.weight]
@@ -63,8 +66,7 @@ class MLSTMCell(nn.Module):
         # q, k, v are recomputed from their inputs in the backward pass rather than kept (see vil.ops.projected)
         project = partial(_project_qkv, self.num_heads)
         inputs = [qk_input, v_input, *weights, *biases]
-        h = mlstm_projected(project, inputs, igate, fgate, self.backend, self.chunk_size)  # (B, NH, S, DH)
-        return self.outnorm(h)  # (B, S, E)
+        return mlstm_projected(project, inputs, igate, fgate, self.backend, self.chunk_size)  # (B, NH, S, DH)
 
 
 def _project_qkv(num_heads: int, qk_input, v_input, q_weight, k_weight, v_weight, q_bias=None, k_bias=None,
@@ -103,9 +105,14 @@ class MLSTMBranch(nn.Module):
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int], has_cls: bool) -> torch.Tensor:
         """x: (B, S, E) in traversal order, read as an image of ``grid`` -> (B, S, E), before the output gate."""
+        return branch_output(*self.output_inputs(x, grid, has_cls))
+
+    def output_inputs(self, x: torch.Tensor, grid: tuple[int, int], has_cls: bool) -> list[torch.Tensor]:
+        """The arguments of :func:`branch_output`: the cell output and what the norm and the skip need."""
         c = self._conv_silu(x, grid, has_cls)  # (B, S, E)
-        h = self.mlstm_cell(c, x, self.q_proj, self.k_proj, self.v_proj)  # (B, S, E)
-        return torch.addcmul(h, c, self.learnable_skip)
+        h = self.mlstm_cell(c, x, self.q_proj, self.k_proj, self.v_proj)  # (B, NH, S, DH)
+        norm = self.mlstm_cell.outnorm
+        return [h, c, self.learnable_skip, norm.weight] + ([] if norm.bias is None else [norm.bias])
 
     def _conv_silu(self, x: torch.Tensor, grid: tuple[int, int], has_cls: bool) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
@@ -116,6 +123,15 @@ class MLSTMBranch(nn.Module):
 
 def _conv_silu(conv: nn.Module, x: torch.Tensor, grid: tuple[int, int], has_cls: bool) -> torch.Tensor:
     return F.silu(conv(x, grid, has_cls))
+
+
+def branch_output(h, c, skip, norm_weight, norm_bias=None) -> torch.Tensor:
+    """outnorm(h) + skip * c: h (B, NH, S, DH), c (B, S, E) -> (B, S, E)."""
+    return torch.addcmul(multi_head_norm(h, norm_weight, norm_bias, OUTNORM_EPS), c, skip)
+
+
+def _identity(h: torch.Tensor) -> torch.Tensor:
+    return h
 
 
 class MLSTMLayer(nn.Module):
@@ -165,8 +181,8 @@ class MLSTMLayer(nn.Module):
             # one direction: reorder the narrow (D-wide) input and output instead of the E-wide branch tensors
             traversal = self.traversals[0]
             x_mlstm, z = self.proj_up(to_traversal(x, grid, traversal, has_cls)).chunk(2, dim=-1)
-            h = self.branches[0](x_mlstm, traversal_grid(grid, traversal), has_cls)
-            out = gated_projection(h, z, self.proj_down.weight, self.proj_down.bias)
+            h_inputs = self.branches[0].output_inputs(x_mlstm, traversal_grid(grid, traversal), has_cls)
+            out = gated_projection(branch_output, h_inputs, z, self.proj_down.weight, self.proj_down.bias)
             return from_traversal(out, grid, traversal, has_cls)
         x_mlstm, z = self.proj_up(x).chunk(2, dim=-1)  # (B, N, E) each
         h = None
@@ -176,7 +192,7 @@ class MLSTMLayer(nn.Module):
             h_t = from_traversal(h_t, grid, traversal, has_cls)
             h = h_t if h is None else h + h_t
         # the output gate is per token, so it commutes with the reordering and is applied once to the sum
-        return gated_projection(h, z, self.proj_down.weight, self.proj_down.bias)
+        return gated_projection(_identity, [h], z, self.proj_down.weight, self.proj_down.bias)
 
 
 class ViLBlock(nn.Module):

@@ -32,7 +32,12 @@ class MultiHeadNorm(ResidualLayerNorm):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, heads, seq_len, head_dim = x.shape
-        x = x.transpose(1, 2).reshape(batch * seq_len, heads * head_dim)  # (B*S, E)
-        x = F.group_norm(x, heads, 1.0 + self.weight, self.bias, self.eps)
-        return x.view(batch, seq_len, heads * head_dim)
+        return multi_head_norm(x, self.weight, self.bias, self.eps)
+
+
+def multi_head_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """Functional :class:`MultiHeadNorm`: x (B, NH, S, DH), residual weight and bias (E,) -> (B, S, E)."""
+    batch, heads, seq_len, head_dim = x.shape
+    x = x.transpose(1, 2).reshape(batch * seq_len, heads * head_dim)  # (B*S, E)
+    x = F.group_norm(x, heads, 1.0 + weight, bias, eps)
+    return x.view(batch, seq_len, heads * head_dim)
