@@ -12,6 +12,7 @@ COMMAND_MODULES = [
     "vil.commands.models",
     "vil.commands.checkpoints",
     "vil.commands.convert",
+    "vil.commands.bench",
 ]
 
 

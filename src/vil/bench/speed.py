@@ -1,0 +1,220 @@
+"""Speed and peak memory of ViL against DeiT (timm) and against the parallel form, side by side.
+
+Every contender runs in this one process; at each image size the contenders are timed interleaved after a
+warm-up and the median is reported (DESIGN.md section 4). A "train" step is forward, cross-entropy loss,
+backward and an AdamW step; "infer" is a forward pass without gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import platform
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .measure import median, peak_memory, time_interleaved
+
+MODES = ("infer", "train")
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One model configuration to time: ``build(img_size)`` returns the model."""
+
+    label: str
+    build: Callable[[int], nn.Module]
+    family: str  # "vil" or "baseline"
+    max_tokens: int | None = None  # skipped above this many tokens (the quadratic parallel form)
+    modes: tuple[str, ...] = MODES
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class Row:
+    size: int
+    batch: int
+    tokens: int
+    mode: str
+    contender: str
+    seconds: float | None  # median; None when skipped
+    peak_mib: float | None
+    x_baseline: float | None = None  # seconds / the baseline's seconds at the same size and mode
+    mem_x_baseline: float | None = None
+    note: str = ""
+
+
+def vil_contenders(name: str, label: str, parallel_max_tokens: dict[str, int]) -> list[Contender]:
+    """ViL with the automatic backend, with gradient checkpointing (train), and forced to the parallel form."""
+    from ..models import create_model
+
+    def build(backend: str) -> Callable[[int], nn.Module]:
+        return lambda size: create_model(name, img_size=size, mlstm_backend=backend)
+
+    return [
+        Contender(f"{label} (auto)", build("auto"), "vil"),
+        Contender(f"{label} (auto, grad ckpt)", build("auto"), "vil", modes=("train",), grad_checkpointing=True),
+        Contender(f"{label} (parallel)", build("parallel"), "vil", max_tokens=parallel_max_tokens["infer"],
+                  modes=("infer",)),
+        Contender(f"{label} (parallel)", build("parallel"), "vil", max_tokens=parallel_max_tokens["train"],
+                  modes=("train",)),
+    ]  # fmt: skip
+
+
+def timm_contender(name: str, label: str) -> Contender:
+    import timm
+
+    return Contender(label, lambda size: timm.create_model(name, img_size=size, pretrained=False), "baseline")
+
+
+def token_count(size: int, patch: int = 16, stride: int = 16) -> int:
+    side = (size - patch) // stride + 1
+    return side * side
+
+
+def _step(model: nn.Module, x: torch.Tensor, mode: str, autocast_dtype: torch.dtype | None) -> Callable[[], None]:
+    device_type = x.device.type
+    autocast = (
+        (lambda: torch.autocast(device_type, dtype=autocast_dtype))
+        if autocast_dtype is not None
+        else contextlib.nullcontext
+    )
+    if mode == "infer":
+        model.eval()
+
+        def infer():
+            with torch.no_grad(), autocast():
+                model(x)
+
+        return infer
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+
+    def train():
+        with autocast():
+            loss = nn.functional.cross_entropy(model(x), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return train
+
+
+def run_speed(
+    contenders: list[Contender],
+    sizes: list[tuple[int, int]],
+    modes: tuple[str, ...] = MODES,
+    repeats: int = 5,
+    warmup: int = 1,
+    device: str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    compile_models: bool = False,
+    progress: Callable[[str], None] = lambda message: None,
+) -> list[Row]:
+    """Time every contender at every (image size, batch) and mode. The first baseline sets the ratios."""
+    device_ = torch.device(device)
+    rows: list[Row] = []
+    for size, batch in sizes:
+        tokens = token_count(size)
+        x = torch.randn(batch, 3, size, size, device=device_)
+        for mode in modes:
+            active = [c for c in contenders if mode in c.modes and (c.max_tokens is None or tokens <= c.max_tokens)]
+            skipped = [c for c in contenders if mode in c.modes and c not in active]
+            steps = {}
+            for contender in active:
+                progress(f"{size}px b{batch} {mode}: building {contender.label}")
+                model = contender.build(size).to(device_)
+                if contender.grad_checkpointing:
+                    model.set_grad_checkpointing(True)
+                if compile_models:
+                    model = torch.compile(model)
+                steps[contender.label] = _step(model, x, mode, autocast_dtype)
+            progress(f"{size}px b{batch} {mode}: timing {len(steps)} contenders x {repeats} (interleaved)")
+            times = time_interleaved(steps, repeats=repeats, warmup=warmup, device=device_)
+            for contender in active:
+                with peak_memory(device_) as peak:
+                    steps[contender.label]()
+                rows.append(
+                    Row(
+                        size,
+                        batch,
+                        tokens,
+                        mode,
+                        contender.label,
+                        median(times[contender.label]),
+                        peak["bytes"] / 2**20,
+                    )
+                )
+            for contender in skipped:
+                note = f"skipped: more than {contender.max_tokens} tokens (quadratic form)"
+                rows.append(Row(size, batch, tokens, mode, contender.label, None, None, note=note))
+            del steps
+            gc.collect()
+    _add_ratios(rows, next(c.label for c in contenders if c.family == "baseline"))
+    return rows
+
+
+def _add_ratios(rows: list[Row], baseline: str) -> None:
+    reference = {(r.size, r.batch, r.mode): r for r in rows if r.contender == baseline and r.seconds is not None}
+    for row in rows:
+        base = reference.get((row.size, row.batch, row.mode))
+        if base is None or row.seconds is None:
+            continue
+        row.x_baseline = row.seconds / base.seconds
+        if base.peak_mib and row.peak_mib is not None:
+            row.mem_x_baseline = row.peak_mib / base.peak_mib
+
+
+def context(device: str, threads: int, dtype: str, compile_models: bool, allocator_tuned: bool) -> dict:
+    """What the numbers depend on, printed with every table."""
+    return dict(
+        torch=torch.__version__,
+        device=device if device != "cpu" else f"cpu ({platform.processor() or platform.machine()})",
+        threads=threads,
+        dtype=dtype,
+        compile=compile_models,
+        malloc_tuned=allocator_tuned,
+    )
+
+
+def markdown_table(rows: list[Row], baseline: str) -> str:
+    header = f"| image | batch | tokens | mode | model | time (s) | × {baseline} | peak MiB | mem × {baseline} |"
+    lines = [header, "|" + "---|" * 9]
+    for r in rows:
+        if r.seconds is None:
+            lines.append(f"| {r.size} | {r.batch} | {r.tokens} | {r.mode} | {r.contender} | {r.note} | | | |")
+            continue
+        lines.append(
+            f"| {r.size} | {r.batch} | {r.tokens} | {r.mode} | {r.contender} | {r.seconds:.3f} | "
+            f"{_fmt(r.x_baseline)} | {r.peak_mib:.0f} | {_fmt(r.mem_x_baseline)} |"
+        )
+    return "\n".join(lines)
+
+
+def headline(rows: list[Row], vil_label: str, parallel_label: str) -> list[str]:
+    """One sentence per (size, mode): ViL (auto) against the baseline and against the parallel form."""
+    lines = []
+    keyed = {(r.size, r.batch, r.mode, r.contender): r for r in rows}
+    for r in rows:
+        if r.contender != vil_label or r.seconds is None:
+            continue
+        text = f"{r.size}px b{r.batch} {r.mode}: {vil_label} takes {_fmt(r.x_baseline)} the baseline's time"
+        parallel = keyed.get((r.size, r.batch, r.mode, parallel_label))
+        if parallel is not None and parallel.seconds is not None:
+            text += f", {parallel.seconds / r.seconds:.1f}x faster than the parallel form"
+        if r.mem_x_baseline is not None:
+            text += f"; peak memory {_fmt(r.mem_x_baseline)} the baseline's"
+        lines.append(text)
+    return lines
+
+
+def rows_as_dicts(rows: list[Row]) -> list[dict]:
+    return [asdict(r) for r in rows]
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}x"

@@ -1,0 +1,102 @@
+"""``vil bench``: speed and peak memory of ViL against DeiT (timm) and the parallel form, side by side."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ..bench.speed import (
+    MODES,
+    context,
+    headline,
+    markdown_table,
+    rows_as_dicts,
+    run_speed,
+    timm_contender,
+    vil_contenders,
+)
+from ..utils.cpu_allocator import tune_cpu_allocator
+
+DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("bench", help="time ViL against DeiT and the parallel form", description=__doc__)
+    parser.add_argument("--model", action="append", help="ViL variant (repeatable; default vil2_tiny_patch16_224)")
+    parser.add_argument("--baseline", action="append", help="timm model (repeatable; default deit_tiny_patch16_224)")
+    parser.add_argument("--sizes", default="224:8,512:1,1024:1", help="image size:batch pairs (default %(default)s)")
+    parser.add_argument("--modes", default="infer,train", help=f"comma list of {MODES} (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: see DESIGN.md §4)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per contender (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per contender first")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="autocast dtype (default float32)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every model (slow to start)")
+    parser.add_argument("--no-malloc-tuning", action="store_true", help="leave glibc malloc at its defaults")
+    parser.add_argument(
+        "--parallel-max-tokens",
+        type=int,
+        nargs=2,
+        default=[4096, 1024],
+        metavar=("INFER", "TRAIN"),
+        help="largest token count timed for the quadratic parallel form (default 4096 1024)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    parser.add_argument("--csv", type=Path, help="also write the rows as CSV")
+    parser.add_argument("--markdown", type=Path, help="also write the table as Markdown")
+    parser.set_defaults(func=run)
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    sizes = []
+    for item in text.split(","):
+        try:
+            size, batch = (int(part) for part in item.split(":"))
+        except ValueError:
+            raise ValueError(f"--sizes item {item!r} is not SIZE:BATCH (e.g. 224:8)") from None
+        if size < 16 or size % 16 or batch < 1:
+            raise ValueError(f"--sizes item {item!r}: the size must be a multiple of 16 and the batch >= 1")
+        sizes.append((size, batch))
+    return sizes
+
+
+def run(args: argparse.Namespace) -> int:
+    modes = tuple(m.strip() for m in args.modes.split(","))
+    if unknown := [m for m in modes if m not in MODES]:
+        raise ValueError(f"unknown mode(s) {unknown}; allowed: {list(MODES)}")
+    sizes = parse_sizes(args.sizes)
+    torch.set_num_threads(args.threads)
+    tuned = False if args.no_malloc_tuning else tune_cpu_allocator()
+    limits = {"infer": args.parallel_max_tokens[0], "train": args.parallel_max_tokens[1]}
+    models = args.model or ["vil2_tiny_patch16_224"]
+    baselines = args.baseline or ["deit_tiny_patch16_224"]
+    contenders = [timm_contender(name, name) for name in baselines]
+    for name in models:
+        contenders += vil_contenders(name, name, limits)
+    rows = run_speed(
+        contenders, sizes, modes, repeats=args.repeats, warmup=args.warmup, device=args.device,
+        autocast_dtype=DTYPES[args.dtype], compile_models=args.compile,
+        progress=lambda message: print(f"  {message}", file=sys.stderr, flush=True),
+    )  # fmt: skip
+    info = context(args.device, args.threads, args.dtype, args.compile, tuned)
+    table = markdown_table(rows, baselines[0])
+    print("context: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+    print(table)
+    for name in models:
+        for line in headline(rows, f"{name} (auto)", f"{name} (parallel)"):
+            print("- " + line)
+    if args.markdown:
+        args.markdown.write_text(f"context: {json.dumps(info)}\n\n{table}\n")
+    if args.json:
+        args.json.write_text(json.dumps({"context": info, "rows": rows_as_dicts(rows)}, indent=1))
+    if args.csv:
+        with args.csv.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows_as_dicts(rows)[0]))
+            writer.writeheader()
+            writer.writerows(rows_as_dicts(rows))
+    return 0
