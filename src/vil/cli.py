@@ -12,6 +12,9 @@ COMMAND_MODULES = [
     "vil.commands.models",
     "vil.commands.checkpoints",
     "vil.commands.convert",
+    "vil.commands.train",
+    "vil.commands.eval",
+    "vil.commands.predict",
 ]
 
 

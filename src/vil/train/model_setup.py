@@ -1,0 +1,74 @@
+"""The model a run trains: built from a variant name and overrides, or initialised from pretrained weights and
+adapted to the run (fine-tuning: new image size with the position embedding resampled, new classes with a fresh
+head, new patch stride).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..layers.embed import resample_pos_embed
+from ..models.config import ViLConfig
+from ..models.factory import resolve_config
+from ..models.vision_lstm import VisionLSTM
+from .config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+# Config fields a fine-tuning run may change relative to its initial weights; all others define the architecture.
+ADAPTABLE_FIELDS = ("img_size", "num_classes", "patch_stride", "drop_path_rate", "mlstm_backend", "chunk_size")
+
+
+def architecture_differences(a: ViLConfig, b: ViLConfig) -> dict[str, tuple]:
+    """The architecture fields where two configs differ: {field: (a's value, b's value)}."""
+    da, db = a.to_dict(), b.to_dict()
+    return {k: (da[k], db[k]) for k in da if k not in ADAPTABLE_FIELDS and da[k] != db[k]}
+
+
+def run_model_config(config: TrainConfig, num_classes: int, in_chans: int, init: ViLConfig | None = None) -> ViLConfig:
+    """The ViLConfig of a run: the named variant (or the init weights' architecture, or the defaults), with the run's
+    image size, the data's classes and channels, and ``model_args`` on top.
+    """
+    changes = dict(img_size=config.img_size, num_classes=num_classes, in_chans=in_chans, **config.model_args)
+    if init is None:
+        return resolve_config(config.model, **changes) if config.model else ViLConfig(**changes)
+    if config.model is not None:
+        named = resolve_config(config.model, **{k: v for k, v in changes.items() if k not in ADAPTABLE_FIELDS})
+        init_arch = init.replace(**{k: v for k, v in changes.items() if k not in ADAPTABLE_FIELDS})
+        mismatch = architecture_differences(named, init_arch)
+        if mismatch:
+            raise ValueError(
+                f"the init weights are another architecture than model {config.model!r}: {_describe(mismatch)}"
+            )
+    target = init.replace(**changes)
+    mismatch = architecture_differences(init, target)
+    if mismatch:
+        raise ValueError(
+            f"the run changes the architecture of the init weights: {_describe(mismatch)}; "
+            f"fine-tuning may change only {', '.join(ADAPTABLE_FIELDS)}"
+        )
+    return target
+
+
+def adapt_pretrained(source: VisionLSTM, target: ViLConfig) -> VisionLSTM:
+    """A model with ``target``'s config carrying ``source``'s weights: the position embedding resampled (bicubic) to
+    the new grid, a fresh head when the number of classes changes. The architecture must match.
+    """
+    mismatch = architecture_differences(source.config, target)
+    if mismatch:
+        raise ValueError(f"cannot load weights of another architecture: {_describe(mismatch)}")
+    state = source.state_dict()
+    if source.config.pos_embed_grid != target.pos_embed_grid:
+        logger.info("position embedding resampled from %s to %s", source.config.pos_embed_grid, target.pos_embed_grid)
+        state["pos_embed.embed"] = resample_pos_embed(state["pos_embed.embed"], target.pos_embed_grid)
+    if source.config.num_classes != target.num_classes:
+        logger.info("new head: %d -> %d classes (freshly initialised)", source.config.num_classes, target.num_classes)
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    model = VisionLSTM(target)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith("head.") for k in missing), (missing, unexpected)
+    return model
+
+
+def _describe(mismatch: dict[str, tuple]) -> str:
+    return "; ".join(f"{name}: {a!r} vs {b!r}" for name, (a, b) in mismatch.items())
