@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from torch.utils.data import DataLoader
@@ -29,7 +30,7 @@ def register(subparsers) -> None:
     parser.add_argument("--split", default="val", help="sub-folder of --data to score (default: val)")
     parser.add_argument("--img-size", type=int, help="evaluate at this resolution (default: the model's)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data loader processes")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--json", dest="json_out", help="write the result here (default: eval_<data>.json next to a "

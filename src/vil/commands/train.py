@@ -68,7 +68,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     else:
         base = get_recipe(args.recipe or "digits")
     flags = {field: getattr(args, flag) for flag, field in FLAG_FIELDS.items() if getattr(args, flag) is not None}
-    config = base.replace(**flags).with_overrides(args.set) if flags else base.with_overrides(args.set)
+    config = base.with_overrides(args.set, **flags)
     if args.resume:
         changed = differences(base, config, ignore=RUNTIME_FIELDS)
         if changed:

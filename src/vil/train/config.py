@@ -126,11 +126,12 @@ class TrainConfig:
             raise ValueError(f"unknown TrainConfig fields {unknown}; known fields: {sorted(known)}")
         return cls(**values)
 
-    def with_overrides(self, assignments: list[str]) -> TrainConfig:
-        """Apply ``key=value`` strings (value as JSON, else a plain string); ``model_args.KEY=value`` sets one
-        model override, e.g. ``["epochs=30", "model_args.dim=128", "clip_grad=null", "betas=[0.9,0.95]"]``.
+    def with_overrides(self, assignments: list[str], **changes) -> TrainConfig:
+        """Apply ``key=value`` strings (value as JSON, else a plain string) on top of ``changes``, validating once;
+        ``model_args.KEY=value`` sets one model override, e.g.
+        ``["epochs=30", "model_args.dim=128", "clip_grad=null", "betas=[0.9,0.95]"]``.
         """
-        changes: dict = {}
+        changes = dict(changes)
         model_args = dict(self.model_args)
         known = sorted(f.name for f in dataclasses.fields(self))
         for assignment in assignments:

@@ -33,19 +33,16 @@ def run_model_config(config: TrainConfig, num_classes: int, in_chans: int, init:
     if init is None:
         return resolve_config(config.model, **changes) if config.model else ViLConfig(**changes)
     if config.model is not None:
-        named = resolve_config(config.model, **{k: v for k, v in changes.items() if k not in ADAPTABLE_FIELDS})
-        init_arch = init.replace(**{k: v for k, v in changes.items() if k not in ADAPTABLE_FIELDS})
-        mismatch = architecture_differences(named, init_arch)
+        mismatch = architecture_differences(resolve_config(config.model, in_chans=init.in_chans), init)
         if mismatch:
-            raise ValueError(
-                f"the init weights are another architecture than model {config.model!r}: {_describe(mismatch)}"
-            )
+            raise ValueError(f"the init weights are not the architecture of {config.model!r}: {_describe(mismatch)}")
     target = init.replace(**changes)
     mismatch = architecture_differences(init, target)
     if mismatch:
         raise ValueError(
-            f"the run changes the architecture of the init weights: {_describe(mismatch)}; "
-            f"fine-tuning may change only {', '.join(ADAPTABLE_FIELDS)}"
+            f"the run changes the architecture of the init weights: {_describe(mismatch)}; fine-tuning may change "
+            f"only {', '.join(ADAPTABLE_FIELDS)} (model_args {config.model_args} and the data's channels apply on "
+            "top of the init weights; --set 'model_args={}' keeps their architecture)"
         )
     return target
 
