@@ -16,7 +16,7 @@ from pathlib import Path
 from ..train import run_files
 from ..train.config import RUNTIME_FIELDS, TrainConfig, differences
 from ..train.errors import TrainingError
-from ..train.recipes import RECIPES, get_recipe
+from ..train.recipes import NEEDS_INIT, RECIPES, get_recipe
 
 # Flags that set one config field each (None: not given, keep the recipe's or the resumed run's value).
 FLAG_FIELDS = {
@@ -120,8 +120,10 @@ def _print_result(summary: dict, out: Path) -> None:
 
 
 def _list_recipes() -> int:
-    print(f"{'recipe':24s} {'model':36s} {'size':>4s} {'epochs':>6s} {'batch':>5s} {'lr/1024':>8s}")
+    print(f"{'recipe':24s} {'model':40s} {'size':>4s} {'epochs':>6s} {'batch':>5s} {'lr/1024':>8s}")
     for name, r in RECIPES.items():
-        model = r.model or ("(from --init)" if r.init is None and name.startswith("in1k_") else "custom")
-        print(f"{name:24s} {model:36s} {r.img_size:>4d} {r.epochs:>6d} {r.batch_size:>5d} {r.lr:>8.1e}")
+        model = r.model or (
+            "(the --init weights)" if name in NEEDS_INIT else ", ".join(f"{k}={v}" for k, v in r.model_args.items())
+        )
+        print(f"{name:24s} {model:40s} {r.img_size:>4d} {r.epochs:>6d} {r.batch_size:>5d} {r.lr:>8.1e}")
     return 0

@@ -292,17 +292,18 @@ class Trainer:
         batches = iter(self.train_loader)
         for _ in range(self.steps_per_epoch):
             self.scheduler.step_update(self.step)
-            step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+            step_loss, step_count = torch.zeros((), dtype=torch.float64, device=self.device), 0
             for micro in range(self.plan.accumulation):
                 images, labels, bad = next(batches)
                 self._note_skipped(bad)
                 loss, n = self._forward_backward(images, labels, last_micro=micro == self.plan.accumulation - 1)
                 step_loss += loss.detach().double() * n
-                count += n
+                step_count += n
             self._check_finite(step_loss)
             self._optimizer_step()
             loss_sum += step_loss
-            self._report_step(step_loss / max(1, self.plan.device_batch * self.plan.accumulation))
+            count += step_count
+            self._report_step(step_loss / step_count)
         del batches  # stops loader workers still holding the dropped tail of the epoch
         total_loss, total_count = all_reduce_sum([loss_sum.item(), float(count)], self.env)
         return total_loss / total_count, time.perf_counter() - start
@@ -310,12 +311,14 @@ class Trainer:
     def _forward_backward(self, images, labels, last_micro: bool) -> tuple[torch.Tensor, int]:
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
+        targets = labels
         if self.mixup is not None:
-            if len(images) % 2:  # a skipped file left an odd batch; batch-wise mixing needs pairs
+            if len(images) % 2 and len(images) > 1:  # a skipped file left an odd batch; mixing pairs the images
                 images, labels = images[:-1], labels[:-1]
-            images, targets = self.mixup(images, labels)
-        else:
-            targets = labels
+            if len(images) > 1:
+                images, targets = self.mixup(images, labels)
+            else:  # nothing to mix with: the soft-target loss gets the one-hot target
+                targets = F.one_hot(labels, len(self.data.classes)).float()
         # Gradients are all-reduced once per optimizer step, on the last accumulation pass.
         sync = last_micro or not self.env.distributed
         with self.ddp_model.no_sync() if not sync else contextlib.nullcontext():
