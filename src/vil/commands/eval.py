@@ -6,6 +6,7 @@ writes it as JSON.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     classifier = load_classifier(args.model)
     pre = classifier.preprocessing
     if args.img_size:
-        pre = pre.__class__(**{**pre.to_dict(), "img_size": args.img_size})
+        pre = dataclasses.replace(pre, img_size=args.img_size)
     if args.data is None and classifier.dataset != DIGITS:
         raise ValueError(f"{args.model} was not trained on the embedded digits: pass --data DIR to evaluate it")
     data = args.data

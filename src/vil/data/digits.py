@@ -26,8 +26,11 @@ def load_digits_split(split: str, seed: int = SPLIT_SEED) -> tuple[torch.Tensor,
     """Images (N, 1, 8, 8) in [0, 1] and labels (N,) of one split: "train" (1,437 images) or "test" (360)."""
     if split not in SPLITS:
         raise ValueError(f"unknown digits split {split!r}; expected one of {list(SPLITS)}")
-    from sklearn.datasets import load_digits  # scikit-learn is part of the `train` extra
-    from sklearn.model_selection import train_test_split
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as error:
+        raise ImportError("the embedded digits ship with scikit-learn: pip install 'vil[train]'") from error
 
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)

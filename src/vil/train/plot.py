@@ -9,7 +9,10 @@ from ..io_utils import atomic_write
 
 def plot_curves(history: list[dict], path: Path) -> Path:
     """Three panels from the per-epoch metric rows: loss, top-1/top-5 accuracy, learning rate."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise ImportError("curves.png needs matplotlib: pip install 'vil[train]'") from error
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt

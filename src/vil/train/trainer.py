@@ -151,7 +151,10 @@ class Trainer:
     def _open_tensorboard(self, purge_step: int | None):
         if not self.env.is_main:
             return None
-        from torch.utils.tensorboard import SummaryWriter
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as error:
+            raise ImportError("TensorBoard logs need tensorboard: pip install 'vil[train]'") from error
 
         return SummaryWriter(str(self.run_dir / run_files.TENSORBOARD), purge_step=purge_step)
 
@@ -272,12 +275,13 @@ class Trainer:
         )
         self.epoch, self.seconds = epoch, self.seconds + epoch_seconds
         self.history.append(row)
-        improved = row["top1"] > self.best["top1"]
-        if improved:
+        if row["top1"] > self.best["top1"]:
             self.best = {"top1": row["top1"], "epoch": epoch}
+            if self.env.is_main:  # before the checkpoint that records it, so a crash in between loses nothing
+                self._save_model(run_files.MODEL_BEST, self.model)
         self._save_checkpoint()
         if self.env.is_main:
-            self._write_epoch_files(improved, final=self.epoch == self.config.epochs or self.epoch == stop_after)
+            self._write_epoch_files(final=self.epoch == self.config.epochs or self.epoch == stop_after)
             if self.progress is not None:
                 self.progress.epoch_finished(row)
 
@@ -390,7 +394,7 @@ class Trainer:
         if self.env.is_main:
             save_checkpoint(self.run_dir / run_files.CHECKPOINT, self._checkpoint_payload(rng_states))
 
-    def _write_epoch_files(self, improved: bool = False, final: bool = False) -> None:
+    def _write_epoch_files(self, final: bool = False) -> None:
         run_files.write_history(self.run_dir, self.history)
         run_files.write_skipped(self.run_dir, [BadFile(p, r) for p, r in self.skipped.items()])
         if final or time.monotonic() - self.last_plot >= PLOT_EVERY_SECONDS:
@@ -403,8 +407,6 @@ class Trainer:
             if key in row:
                 self.tensorboard.add_scalar(f"epoch/{key}", row[key], row["step"])
         self.tensorboard.flush()
-        if improved:
-            self._save_model(run_files.MODEL_BEST, self.model)
         run_files.write_json(self.run_dir / run_files.SUMMARY, self.summary(finished=False))
 
     def _save_model(self, name: str, model: VisionLSTM) -> None:
