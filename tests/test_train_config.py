@@ -116,3 +116,15 @@ def test_cli_resume_keeps_the_saved_settings(tmp_path):
         resolve_config(parse("--out", str(tmp_path), "--resume", "--lr", "0.1"))
     with pytest.raises(ValueError, match="--resume needs --out"):
         resolve_config(parse("--resume"))
+
+
+def test_precision_settings():
+    import torch
+
+    from vil.precision import amp_dtype
+
+    cpu = torch.device("cpu")
+    assert amp_dtype("auto", cpu) is None and amp_dtype("fp32", cpu) is None
+    assert amp_dtype("bf16", cpu) == torch.bfloat16
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        amp_dtype("fp16", cpu)

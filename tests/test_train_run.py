@@ -212,7 +212,8 @@ def test_checkpoints_of_another_architecture_are_refused(digits_run, digits_png,
     moved.mkdir()
     (moved / run_files.CHECKPOINT).write_bytes((digits_run / run_files.CHECKPOINT).read_bytes())
     (moved / run_files.CONFIG).write_text(json.dumps(saved))
-    assert "another architecture" in error_of("train", "--out", str(moved), "--resume")
+    message = error_of("train", "--out", str(moved), "--resume")
+    assert "another architecture than this run: depth: 2 in the checkpoint vs 4" in message
 
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     assert "not a readable checkpoint" in error_of("eval", str(tmp_path / "junk.pt"))

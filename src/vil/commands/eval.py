@@ -34,8 +34,10 @@ def register(subparsers) -> None:
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data loader processes")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    parser.add_argument("--json", dest="json_out", help="write the result here (default: eval_<data>.json next to a "
-                        "run directory's model, else print only)")  # fmt: skip
+    parser.add_argument(
+        "--json", dest="json_out", help="write the result here (default: eval_<data>_<split>.json in the run "
+        "directory, or next to the model file)",
+    )  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -68,16 +70,16 @@ def run(args: argparse.Namespace) -> int:
     for path in result["skipped_files"]:
         print(f"skipped unreadable file {path}")
     out = _json_path(args, classifier.source, result)
-    if out is not None:
-        atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1) + "\n"))
-        print(f"wrote {out}")
+    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1) + "\n"))
+    print(f"wrote {out}")
     return 0
 
 
-def _json_path(args: argparse.Namespace, source: Path, result: dict) -> Path | None:
+def _json_path(args: argparse.Namespace, source: Path, result: dict) -> Path:
+    """--json, else eval_<data>_<split>.json in the run directory, or next to the model file."""
     if args.json_out:
         return Path(args.json_out)
+    name = f"eval_{Path(result['data']).name or 'data'}_{result['split']}.json"
     if Path(args.model).is_dir():
-        name = DIGITS if result["data"] == DIGITS else Path(result["data"]).name or "data"
-        return Path(args.model) / f"eval_{name}_{result['split']}.json"
-    return None
+        return Path(args.model) / name
+    return source.with_name(f"{source.stem}.{name}")

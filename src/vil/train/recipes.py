@@ -12,7 +12,7 @@ from .config import TrainConfig
 
 # The default run (`vil train` without arguments): a 4-block ViL (v2, dim 64) on the embedded 8 x 8 digits. Patch 2
 # gives a 4 x 4 token grid: the images carry no more detail, and upsampling them to more tokens only costs time
-# (patch 1, 64 tokens: ~4.5x slower per step at the same accuracy). One CPU thread: on the 2-core machine two
+# (patch 1, 64 tokens: a training step measured 4.7x slower). One CPU thread: on the 2-core machine two
 # threads made a step 2.5-30x slower for this small model (measured, see docs/training.md).
 DIGITS = TrainConfig(
     recipe="digits",

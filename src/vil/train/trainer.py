@@ -184,11 +184,11 @@ class Trainer:
         payload = load_checkpoint(self.run_dir / run_files.CHECKPOINT)
         saved = ViLConfig.from_dict(payload["model_config"])
         mismatch = architecture_differences(saved, self.model.config)
-        if mismatch or saved.num_classes != self.model.config.num_classes:
-            raise ValueError(
-                f"the checkpoint in {self.run_dir} holds another architecture than this run builds: {mismatch or ''}"
-                f" classes {saved.num_classes} vs {self.model.config.num_classes}"
-            )
+        if saved.num_classes != self.model.config.num_classes:
+            mismatch["num_classes"] = (saved.num_classes, self.model.config.num_classes)
+        if mismatch:
+            details = "; ".join(f"{name}: {a!r} in the checkpoint vs {b!r}" for name, (a, b) in mismatch.items())
+            raise ValueError(f"the checkpoint in {self.run_dir} holds another architecture than this run: {details}")
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         if self.ema is not None:
