@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from official_format import to_training_checkpoint
+from timm.data import ImageNetInfo
 
 import vil
 from vil.classifier import load_classifier, save_classifier
@@ -59,7 +61,6 @@ def test_fine_tuning_recipes_need_init(capsys):
     assert "pass --init FILE" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not hasattr(vil, "load_official"), reason="vil.load_official (official checkpoints) not available")
 def test_fine_tune_from_an_official_checkpoint(tmp_path, digits_png):
     out = tmp_path / "run"
     argv = ["train", "--init", str(OFFICIAL / "vil2_dim64_pairs2_32px_p4.th"), "--data", str(digits_png),
@@ -70,33 +71,12 @@ def test_fine_tune_from_an_official_checkpoint(tmp_path, digits_png):
     assert (model.config.dim, model.config.img_size, model.config.num_classes) == (64, (16, 16), 10)
 
 
-def test_official_files_are_read_through_vil_load_official(tmp_path, digits_png, monkeypatch, capsys):
-    """The integration with the official-checkpoint loader, with a stand-in for ``vil.load_official``."""
+def test_official_imagenet_checkpoints_predict_imagenet_class_names(tmp_path, digits_png, capsys):
+    model = vil.create_model("vil2_tiny_patch16_224", dim=16, depth=2, img_size=32, num_classes=1000)
     official = tmp_path / "vil2_tiny16_in1k.th"
-    torch.save({"state_dict": {}}, official)
-    tiny_imagenet = vil.create_model("vil2_tiny_patch16_224", dim=16, depth=2, img_size=32, num_classes=1000)
-    calls = []
-
-    def fake_load_official(path, **overrides):
-        calls.append(path)
-        return tiny_imagenet
-
+    torch.save(to_training_checkpoint(model), official)  # the released file format
     image = str(sorted((digits_png / "val" / "0").iterdir())[0])
-    monkeypatch.delattr(vil, "load_official", raising=False)
-    assert main(["predict", image, "--model", str(official)]) == 2
-    assert "needs vil.load_official" in capsys.readouterr().err
-
-    monkeypatch.setattr(vil, "load_official", fake_load_official, raising=False)
     assert main(["predict", image, "--model", str(official), "--json"]) == 0
     predictions = json.loads(capsys.readouterr().out)["results"][0]["predictions"]
-    from timm.data import ImageNetInfo
-
-    assert predictions[0]["name"] == ImageNetInfo().index_to_description(predictions[0]["index"])
-
-    out = tmp_path / "run"
-    argv = ["train", "--init", str(official), "--data", str(digits_png), "--out", str(out), "--img-size", "16",
-            "--epochs", "1", "--set", "warmup_epochs=0", "--set", "model_args={}"]  # fmt: skip
-    assert main(argv) == 0
-    assert calls and all(Path(c) == official for c in calls)
-    model = load_classifier(out).model
-    assert (model.config.num_classes, model.config.img_size, model.pos_embed.grid) == (10, (16, 16), (1, 1))
+    info = ImageNetInfo()
+    assert [p["name"] for p in predictions] == [info.index_to_description(p["index"]) for p in predictions]

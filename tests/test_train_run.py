@@ -216,9 +216,12 @@ def test_checkpoints_of_another_architecture_are_refused(digits_run, digits_png,
     assert "another architecture than this run: depth: 2 in the checkpoint vs 4" in message
 
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    assert "not a readable checkpoint" in error_of("eval", str(tmp_path / "junk.pt"))
-    (tmp_path / "junk.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
-    assert "junk.safetensors" in error_of("predict", "x.png", "--model", str(tmp_path / "junk.safetensors"))
+    assert "junk.pt is not a checkpoint" in error_of("eval", str(tmp_path / "junk.pt"))
+    foreign = tmp_path / "foreign.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(2)}, foreign)
+    assert "foreign.safetensors" in error_of("predict", "x.png", "--model", str(foreign))
 
 
 def test_recipes_and_settings_can_be_listed(capsys):

@@ -13,12 +13,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from safetensors import SafetensorError, safe_open
-
+from .checkpoint_files import SAFETENSORS, detect_format, read_safetensors_metadata, read_torch_checkpoint
 from .data.preprocessing import Preprocessing
+from .loading import load_strict
 from .models.config import ViLConfig
 from .models.vision_lstm import VisionLSTM
+from .official import load_official
 from .weights import load_pretrained, save_pretrained
 
 logger = logging.getLogger(__name__)
@@ -70,13 +70,13 @@ def load_classifier(path: str | Path) -> Classifier:
     path = Path(path).expanduser()
     if path.is_dir():
         return load_classifier(_run_model_file(path))
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"no model file or run directory at {path}")
-    if path.suffix == ".safetensors":
+    if detect_format(path) == SAFETENSORS:
         return _load_safetensors(path)
     from .train.state import FORMAT
 
-    payload = _peek_torch_file(path)
+    payload = read_torch_checkpoint(path)
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         return _from_training_checkpoint(path, payload)
     return _load_official(path)
@@ -92,15 +92,8 @@ def _run_model_file(run_dir: Path) -> Path:
 
 
 def _load_safetensors(path: Path) -> Classifier:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError) as error:
-        raise ValueError(f"{path} is not a readable safetensors file: {error}") from None
-    try:
-        model = load_pretrained(path)
-    except RuntimeError as error:  # load_state_dict: tensors that do not fit the stored config
-        raise ValueError(f"{path}: the weights do not match the config stored with them: {error}") from None
+    meta = read_safetensors_metadata(path)
+    model = load_pretrained(path)
     classes = json.loads(meta[CLASSES_KEY]) if CLASSES_KEY in meta else None
     if PREPROCESSING_KEY in meta:
         pre = Preprocessing.from_dict(json.loads(meta[PREPROCESSING_KEY]))
@@ -110,31 +103,14 @@ def _load_safetensors(path: Path) -> Classifier:
     return Classifier(model, classes, pre, path, dataset)
 
 
-def _peek_torch_file(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for truncated, foreign or unsafe files
-        raise ValueError(f"{path} is not a readable checkpoint: {type(error).__name__}: {error}") from None
-
-
 def _from_training_checkpoint(path: Path, payload: dict) -> Classifier:
     model = VisionLSTM(ViLConfig.from_dict(payload["model_config"]))
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as error:
-        raise ValueError(f"{path}: the weights do not match the model config stored with them: {error}") from None
+    load_strict(model, payload["model"], str(path))
     pre = Preprocessing.from_dict(payload["preprocessing"])
     return Classifier(model, payload["classes"], pre, path, payload.get("dataset"))
 
 
 def _load_official(path: Path) -> Classifier:
-    try:
-        from . import load_official
-    except ImportError:
-        raise ValueError(
-            f"{path} is not one of our files (.safetensors, training checkpoint); reading official checkpoints needs "
-            "vil.load_official, which this installation of vil does not have"
-        ) from None
     model = load_official(path)
     classes = descriptions = None
     if model.num_classes == 1000:  # an ImageNet-1K head: label the outputs with the ImageNet classes

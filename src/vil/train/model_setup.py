@@ -5,15 +5,11 @@ head, new patch stride).
 
 from __future__ import annotations
 
-import logging
-
-from ..layers.embed import resample_pos_embed
+from ..loading import model_from_state_dict
 from ..models.config import ViLConfig
 from ..models.factory import resolve_config
 from ..models.vision_lstm import VisionLSTM
 from .config import TrainConfig
-
-logger = logging.getLogger(__name__)
 
 # Config fields a fine-tuning run may change relative to its initial weights; all others define the architecture.
 ADAPTABLE_FIELDS = ("img_size", "num_classes", "patch_stride", "drop_path_rate", "mlstm_backend", "chunk_size")
@@ -47,24 +43,15 @@ def run_model_config(config: TrainConfig, num_classes: int, in_chans: int, init:
     return target
 
 
-def adapt_pretrained(source: VisionLSTM, target: ViLConfig) -> VisionLSTM:
+def adapt_pretrained(source: VisionLSTM, target: ViLConfig, name: str = "the init weights") -> VisionLSTM:
     """A model with ``target``'s config carrying ``source``'s weights: the position embedding resampled (bicubic) to
-    the new grid, a fresh head when the number of classes changes. The architecture must match.
+    the new grid, a freshly initialised head when the number of classes changes. The architecture must match.
     """
     mismatch = architecture_differences(source.config, target)
     if mismatch:
         raise ValueError(f"cannot load weights of another architecture: {_describe(mismatch)}")
-    state = source.state_dict()
-    if source.config.pos_embed_grid != target.pos_embed_grid:
-        logger.info("position embedding resampled from %s to %s", source.config.pos_embed_grid, target.pos_embed_grid)
-        state["pos_embed.embed"] = resample_pos_embed(state["pos_embed.embed"], target.pos_embed_grid)
-    if source.config.num_classes != target.num_classes:
-        logger.info("new head: %d -> %d classes (freshly initialised)", source.config.num_classes, target.num_classes)
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    model = VisionLSTM(target)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    assert not unexpected and all(k.startswith("head.") for k in missing), (missing, unexpected)
-    return model
+    changes = {k: getattr(target, k) for k in ADAPTABLE_FIELDS if getattr(target, k) != getattr(source.config, k)}
+    return model_from_state_dict(source.state_dict(), source.config, name, **changes)
 
 
 def _describe(mismatch: dict[str, tuple]) -> str:

@@ -103,7 +103,7 @@ class Trainer:
         source = load_classifier(self.config.init).model
         target = run_model_config(self.config, num_classes, in_chans, init=source.config)
         logger.info("initialised from %s", self.config.init)
-        return adapt_pretrained(source, target)
+        return adapt_pretrained(source, target, self.config.init)
 
     def _build_loaders(self) -> None:
         env, plan, workers = self.env, self.plan, self.config.workers
