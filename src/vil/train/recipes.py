@@ -12,8 +12,9 @@ from .config import TrainConfig
 
 # The default run (`vil train` without arguments): a 4-block ViL (v2, dim 64) on the embedded 8 x 8 digits. Patch 2
 # gives a 4 x 4 token grid: the images carry no more detail, and upsampling them to more tokens only costs time
-# (patch 1, 64 tokens: a training step measured 4.7x slower). One CPU thread: on the shared 2-core machine two
-# threads were erratic for this small model, from 1.5x faster to 20x slower per epoch (see docs/training.md).
+# (patch 1, 64 tokens: a training step measured 3.6-4.9x slower). One CPU thread: on the shared 2-core machine two
+# threads were erratic for this small model, up to ~50x slower per epoch when another process was busy
+# (measured, see docs/training.md).
 DIGITS = TrainConfig(
     recipe="digits",
     model=None,
