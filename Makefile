@@ -8,7 +8,7 @@ install:
 	$(PYTHON) -m pip install --quiet -e ".[dev]"
 
 run: install
-	vil models
+	vil train
 
 lint:
 	$(PYTHON) -m ruff check .

@@ -13,6 +13,9 @@ COMMAND_MODULES = [
     "vil.commands.checkpoints",
     "vil.commands.convert",
     "vil.commands.bench",
+    "vil.commands.train",
+    "vil.commands.eval",
+    "vil.commands.predict",
 ]
 
 

@@ -1,0 +1,133 @@
+"""A trained classifier on disk: weights, class names and preprocessing, as ``vil eval`` and ``vil predict`` need.
+
+Our files are the weight format of :mod:`vil.weights` (safetensors with the ViLConfig) plus two metadata records:
+``vil_classes`` (the class names, in label order) and ``vil_preprocessing`` (see
+:class:`vil.data.preprocessing.Preprocessing`). :func:`load_classifier` also reads a run directory, a training
+checkpoint, and official checkpoints (``.th``, through ``vil.load_official``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpoint_files import SAFETENSORS, detect_format, read_safetensors_metadata, read_torch_checkpoint
+from .data.preprocessing import Preprocessing
+from .loading import load_strict
+from .models.config import ViLConfig
+from .models.vision_lstm import VisionLSTM
+from .official import load_official
+from .weights import load_pretrained, save_pretrained
+
+logger = logging.getLogger(__name__)
+
+CLASSES_KEY = "vil_classes"
+PREPROCESSING_KEY = "vil_preprocessing"
+DATASET_KEY = "vil_dataset"
+# Which file of a run directory stands for the run, in order of preference: the last weights, then the best ones.
+RUN_MODEL_FILES = ("model_final.safetensors", "model_best.safetensors")
+
+
+@dataclass
+class Classifier:
+    model: VisionLSTM
+    classes: list[str] | None  # label names in output order (for official checkpoints: ImageNet synset ids)
+    preprocessing: Preprocessing
+    source: Path  # the file the weights came from
+    dataset: str | None = None  # what it was trained on ("digits" or a data directory), if known
+    descriptions: list[str] | None = None  # human-readable class names where they differ from ``classes``
+
+    def class_name(self, index: int) -> str:
+        if self.descriptions is not None:
+            return self.descriptions[index]
+        return self.classes[index] if self.classes is not None else f"class {index}"
+
+
+def save_classifier(
+    path: str | Path,
+    model: VisionLSTM,
+    classes: list[str],
+    preprocessing: Preprocessing,
+    dataset: str | None = None,
+) -> Path:
+    """Write weights, config, class names and preprocessing to one safetensors file (atomically)."""
+    if len(classes) != model.num_classes:
+        raise ValueError(f"{len(classes)} class names for a model with {model.num_classes} outputs")
+    metadata = {
+        CLASSES_KEY: json.dumps(list(classes)),
+        PREPROCESSING_KEY: json.dumps(preprocessing.to_dict()),
+        DATASET_KEY: json.dumps(dataset),
+    }
+    return save_pretrained(model, path, metadata=metadata)
+
+
+def load_classifier(path: str | Path) -> Classifier:
+    """A classifier from a run directory, one of our ``.safetensors`` files, a training checkpoint (``.pt``) or an
+    official checkpoint (anything else, e.g. ``.th``).
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return load_classifier(_run_model_file(path))
+    if not path.exists():
+        raise FileNotFoundError(f"no model file or run directory at {path}")
+    if detect_format(path) == SAFETENSORS:
+        return _load_safetensors(path)
+    from .train.state import FORMAT
+
+    payload = read_torch_checkpoint(path)
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        return _from_training_checkpoint(path, payload)
+    return _load_official(path)
+
+
+def _run_model_file(run_dir: Path) -> Path:
+    for name in RUN_MODEL_FILES:
+        if (run_dir / name).is_file():
+            return run_dir / name
+    raise FileNotFoundError(
+        f"{run_dir} holds no model file ({' or '.join(RUN_MODEL_FILES)}); is it a vil run directory?"
+    )
+
+
+def _load_safetensors(path: Path) -> Classifier:
+    meta = read_safetensors_metadata(path)
+    model = load_pretrained(path)
+    classes = json.loads(meta[CLASSES_KEY]) if CLASSES_KEY in meta else None
+    if PREPROCESSING_KEY in meta:
+        pre = Preprocessing.from_dict(json.loads(meta[PREPROCESSING_KEY]))
+    else:
+        pre = default_preprocessing(model.config)
+    dataset = json.loads(meta[DATASET_KEY]) if DATASET_KEY in meta else None
+    return Classifier(model, classes, pre, path, dataset)
+
+
+def _from_training_checkpoint(path: Path, payload: dict) -> Classifier:
+    model = VisionLSTM(ViLConfig.from_dict(payload["model_config"]))
+    load_strict(model, payload["model"], str(path))
+    pre = Preprocessing.from_dict(payload["preprocessing"])
+    return Classifier(model, payload["classes"], pre, path, payload.get("dataset"))
+
+
+def _load_official(path: Path) -> Classifier:
+    model = load_official(path)
+    classes = descriptions = None
+    if model.num_classes == 1000:  # an ImageNet-1K head: label the outputs with the ImageNet classes
+        from timm.data import ImageNetInfo
+
+        info = ImageNetInfo()
+        classes = [info.index_to_label_name(i) for i in range(1000)]
+        descriptions = [info.index_to_description(i) for i in range(1000)]
+    return Classifier(model, classes, default_preprocessing(model.config), path, None, descriptions)
+
+
+def default_preprocessing(config: ViLConfig) -> Preprocessing:
+    """ImageNet preprocessing at the model's size, for weights saved without a preprocessing record."""
+    height, width = config.img_size
+    if config.in_chans != 3 or height != width:
+        raise ValueError(
+            f"weights without a preprocessing record for a model taking {config.in_chans}-channel {height} x {width} "
+            "images: no default (ImageNet preprocessing needs 3 channels and a square size)"
+        )
+    return Preprocessing(img_size=height, in_chans=3)

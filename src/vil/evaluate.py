@@ -1,0 +1,53 @@
+"""Top-1 / top-5 accuracy and loss of a classifier over a data loader, exact across processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+
+from .data.folder import BadFile
+from .distributed import DistEnv, all_gather_objects, all_reduce_sum
+from .precision import autocast
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    batches: Iterable,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    env: DistEnv | None = None,
+) -> dict:
+    """Score ``model`` on batches of (images, labels, skipped files); returns ``top1`` and ``top5`` in percent, the
+    mean cross-entropy ``loss``, the number of images ``count`` and the ``skipped`` files (with ``env``: summed
+    over all processes, each of which scored its own shard).
+    """
+    model.eval()
+    correct1 = correct5 = loss_sum = count = 0.0
+    skipped: list[BadFile] = []
+    for images, labels, bad in batches:
+        skipped.extend(bad)
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with autocast(device, amp_dtype):
+            logits = model(images)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top == labels[:, None]
+        correct1 += hits[:, 0].sum().item()
+        correct5 += hits.any(dim=1).sum().item()
+        count += len(labels)
+    if env is not None:
+        correct1, correct5, loss_sum, count = all_reduce_sum([correct1, correct5, loss_sum, count], env)
+        skipped = [b for rank_bad in all_gather_objects(skipped, env) for b in rank_bad]
+    if count == 0:
+        raise ValueError("no images to evaluate")
+    return dict(
+        top1=100.0 * correct1 / count,
+        top5=100.0 * correct5 / count,
+        loss=loss_sum / count,
+        count=int(count),
+        skipped=skipped,
+    )
