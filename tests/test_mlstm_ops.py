@@ -124,6 +124,9 @@ def test_auto_picks_parallel_for_short_and_chunkwise_for_long_sequences():
     assert choose_backend(196, 96, needs_grad=False, stateful=False)[0] == "parallel"
     assert choose_backend(4096, 96, needs_grad=False, stateful=False)[0] == "chunkwise"
     assert choose_backend(16, 96, needs_grad=False, stateful=True)[0] == "chunkwise"
+    # larger heads make the state (d x d) dearer: the parallel form stays faster for longer
+    assert choose_backend(729, 96, needs_grad=False, stateful=False)[0] == "chunkwise"
+    assert choose_backend(729, 384, needs_grad=False, stateful=False)[0] == "parallel"
     inputs = [t.detach() for t in make_inputs(seq_len=600, head_dim=4, batch=1, heads=1)]
     assert rel_err(mlstm(*inputs), mlstm(*inputs, backend="parallel")) < 1e-10
 

@@ -26,18 +26,18 @@ from .state import MLSTMState, check_state
 
 BACKENDS = ("auto", "parallel", "chunkwise", "recurrent")
 
-# Chosen from `python -m vil.bench cell` (one thread, this project's CPU; see docs/benchmarks.md): below
-# PARALLEL_MAX_TOKENS the S x S form is two big matrix products and wins; above it the chunkwise form wins and
-# its lead grows linearly with S.
-PARALLEL_MAX_TOKENS = 256
-CHUNK_SIZE_INFERENCE = 64
-CHUNK_SIZE_TRAINING = 128
-
 
 def choose_backend(seq_len: int, head_dim: int, needs_grad: bool, stateful: bool) -> tuple[str, int]:
-    """The fastest exact form for a sequence length and head size, and its chunk size."""
-    chunk_size = CHUNK_SIZE_TRAINING if needs_grad else CHUNK_SIZE_INFERENCE
-    if stateful or seq_len > PARALLEL_MAX_TOKENS:
+    """The fastest exact form for a sequence length and head size, and the chunk size to use.
+
+    Per token and head the tiled parallel form costs about S*d multiply-adds and the chunkwise form 2*L*d +
+    2*d^2, so the parallel form wins below S = 2 (L + d). Larger heads favour larger chunks (the d^2 state
+    term does not depend on L; the per-chunk overhead does), and training favours larger chunks (fewer states
+    to keep). The constants come from one-thread timings of the cell on this project's CPU
+    (ViL-T's d = 96: parallel is faster at 196 tokens, chunkwise from ~400; d = 384: parallel up to ~900).
+    """
+    chunk_size = (128 if needs_grad else 64) * (1 if head_dim <= 128 else 2)
+    if stateful or seq_len > 2 * (chunk_size + head_dim):
         return "chunkwise", chunk_size
     return "parallel", chunk_size
 
