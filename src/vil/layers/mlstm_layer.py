@@ -127,7 +127,8 @@ def _conv_silu(conv: nn.Module, x: torch.Tensor, grid: tuple[int, int], has_cls:
 
 def branch_output(h, c, skip, norm_weight, norm_bias=None) -> torch.Tensor:
     """outnorm(h) + skip * c: h (B, NH, S, DH), c (B, S, E) -> (B, S, E)."""
-    return torch.addcmul(multi_head_norm(h, norm_weight, norm_bias, OUTNORM_EPS), c, skip)
+    skip_part = c * skip if norm_bias is None else torch.addcmul(norm_bias, c, skip)  # (B, S, E), bias folded in
+    return multi_head_norm(h, norm_weight, None, OUTNORM_EPS, residual=skip_part)
 
 
 def _identity(h: torch.Tensor) -> torch.Tensor:
@@ -180,11 +181,11 @@ class MLSTMLayer(nn.Module):
         if len(self.traversals) == 1:
             # one direction: reorder the narrow (D-wide) input and output instead of the E-wide branch tensors
             traversal = self.traversals[0]
-            x_mlstm, z = self.proj_up(to_traversal(x, grid, traversal, has_cls)).chunk(2, dim=-1)
+            x_mlstm, z = self._project_up(to_traversal(x, grid, traversal, has_cls))
             h_inputs = self.branches[0].output_inputs(x_mlstm, traversal_grid(grid, traversal), has_cls)
             out = gated_projection(branch_output, h_inputs, z, self.proj_down.weight, self.proj_down.bias)
             return from_traversal(out, grid, traversal, has_cls)
-        x_mlstm, z = self.proj_up(x).chunk(2, dim=-1)  # (B, N, E) each
+        x_mlstm, z = self._project_up(x)
         h = None
         for index, traversal in enumerate(self.traversals):
             branch = self.branches[0 if self.shared else index]
@@ -193,6 +194,13 @@ class MLSTMLayer(nn.Module):
             h = h_t if h is None else h + h_t
         # the output gate is per token, so it commutes with the reordering and is applied once to the sum
         return gated_projection(_identity, [h], z, self.proj_down.weight, self.proj_down.bias)
+
+    def _project_up(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """proj_up as two products, so that x_mlstm and z each come out contiguous (B, N, E): the conv then reads
+        x_mlstm in place instead of copying a strided half of the (B, N, 2E) output."""
+        weights = self.proj_up.weight.chunk(2, dim=0)
+        biases = (None, None) if self.proj_up.bias is None else self.proj_up.bias.chunk(2)
+        return F.linear(x, weights[0], biases[0]), F.linear(x, weights[1], biases[1])
 
 
 class ViLBlock(nn.Module):

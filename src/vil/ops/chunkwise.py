@@ -51,8 +51,7 @@ def mlstm_chunkwise(
         initial_state: state before the first token; None means no past (m = -inf).
         return_state: also return the state after the last token.
     Returns:
-        h: (B, NH, S, DHV), and the final :class:`MLSTMState` if ``return_state``. h is laid out in memory as
-        (B, S, NH, DHV) (returned as a transposed view), which is the layout the caller needs next.
+        h: (B, NH, S, DHV), and the final :class:`MLSTMState` if ``return_state``.
     """
     state = initial_state if initial_state is not None else empty_state(q, v)
     h, c_last, n_last, m_last = _ChunkwiseMLSTM.apply(q, k, v, igate, fgate, *state, chunk_size, eps)
@@ -155,8 +154,7 @@ def _forward(chunked: _Chunked, c0: torch.Tensor, n0: torch.Tensor, m0: torch.Te
     numerator = (scores @ chunked.v).addcmul_(inter_weight.unsqueeze(-1), q_c)  # (B, NH, NC, L, DHV)
     denominator = scores.sum(dim=-1).addcmul_(inter_weight, q_n)  # (B, NH, NC, L)
     h_chunks = normalised_readout(numerator, denominator, chunked.b + r, eps)
-    # written in the (B, S, NH, DHV) layout and returned as a (B, NH, S, DHV) view
-    h = chunked.unchunk(h_chunks).transpose(1, 2).contiguous().transpose(1, 2)
+    h = chunked.unchunk(h_chunks).contiguous()  # (B, NH, S, DHV); copies only when the last chunk was padded
     return h, (c_prev, n_prev, c_last, n_last), m_all, denominator
 
 

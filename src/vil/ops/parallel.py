@@ -41,7 +41,7 @@ def mlstm_parallel(
         igate, fgate: (B, NH, S) gate pre-activations.
         row_tile: rows per tile (the result does not depend on it).
     Returns:
-        h: (B, NH, S, DHV), laid out in memory as (B, S, NH, DHV) (a transposed view), the layout needed next.
+        h: (B, NH, S, DHV).
     """
     return _ParallelMLSTM.apply(q, k, v, igate, fgate, eps, row_tile)
 
@@ -86,7 +86,7 @@ def parallel_forward(q, k, v, igate, fgate, eps: float = EPS, row_tile: int = RO
     """-> h (B, NH, S, DHV), and what :func:`parallel_backward` needs besides the inputs."""
     gates = _Gates(igate, fgate)
     batch, heads, seq_len, value_dim = v.shape
-    h = v.new_empty(batch, seq_len, heads, value_dim).transpose(1, 2)  # (B, NH, S, DHV) view of (B, S, NH, DHV)
+    h = v.new_empty(batch, heads, seq_len, value_dim)
     denominator = v.new_empty(batch, heads, seq_len)
     for start, end in _tiles(seq_len, row_tile):  # rows [start, end) see columns [0, end)
         scores = q[:, :, start:end] @ k[:, :, :end].transpose(-2, -1)  # (B, NH, T, end)
