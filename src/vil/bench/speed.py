@@ -64,6 +64,27 @@ def vil_contenders(name: str, label: str, parallel_max_tokens: dict[str, int]) -
     ]  # fmt: skip
 
 
+def official_contender(name: str, path: str, max_tokens: int | None) -> Contender:
+    """The official implementation (github.com/NX-AI/vision-lstm, package ``vision_lstm`` under ``path``) of a
+    variant: the parallel form as the authors' code computes it."""
+    import importlib
+    import sys
+
+    from ..models import VARIANTS
+
+    sys.path.insert(0, path)
+    official = importlib.import_module("vision_lstm")
+    config = VARIANTS[name].make_config()
+
+    def build(size: int) -> nn.Module:
+        common = dict(dim=config.dim, patch_size=16, input_shape=(3, size, size), legacy_norm=True)
+        if config.version == 2:
+            return official.VisionLSTM2(depth=config.depth // 2, pooling="bilateral_flatten", **common)
+        return official.VisionLSTM(depth=config.depth, stride=config.patch_stride[0], **common)
+
+    return Contender(f"{name} (official code)", build, "vil", max_tokens=max_tokens)
+
+
 def timm_contender(name: str, label: str) -> Contender:
     import timm
 
@@ -154,7 +175,9 @@ def run_speed(
                 rows.append(Row(size, batch, tokens, mode, contender.label, None, None, note=note))
             del steps
             gc.collect()
-    _add_ratios(rows, next(c.label for c in contenders if c.family == "baseline"))
+    baseline = next((c.label for c in contenders if c.family == "baseline"), None)
+    if baseline is not None:
+        _add_ratios(rows, baseline)
     return rows
 
 
@@ -195,17 +218,22 @@ def markdown_table(rows: list[Row], baseline: str) -> str:
     return "\n".join(lines)
 
 
-def headline(rows: list[Row], vil_label: str, parallel_label: str) -> list[str]:
+def headline(rows: list[Row], vil_label: str, parallel_label: str, official_label: str = "") -> list[str]:
     """One sentence per (size, mode): ViL (auto) against the baseline and against the parallel form."""
     lines = []
     keyed = {(r.size, r.batch, r.mode, r.contender): r for r in rows}
     for r in rows:
         if r.contender != vil_label or r.seconds is None:
             continue
-        text = f"{r.size}px b{r.batch} {r.mode}: {vil_label} takes {_fmt(r.x_baseline)} the baseline's time"
+        text = f"{r.size}px b{r.batch} {r.mode}: {vil_label}"
+        if r.x_baseline is not None:
+            text += f" takes {_fmt(r.x_baseline)} the baseline's time"
         parallel = keyed.get((r.size, r.batch, r.mode, parallel_label))
         if parallel is not None and parallel.seconds is not None:
             text += f", {parallel.seconds / r.seconds:.1f}x faster than the parallel form"
+        official = keyed.get((r.size, r.batch, r.mode, official_label))
+        if official is not None and official.seconds is not None:
+            text += f", {official.seconds / r.seconds:.1f}x faster than the official code"
         if r.mem_x_baseline is not None:
             text += f"; peak memory {_fmt(r.mem_x_baseline)} the baseline's"
         lines.append(text)

@@ -15,6 +15,7 @@ from ..bench.speed import (
     context,
     headline,
     markdown_table,
+    official_contender,
     rows_as_dicts,
     run_speed,
     timm_contender,
@@ -28,7 +29,11 @@ DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="time ViL against DeiT and the parallel form", description=__doc__)
     parser.add_argument("--model", action="append", help="ViL variant (repeatable; default vil2_tiny_patch16_224)")
-    parser.add_argument("--baseline", action="append", help="timm model (repeatable; default deit_tiny_patch16_224)")
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        help="timm model (repeatable; default deit_tiny_patch16_224; 'none' for ViL only)",
+    )
     parser.add_argument("--sizes", default="224:8,512:1,1024:1", help="image size:batch pairs (default %(default)s)")
     parser.add_argument("--modes", default="infer,train", help=f"comma list of {MODES} (default %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: see DESIGN.md §4)")
@@ -45,6 +50,12 @@ def register(subparsers) -> None:
         default=[4096, 1024],
         metavar=("INFER", "TRAIN"),
         help="largest token count timed for the quadratic parallel form (default 4096 1024)",
+    )
+    parser.add_argument(
+        "--official",
+        metavar="PATH",
+        help="a checkout of github.com/NX-AI/vision-lstm: also time the "
+        "official implementation (its package vision_lstm and its dependency einops are needed)",
     )
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
     parser.add_argument("--csv", type=Path, help="also write the rows as CSV")
@@ -74,21 +85,23 @@ def run(args: argparse.Namespace) -> int:
     tuned = False if args.no_malloc_tuning else tune_cpu_allocator()
     limits = {"infer": args.parallel_max_tokens[0], "train": args.parallel_max_tokens[1]}
     models = args.model or ["vil2_tiny_patch16_224"]
-    baselines = args.baseline or ["deit_tiny_patch16_224"]
+    baselines = [b for b in (args.baseline or ["deit_tiny_patch16_224"]) if b != "none"]
     contenders = [timm_contender(name, name) for name in baselines]
     for name in models:
         contenders += vil_contenders(name, name, limits)
+        if args.official:
+            contenders.append(official_contender(name, args.official, limits["infer"]))
     rows = run_speed(
         contenders, sizes, modes, repeats=args.repeats, warmup=args.warmup, device=args.device,
         autocast_dtype=DTYPES[args.dtype], compile_models=args.compile,
         progress=lambda message: print(f"  {message}", file=sys.stderr, flush=True),
     )  # fmt: skip
     info = context(args.device, args.threads, args.dtype, args.compile, tuned)
-    table = markdown_table(rows, baselines[0])
+    table = markdown_table(rows, baselines[0] if baselines else "baseline")
     print("context: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     print(table)
     for name in models:
-        for line in headline(rows, f"{name} (auto)", f"{name} (parallel)"):
+        for line in headline(rows, f"{name} (auto)", f"{name} (parallel)", f"{name} (official code)"):
             print("- " + line)
     if args.markdown:
         args.markdown.write_text(f"context: {json.dumps(info)}\n\n{table}\n")
