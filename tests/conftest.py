@@ -16,3 +16,12 @@ def digits_png(tmp_path_factory):
     from vil.data.digits import export_image_folder
 
     return export_image_folder(tmp_path_factory.mktemp("png") / "digits")
+
+
+@pytest.fixture(params=["recompute", "plain"])
+def recompute_mode(request, monkeypatch):
+    """Run a test both with the memory-lean recomputing paths (forced on for tiny inputs) and without them."""
+    import vil.ops.projected
+
+    monkeypatch.setattr(vil.ops.projected, "RECOMPUTE_MIN_ELEMENTS", 0 if request.param == "recompute" else 2**62)
+    return request.param

@@ -6,7 +6,7 @@ from vil.layers.gated_projection import gated_projection
 from vil.layers.headwise import HeadwiseLinear, headwise_linear
 
 
-def test_gated_projection_gradients():
+def test_gated_projection_gradients(recompute_mode):
     h, c, z = (torch.randn(2, 5, 6, dtype=torch.float64, requires_grad=True) for _ in range(3))
     weight = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(3, dtype=torch.float64, requires_grad=True)

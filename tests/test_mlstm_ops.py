@@ -207,7 +207,7 @@ def test_hand_written_backward_passes_gradcheck(form):
 
 
 @pytest.mark.parametrize("form", ["parallel", "chunkwise"])
-def test_projected_cell_recomputes_qkv_with_the_same_gradients(form):
+def test_projected_cell_recomputes_qkv_with_the_same_gradients(form, recompute_mode):
     from vil.ops.projected import mlstm_projected
 
     x = torch.randn(2, 30, 12, dtype=torch.float64, requires_grad=True)

@@ -123,12 +123,30 @@ def test_position_embedding_is_resampled_for_other_sizes():
     assert features.shape == (1, 16, 32)  # 8 x 2 tokens from a 4 x 4 embedding
 
 
-def test_gradients_reach_every_parameter():
+def test_gradients_reach_every_parameter(recompute_mode):
     for design, pooling in [("alternating", "middle_cls"), ("quad", "bilateral_concat"), ("bidirectional", "mean")]:
         model = tiny(block_design=design, pooling=pooling, drop_path_rate=0.1)
         model(torch.randn(2, 3, 16, 12)).square().sum().backward()
         missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
         assert not missing, (design, missing)
+
+
+def test_recomputing_paths_give_the_same_gradients(monkeypatch):
+    import vil.ops.projected
+
+    x = torch.randn(2, 3, 16, 12)
+    grads = {}
+    for design in ("alternating", "bidirectional"):
+        for threshold in (0, 2**62):
+            monkeypatch.setattr(vil.ops.projected, "RECOMPUTE_MIN_ELEMENTS", threshold)
+            for backend in ("parallel", "chunkwise"):
+                torch.manual_seed(0)
+                model = tiny(block_design=design, mlstm_backend=backend, chunk_size=5)
+                model(x).square().sum().backward()
+                grads[design, threshold, backend] = [p.grad for p in model.parameters()]
+        for backend in ("parallel", "chunkwise"):
+            for lean, plain in zip(grads[design, 0, backend], grads[design, 2**62, backend], strict=True):
+                torch.testing.assert_close(lean, plain, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("backend", ["parallel", "chunkwise", "recurrent"])
@@ -162,7 +180,7 @@ def test_reset_classifier_and_no_head():
     assert tiny(num_classes=0)(torch.randn(1, 3, 16, 16)).shape == (1, 64)
 
 
-def test_grad_checkpointing_gives_the_same_gradients():
+def test_grad_checkpointing_gives_the_same_gradients(recompute_mode):
     model = tiny()
     x = torch.randn(2, 3, 16, 16)
     model(x).sum().backward()

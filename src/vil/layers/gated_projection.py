@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from ..ops.projected import recompute_pays_off
+
 
 def gated_projection(
     make_h: Callable[..., torch.Tensor],
@@ -23,7 +25,7 @@ def gated_projection(
     part (and whatever ``make_h`` does, e.g. the output norm and skip) in the backward pass; the matrix product
     is not recomputed.
     """
-    if not torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.is_autocast_enabled(z.device.type):
+    if not recompute_pays_off(z) or torch.compiler.is_compiling() or torch.is_autocast_enabled(z.device.type):
         return F.linear(make_h(*h_inputs) * F.silu(z), weight, bias)
     return _GatedProjection.apply(make_h, z, weight, bias, *h_inputs)
 

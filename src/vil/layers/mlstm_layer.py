@@ -11,7 +11,7 @@ from timm.layers import DropPath
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..ops.projected import mlstm_projected
+from ..ops.projected import mlstm_projected, recompute_pays_off
 from .conv import CausalConv1d, SequenceConv2d
 from .gated_projection import gated_projection
 from .headwise import HeadwiseLinear, fold_into_linear, headwise_linear
@@ -115,7 +115,7 @@ class MLSTMBranch(nn.Module):
         return [h, c, self.learnable_skip, norm.weight] + ([] if norm.bias is None else [norm.bias])
 
     def _conv_silu(self, x: torch.Tensor, grid: tuple[int, int], has_cls: bool) -> torch.Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
+        if x.requires_grad and recompute_pays_off(x):
             # recomputed in the backward pass: keeps the E-wide conv output out of the saved activations
             return checkpoint(_conv_silu, self.conv, x, grid, has_cls, use_reentrant=False)
         return _conv_silu(self.conv, x, grid, has_cls)

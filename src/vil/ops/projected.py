@@ -20,6 +20,15 @@ from .state import empty_state
 
 Projection = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
+# Below this many elements in the projection's first input, recomputing saves too little memory to pay for its
+# Python overhead: tiny models (the digits run: 16 tokens) then train faster with plain autograd.
+RECOMPUTE_MIN_ELEMENTS = 2**18
+
+
+def recompute_pays_off(x: torch.Tensor) -> bool:
+    """Whether keeping less and recomputing in the backward pass is worth it for an activation like x."""
+    return torch.is_grad_enabled() and x.numel() >= RECOMPUTE_MIN_ELEMENTS
+
 
 def mlstm_projected(
     project: Projection,
@@ -34,11 +43,17 @@ def mlstm_projected(
 
     ``project(*inputs)`` must return q, k, v of shape (B, NH, S, DH) and be a pure function of its inputs.
     Falls back to the plain call where the saving does not apply or cannot be made safely: without gradients,
-    under autocast (the recomputation would have to replay it), while compiling, and for the recurrent form.
+    for small inputs (RECOMPUTE_MIN_ELEMENTS), under autocast (the recomputation would have to replay it), while
+    compiling, and for the recurrent form.
     """
     q, k, v = None, None, None
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, igate, fgate))
-    plain = not needs_grad or torch.is_autocast_enabled(igate.device.type) or torch.compiler.is_compiling()
+    plain = (
+        not needs_grad
+        or not recompute_pays_off(inputs[0])
+        or torch.is_autocast_enabled(igate.device.type)
+        or torch.compiler.is_compiling()
+    )
     if not plain:
         with torch.no_grad():
             q, k, v = project(*inputs)
