@@ -27,10 +27,15 @@ class Contender:
 
     label: str
     build: Callable[[int], nn.Module]
-    family: str  # "vil" or "baseline"
+    baseline: str | None  # label of the contender its ratios are relative to (None: it is a baseline)
+    patch: int = 16
+    stride: int = 16
     max_tokens: int | None = None  # skipped above this many tokens (the quadratic parallel form)
     modes: tuple[str, ...] = MODES
     grad_checkpointing: bool = False
+
+    def tokens(self, size: int) -> int:
+        return token_count(size, self.patch, self.stride)
 
 
 @dataclass
@@ -47,24 +52,39 @@ class Row:
     note: str = ""
 
 
-def vil_contenders(name: str, label: str, parallel_max_tokens: dict[str, int]) -> list[Contender]:
+# The DeiT of the same width for each ViL size (ViL-T+ and ViL-S+ are deeper twins of ViL-T and ViL-S).
+DEFAULT_BASELINES = {"tiny": "deit_tiny_patch16_224", "small": "deit_small_patch16_224",
+                     "base": "deit_base_patch16_224"}  # fmt: skip
+
+
+def default_baseline(vil_name: str) -> str:
+    size = vil_name.split("_")[1].removesuffix("plus")
+    if size not in DEFAULT_BASELINES:
+        raise ValueError(f"no default baseline for {vil_name!r}; pass one with --baseline (a timm model name)")
+    return DEFAULT_BASELINES[size]
+
+
+def vil_contenders(name: str, baseline: str | None, parallel_max_tokens: dict[str, int]) -> list[Contender]:
     """ViL with the automatic backend, with gradient checkpointing (train), and forced to the parallel form."""
-    from ..models import create_model
+    from ..models import VARIANTS, create_model
+
+    config = VARIANTS[name].make_config()
+    geometry = dict(baseline=baseline, patch=config.patch_size[0], stride=config.patch_stride[0])
 
     def build(backend: str) -> Callable[[int], nn.Module]:
         return lambda size: create_model(name, img_size=size, mlstm_backend=backend)
 
     return [
-        Contender(f"{label} (auto)", build("auto"), "vil"),
-        Contender(f"{label} (auto, grad ckpt)", build("auto"), "vil", modes=("train",), grad_checkpointing=True),
-        Contender(f"{label} (parallel)", build("parallel"), "vil", max_tokens=parallel_max_tokens["infer"],
+        Contender(f"{name} (auto)", build("auto"), **geometry),
+        Contender(f"{name} (auto, grad ckpt)", build("auto"), **geometry, modes=("train",), grad_checkpointing=True),
+        Contender(f"{name} (parallel)", build("parallel"), **geometry, max_tokens=parallel_max_tokens["infer"],
                   modes=("infer",)),
-        Contender(f"{label} (parallel)", build("parallel"), "vil", max_tokens=parallel_max_tokens["train"],
+        Contender(f"{name} (parallel)", build("parallel"), **geometry, max_tokens=parallel_max_tokens["train"],
                   modes=("train",)),
     ]  # fmt: skip
 
 
-def official_contender(name: str, path: str, max_tokens: int | None) -> Contender:
+def official_contender(name: str, baseline: str | None, path: str, max_tokens: int | None) -> Contender:
     """The official implementation (github.com/NX-AI/vision-lstm, package ``vision_lstm`` under ``path``) of a
     variant: the parallel form as the authors' code computes it."""
     import importlib
@@ -82,13 +102,14 @@ def official_contender(name: str, path: str, max_tokens: int | None) -> Contende
             return official.VisionLSTM2(depth=config.depth // 2, pooling="bilateral_flatten", **common)
         return official.VisionLSTM(depth=config.depth, stride=config.patch_stride[0], **common)
 
-    return Contender(f"{name} (official code)", build, "vil", max_tokens=max_tokens)
+    geometry = dict(patch=config.patch_size[0], stride=config.patch_stride[0])
+    return Contender(f"{name} (official code)", build, baseline, max_tokens=max_tokens, **geometry)
 
 
-def timm_contender(name: str, label: str) -> Contender:
+def timm_contender(name: str) -> Contender:
     import timm
 
-    return Contender(label, lambda size: timm.create_model(name, img_size=size, pretrained=False), "baseline")
+    return Contender(name, lambda size: timm.create_model(name, img_size=size, pretrained=False), baseline=None)
 
 
 def token_count(size: int, patch: int = 16, stride: int = 16) -> int:
@@ -140,10 +161,11 @@ def run_speed(
     device_ = torch.device(device)
     rows: list[Row] = []
     for size, batch in sizes:
-        tokens = token_count(size)
         x = torch.randn(batch, 3, size, size, device=device_)
         for mode in modes:
-            active = [c for c in contenders if mode in c.modes and (c.max_tokens is None or tokens <= c.max_tokens)]
+            active = [
+                c for c in contenders if mode in c.modes and (c.max_tokens is None or c.tokens(size) <= c.max_tokens)
+            ]
             skipped = [c for c in contenders if mode in c.modes and c not in active]
             steps = {}
             for contender in active:
@@ -159,32 +181,23 @@ def run_speed(
             for contender in active:
                 with peak_memory(device_) as peak:
                     steps[contender.label]()
-                rows.append(
-                    Row(
-                        size,
-                        batch,
-                        tokens,
-                        mode,
-                        contender.label,
-                        median(times[contender.label]),
-                        peak["bytes"] / 2**20,
-                    )
-                )
+                seconds = median(times[contender.label])
+                tokens = contender.tokens(size)
+                rows.append(Row(size, batch, tokens, mode, contender.label, seconds, peak["bytes"] / 2**20))
             for contender in skipped:
                 note = f"skipped: more than {contender.max_tokens} tokens (quadratic form)"
-                rows.append(Row(size, batch, tokens, mode, contender.label, None, None, note=note))
+                rows.append(Row(size, batch, contender.tokens(size), mode, contender.label, None, None, note=note))
             del steps
             gc.collect()
-    baseline = next((c.label for c in contenders if c.family == "baseline"), None)
-    if baseline is not None:
-        _add_ratios(rows, baseline)
+    _add_ratios(rows, {c.label: c.baseline for c in contenders})
     return rows
 
 
-def _add_ratios(rows: list[Row], baseline: str) -> None:
-    reference = {(r.size, r.batch, r.mode): r for r in rows if r.contender == baseline and r.seconds is not None}
+def _add_ratios(rows: list[Row], baselines: dict[str, str | None]) -> None:
+    """Time and memory of each row relative to its contender's baseline at the same size, batch and mode."""
+    measured = {(r.size, r.batch, r.mode, r.contender): r for r in rows if r.seconds is not None}
     for row in rows:
-        base = reference.get((row.size, row.batch, row.mode))
+        base = measured.get((row.size, row.batch, row.mode, baselines[row.contender] or row.contender))
         if base is None or row.seconds is None:
             continue
         row.x_baseline = row.seconds / base.seconds
@@ -204,8 +217,8 @@ def context(device: str, threads: int, dtype: str, compile_models: bool, allocat
     )
 
 
-def markdown_table(rows: list[Row], baseline: str) -> str:
-    header = f"| image | batch | tokens | mode | model | time (s) | × {baseline} | peak MiB | mem × {baseline} |"
+def markdown_table(rows: list[Row]) -> str:
+    header = "| image | batch | tokens | mode | model | time (s) | × baseline | peak MiB | mem × baseline |"
     lines = [header, "|" + "---|" * 9]
     for r in rows:
         if r.seconds is None:
@@ -219,7 +232,7 @@ def markdown_table(rows: list[Row], baseline: str) -> str:
 
 
 def headline(rows: list[Row], vil_label: str, parallel_label: str, official_label: str = "") -> list[str]:
-    """One sentence per (size, mode): ViL (auto) against the baseline and against the parallel form."""
+    """One sentence per (size, mode): ViL (auto) against its baseline, the parallel form and the official code."""
     lines = []
     keyed = {(r.size, r.batch, r.mode, r.contender): r for r in rows}
     for r in rows:

@@ -13,6 +13,7 @@ import torch
 from ..bench.speed import (
     MODES,
     context,
+    default_baseline,
     headline,
     markdown_table,
     official_contender,
@@ -57,6 +58,7 @@ def register(subparsers) -> None:
         help="a checkout of github.com/NX-AI/vision-lstm: also time the "
         "official implementation (its package vision_lstm and its dependency einops are needed)",
     )
+    parser.add_argument("--plot", type=Path, help="also write log-log plots of time and memory against tokens (PNG)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
     parser.add_argument("--csv", type=Path, help="also write the rows as CSV")
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown")
@@ -85,24 +87,30 @@ def run(args: argparse.Namespace) -> int:
     tuned = False if args.no_malloc_tuning else tune_cpu_allocator()
     limits = {"infer": args.parallel_max_tokens[0], "train": args.parallel_max_tokens[1]}
     models = args.model or ["vil2_tiny_patch16_224"]
-    baselines = [b for b in (args.baseline or ["deit_tiny_patch16_224"]) if b != "none"]
-    contenders = [timm_contender(name, name) for name in baselines]
+    contenders = []
     for name in models:
-        contenders += vil_contenders(name, name, limits)
+        baseline = None if args.baseline == "none" else (args.baseline or default_baseline(name))
+        if baseline is not None and baseline not in [c.label for c in contenders]:
+            contenders.append(timm_contender(baseline))
+        contenders += vil_contenders(name, baseline, limits)
         if args.official:
-            contenders.append(official_contender(name, args.official, limits["infer"]))
+            contenders.append(official_contender(name, baseline, args.official, limits["infer"]))
     rows = run_speed(
         contenders, sizes, modes, repeats=args.repeats, warmup=args.warmup, device=args.device,
         autocast_dtype=DTYPES[args.dtype], compile_models=args.compile,
         progress=lambda message: print(f"  {message}", file=sys.stderr, flush=True),
     )  # fmt: skip
     info = context(args.device, args.threads, args.dtype, args.compile, tuned)
-    table = markdown_table(rows, baselines[0] if baselines else "baseline")
+    table = markdown_table(rows)
     print("context: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     print(table)
     for name in models:
         for line in headline(rows, f"{name} (auto)", f"{name} (parallel)", f"{name} (official code)"):
             print("- " + line)
+    if args.plot:
+        from ..bench.plots import plot_scaling
+
+        plot_scaling(rows, args.plot, title=", ".join(f"{k}={v}" for k, v in info.items()))
     if args.markdown:
         args.markdown.write_text(f"context: {json.dumps(info)}\n\n{table}\n")
     if args.json:

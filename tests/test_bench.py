@@ -1,0 +1,61 @@
+"""The benchmark command runs, measures every contender, and reports ratios against the right baseline."""
+
+import json
+
+import pytest
+import torch
+
+from vil.bench.measure import peak_memory, time_interleaved
+from vil.bench.speed import default_baseline, token_count
+from vil.cli import main
+from vil.commands.bench import parse_sizes
+
+
+def test_peak_memory_sees_a_temporary_allocation():
+    with peak_memory(torch.device("cpu")) as peak:
+        x = torch.ones(4_000_000)  # 16 MB, freed before the context ends
+        del x
+    assert 15 * 2**20 < peak["bytes"] < 40 * 2**20
+
+
+def test_time_interleaved_runs_every_contender_repeatedly():
+    calls = []
+    times = time_interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3, 1, torch.device("cpu")
+    )
+    assert calls == ["a", "b"] + ["a", "b"] * 3
+    assert all(len(v) == 3 for v in times.values())
+
+
+def test_token_counts_and_baselines():
+    assert token_count(224) == 196 and token_count(224, 16, 8) == 729
+    assert default_baseline("vil1_smallplus_patch16_stride8_224") == "deit_small_patch16_224"
+    with pytest.raises(ValueError, match="no default baseline"):
+        default_baseline("vil9_huge_patch16_224")
+
+
+def test_bad_sizes_are_rejected():
+    assert parse_sizes("224:8,512:1") == [(224, 8), (512, 1)]
+    with pytest.raises(ValueError, match="SIZE:BATCH"):
+        parse_sizes("224")
+    with pytest.raises(ValueError, match="multiple of 16"):
+        parse_sizes("100:1")
+
+
+@pytest.mark.slow
+def test_bench_command_writes_rows_with_ratios(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    plot = tmp_path / "bench.png"
+    code = main(["bench", "--sizes", "32:1", "--repeats", "1", "--warmup", "0", "--json", str(out),
+                 "--plot", str(plot), "--parallel-max-tokens", "3", "3"])  # fmt: skip
+    assert code == 0
+    rows = json.loads(out.read_text())["rows"]
+    by_model = {(r["contender"], r["mode"]): r for r in rows}
+    deit = by_model["deit_tiny_patch16_224", "infer"]
+    vil = by_model["vil2_tiny_patch16_224 (auto)", "infer"]
+    assert deit["x_baseline"] == 1.0 and vil["seconds"] > 0
+    assert vil["x_baseline"] == pytest.approx(vil["seconds"] / deit["seconds"])
+    assert by_model["vil2_tiny_patch16_224 (parallel)", "infer"]["note"].startswith("skipped")  # 4 tokens > 3
+    assert ("vil2_tiny_patch16_224 (auto, grad ckpt)", "train") in by_model
+    assert plot.stat().st_size > 10_000
+    assert "| image | batch | tokens |" in capsys.readouterr().out
