@@ -59,3 +59,16 @@ def test_bench_command_writes_rows_with_ratios(tmp_path, capsys):
     assert ("vil2_tiny_patch16_224 (auto, grad ckpt)", "train") in by_model
     assert plot.stat().st_size > 10_000
     assert "| image | batch | tokens |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_without_baseline_and_with_a_chosen_one(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--sizes", "32:1", "--repeats", "1", "--warmup", "0", "--modes", "infer",
+                 "--baseline", "none", "--json", str(out)]) == 0  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["contender"] for r in rows} == {"vil2_tiny_patch16_224 (auto)", "vil2_tiny_patch16_224 (parallel)"}
+    assert all(r["x_baseline"] is None for r in rows)
+    assert main(["bench", "--sizes", "32:1", "--repeats", "1", "--warmup", "0", "--modes", "infer",
+                 "--baseline", "deit_small_patch16_224", "--json", str(out)]) == 0  # fmt: skip
+    assert "deit_small_patch16_224" in {r["contender"] for r in json.loads(out.read_text())["rows"]}

@@ -32,8 +32,8 @@ def register(subparsers) -> None:
     parser.add_argument("--model", action="append", help="ViL variant (repeatable; default vil2_tiny_patch16_224)")
     parser.add_argument(
         "--baseline",
-        action="append",
-        help="timm model (repeatable; default deit_tiny_patch16_224; 'none' for ViL only)",
+        help="timm model every ViL is compared with (default: the DeiT of the same width, e.g. deit_tiny_patch16_224 "
+        "for ViL-T; 'none': ViL only)",
     )
     parser.add_argument("--sizes", default="224:8,512:1,1024:1", help="image size:batch pairs (default %(default)s)")
     parser.add_argument("--modes", default="infer,train", help=f"comma list of {MODES} (default %(default)s)")
