@@ -196,8 +196,10 @@ def run_speed(
 def _add_ratios(rows: list[Row], baselines: dict[str, str | None]) -> None:
     """Time and memory of each row relative to its contender's baseline at the same size, batch and mode."""
     measured = {(r.size, r.batch, r.mode, r.contender): r for r in rows if r.seconds is not None}
+    is_baseline = set(baselines.values())
     for row in rows:
-        base = measured.get((row.size, row.batch, row.mode, baselines[row.contender] or row.contender))
+        reference = baselines[row.contender] or (row.contender if row.contender in is_baseline else None)
+        base = measured.get((row.size, row.batch, row.mode, reference))
         if base is None or row.seconds is None:
             continue
         row.x_baseline = row.seconds / base.seconds
