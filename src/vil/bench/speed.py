@@ -84,7 +84,7 @@ def vil_contenders(name: str, baseline: str | None, parallel_max_tokens: dict[st
     ]  # fmt: skip
 
 
-def official_contender(name: str, baseline: str | None, path: str, max_tokens: int | None) -> Contender:
+def official_contenders(name: str, baseline: str | None, path: str, max_tokens: dict[str, int]) -> list[Contender]:
     """The official implementation (github.com/NX-AI/vision-lstm, package ``vision_lstm`` under ``path``) of a
     variant: the parallel form as the authors' code computes it."""
     import importlib
@@ -103,7 +103,10 @@ def official_contender(name: str, baseline: str | None, path: str, max_tokens: i
         return official.VisionLSTM(depth=config.depth, stride=config.patch_stride[0], **common)
 
     geometry = dict(patch=config.patch_size[0], stride=config.patch_stride[0])
-    return Contender(f"{name} (official code)", build, baseline, max_tokens=max_tokens, **geometry)
+    return [
+        Contender(f"{name} (official code)", build, baseline, max_tokens=max_tokens[mode], modes=(mode,), **geometry)
+        for mode in MODES
+    ]
 
 
 def timm_contender(name: str) -> Contender:

@@ -16,7 +16,7 @@ from ..bench.speed import (
     default_baseline,
     headline,
     markdown_table,
-    official_contender,
+    official_contenders,
     rows_as_dicts,
     run_speed,
     timm_contender,
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
             contenders.append(timm_contender(baseline))
         contenders += vil_contenders(name, baseline, limits)
         if args.official:
-            contenders.append(official_contender(name, baseline, args.official, limits["infer"]))
+            contenders += official_contenders(name, baseline, args.official, limits)
     rows = run_speed(
         contenders, sizes, modes, repeats=args.repeats, warmup=args.warmup, device=args.device,
         autocast_dtype=DTYPES[args.dtype], compile_models=args.compile,
