@@ -19,12 +19,10 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for name in list_models(args.pattern):
         variant = VARIANTS[name]
-        config = variant.make_config()
         for index, checkpoint in enumerate(variant.checkpoints):
             rows.append(
                 dict(
-                    name=f"{name}.{checkpoint.tag}", model=name, default=index == 0, version=config.version,
-                    dim=config.dim, depth=config.depth, patch=config.patch_size[0], stride=config.patch_stride[0],
+                    name=f"{name}.{checkpoint.tag}", model=name, default=index == 0, **variant.architecture(),
                     top1=checkpoint.top1, url=checkpoint.url, official_name=checkpoint.official_name,
                 )
             )  # fmt: skip

@@ -23,13 +23,8 @@ def run(args: argparse.Namespace) -> int:
         config = VARIANTS[name].make_config()
         with torch.device("meta"):  # count parameters without allocating them
             params = sum(p.numel() for p in VisionLSTM(config).parameters())
-        rows.append(
-            dict(
-                name=name, version=config.version, dim=config.dim, depth=config.depth,
-                patch=config.patch_size[0], stride=config.patch_stride[0], params=params,
-                description=VARIANTS[name].description,
-            )
-        )  # fmt: skip
+        rows.append(dict(name=name, **VARIANTS[name].architecture(), params=params,
+                         description=VARIANTS[name].description))  # fmt: skip
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from ..layers.pooling import POOLINGS
 from ..layers.traversal import BLOCK_DESIGNS
 from ..ops import BACKENDS
+from ..utils.dict_config import DictConfig
 
 INITS = ("original", "original-fixed")
 CONV_KINDS = ("2d", "causal1d")
@@ -27,7 +27,7 @@ def _pair(value, name: str) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
-class ViLConfig:
+class ViLConfig(DictConfig):
     """A Vision-LSTM architecture.
 
     version: 2 = VisionLSTM2 (conv2d 3x3, biases, bilateral concat); 1 = VisionLSTM (causal conv1d k=4, no
@@ -108,20 +108,6 @@ class ViLConfig:
     def pos_embed_grid(self) -> tuple[int, int]:
         """The grid the position embedding is stored at (img_size // patch_size, also for strided variants)."""
         return (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
-
-    def replace(self, **changes) -> ViLConfig:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> ViLConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown ViLConfig fields {unknown}; known fields: {sorted(known)}")
-        return cls(**values)
 
 
 def check_image_size(size: tuple[int, int], patch: tuple[int, int], stride: tuple[int, int]) -> None:

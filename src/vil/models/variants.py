@@ -33,6 +33,14 @@ class Variant:
     def make_config(self, **overrides) -> ViLConfig:
         return ViLConfig(**{**self.config, **overrides})
 
+    def architecture(self) -> dict:
+        """The facts listings show: generation, width, depth, patch and stride."""
+        config = self.make_config()
+        return dict(
+            version=config.version, dim=config.dim, depth=config.depth,
+            patch=config.patch_size[0], stride=config.patch_stride[0],
+        )  # fmt: skip
+
     def checkpoint(self, tag: str | None = None) -> Checkpoint:
         """The released checkpoint with this tag; the first one (the default) for None."""
         if not self.checkpoints:

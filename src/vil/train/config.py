@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from ..data.preprocessing import AUGMENTATIONS
 from ..precision import PRECISIONS
+from ..utils.dict_config import DictConfig
 
 LR_REFERENCE_BATCH = 1024  # lr is given per 1024 images and scaled linearly with the global batch (as the paper)
 
@@ -19,7 +20,7 @@ RUNTIME_FIELDS = ("max_device_batch_size", "precision", "compile", "grad_checkpo
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(DictConfig):
     """A training run. Build one from a recipe (``vil.train.recipes``) and override any field."""
 
     recipe: str = "custom"
@@ -111,20 +112,6 @@ class TrainConfig:
     def scaled_lr(self) -> float:
         """The peak learning rate of the run: lr per 1024 images, scaled linearly with the global batch."""
         return self.lr * self.batch_size / LR_REFERENCE_BATCH
-
-    def replace(self, **changes) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}; known fields: {sorted(known)}")
-        return cls(**values)
 
     def with_overrides(self, assignments: list[str], **changes) -> TrainConfig:
         """Apply ``key=value`` strings (value as JSON, else a plain string) on top of ``changes``, validating once;

@@ -1,0 +1,26 @@
+"""Shared behaviour of the project's frozen config dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TypeVar
+
+T = TypeVar("T", bound="DictConfig")
+
+
+class DictConfig:
+    """Mixin for frozen dataclasses: copies with changes, and a strict round trip through plain dicts (JSON)."""
+
+    def replace(self: T, **changes) -> T:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[T], values: dict) -> T:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields {unknown}; known fields: {sorted(known)}")
+        return cls(**values)
