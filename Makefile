@@ -8,7 +8,7 @@ install:
 	$(PYTHON) -m pip install --quiet -e ".[dev]"
 
 run: install
-	vil train
+	$(PYTHON) -m vil train
 
 lint:
 	$(PYTHON) -m ruff check .
