@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -55,13 +56,17 @@ def run(args: argparse.Namespace) -> int:
     base = get_recipe(args.recipe).with_overrides(args.set, **flags)
     designs = [d.strip() for d in args.designs.split(",") if d.strip()] if args.designs else None
     out = Path(args.out or f"runs/study-{args.study}-{args.recipe}")
-    log = sys.stderr if args.json else sys.stdout
-    print(f"vil study {args.study}: recipe {base.recipe}, {args.seeds} seed(s), study directory {out}", file=log)
+    is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 prints
+    log = sys.stderr if args.json else sys.stdout  # with --json, stdout holds only the JSON
+    if is_main:
+        print(f"vil study {args.study}: recipe {base.recipe}, {args.seeds} seed(s), study directory {out}", file=log)
     result = run_study(
         args.study, base, out, designs=designs, seeds=args.seeds, train_run=_trainer(args.progress),
-        report=_reporter(log),
+        report=_reporter(log) if is_main else None,
     )  # fmt: skip
     failed = [o for o in result.outcomes if o.status == "failed"]
+    if not is_main:
+        return 3 if failed else 0
     if args.json:
         print(json.dumps(json.loads(result.files["json"].read_text()), indent=1))
     else:

@@ -39,7 +39,7 @@ def plot_study(results: list[DesignResult], reference: str, title: str, path: Pa
         margin = max(0.5, 0.6 * (high - low))
         ax.set_ylim(max(0.0, low - margin), min(100.0, high + margin) + 0.3 * margin)
     ax.set_xticks(list(positions), [r.design for r in shown], rotation=20, ha="right")
-    ax.set_ylabel("top-1 (%), mean ± std over seeds")
+    ax.set_ylabel("top-1 (%): mean ± std over seeds (dots: seeds)\nthe axis does not start at 0")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     try:

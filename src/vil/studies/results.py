@@ -64,9 +64,10 @@ def markdown_table(results: list[DesignResult], reference: str) -> str:
     """The study table; Δ is each design's mean minus the reference (default) design's mean."""
     by_name = {r.design: r for r in results}
     reference_mean = by_name[reference].mean if reference in by_name else None
+    unit, scale = mac_unit([r.gmacs for r in results if r.gmacs is not None])
     lines = [
-        f"| design | top-1 % (mean ± std) | Δ vs {reference} | top-1 % per seed | params | GMACs | train s / run |",
-        "|---|---|---|---|---|---|---|",
+        f"| design | top-1 % (mean ± std) | Δ vs {reference} | top-1 % per seed | params | {unit} | train s / run |",
+        "|---|---|---|---|---:|---:|---:|",
     ]
     for r in results:
         name = f"**{r.design}** (default)" if r.design == reference else r.design
@@ -79,15 +80,15 @@ def markdown_table(results: list[DesignResult], reference: str) -> str:
         if r.failed_seeds:
             per_seed += f" (seeds {r.failed_seeds} missing)"
         lines.append(
-            f"| {name} | {r.mean:.2f}{spread} | {delta} | {per_seed} | {r.params:,} | {_gmacs(r.gmacs)} "
+            f"| {name} | {r.mean:.2f}{spread} | {delta} | {per_seed} | {r.params:,} | {r.gmacs * scale:.3g} "
             f"| {r.mean_seconds:.0f} |"
         )
     return "\n".join(lines)
 
 
-def _gmacs(value: float) -> str:
-    """Three significant digits: the digits models are tiny (~0.002 GMACs), ImageNet ones are not."""
-    return f"{value:.3g}"
+def mac_unit(gmacs: list[float]) -> tuple[str, float]:
+    """GMACs, or MMACs for small models (the digits models do ~0.003 GMACs per image): (unit, factor from G)."""
+    return ("MMACs", 1e3) if gmacs and max(gmacs) < 0.1 else ("GMACs", 1.0)
 
 
 def runs_csv(outcomes: list[RunOutcome], results: list[DesignResult]) -> str:
