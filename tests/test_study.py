@@ -91,7 +91,7 @@ def test_a_stopped_run_is_resumed_and_a_failed_run_reported(tmp_path):
     assert [o.status for o in result.outcomes] == ["resumed", "failed"]
     mean, middle_cls = result.designs
     assert mean.seeds == [0] and json.loads((runs[0].run_dir / run_files.SUMMARY).read_text())["epochs_completed"] == 2
-    assert middle_cls.mean is None and middle_cls.failed_seeds == [0]
+    assert middle_cls.mean is None and middle_cls.missing_seeds == [0]
     assert "| middle_cls | no finished run |" in result.table
     assert result.reference == "bilateral_concat"  # v2's pooling, not part of this subset
 

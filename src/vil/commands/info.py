@@ -2,7 +2,7 @@
 the paper's numbers, and how the GMACs grow with the image size in the parallel and the chunkwise form.
 
 GMACs are per image. "counted" is what our implementation executes (``torch.utils.flop_counter``, on the meta
-device: no memory, no compute); "paper conv." is the hand count in the paper's convention (nominal products, the
+device: no memory, no compute); "paper convention" is the hand count in the paper's convention (nominal products, the
 mLSTM cell as S^2 * E per block). See ``vil.bench.flops`` for why the two differ.
 """
 

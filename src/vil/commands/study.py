@@ -71,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(json.loads(result.files["json"].read_text()), indent=1))
     else:
         print(result.table)
+        if result.context.get("val_images"):
+            images = result.context["val_images"]
+            print(f"top-1 on {images} held-out images: one image is {100 / images:.2f} points")
         print(", ".join(f"{kind}: {path}" for kind, path in result.files.items()))
     if failed:
         print(f"vil study: {len(failed)} run(s) failed; run the command again to retry them", file=sys.stderr)

@@ -26,7 +26,7 @@ def plot_study(results: list[DesignResult], reference: str, title: str, path: Pa
         ax.plot([x] * len(r.top1), r.top1, "k.", markersize=5, zorder=3)
         ax.annotate(
             f"{r.mean:.2f}\n{r.params / 1e3:.0f}k params",
-            (x, max(r.top1)),
+            (x, max(*r.top1, r.mean + (r.std or 0.0))),  # above the highest seed and the error bar
             textcoords="offset points",
             xytext=(0, 6),
             ha="center",

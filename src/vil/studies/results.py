@@ -21,7 +21,7 @@ class DesignResult:
     seeds: list[int] = field(default_factory=list)  # seeds of the finished runs
     top1: list[float] = field(default_factory=list)  # final-epoch top-1 (%) of those runs, in seed order
     train_seconds: list[float] = field(default_factory=list)  # training + per-epoch evaluation, per run
-    failed_seeds: list[int] = field(default_factory=list)  # runs that stopped with an error or have not finished
+    missing_seeds: list[int] = field(default_factory=list)  # runs that stopped with an error or have not finished
     params: int | None = None
     gmacs: float | None = None  # per image at the training resolution, counted (vil.bench.flops)
 
@@ -48,7 +48,7 @@ def summarize(designs: list[str], outcomes: list[RunOutcome]) -> list[DesignResu
     for outcome in outcomes:
         result, summary = results[outcome.run.design], outcome.summary
         if outcome.status == "failed" or summary is None or not summary.get("finished"):
-            result.failed_seeds.append(outcome.run.seed)
+            result.missing_seeds.append(outcome.run.seed)
             continue
         result.seeds.append(outcome.run.seed)
         result.top1.append(summary["top1"])
@@ -77,8 +77,8 @@ def markdown_table(results: list[DesignResult], reference: str) -> str:
         spread = f" ± {r.std:.2f}" if r.std is not None else ""
         delta = "" if reference_mean is None or r.design == reference else f"{r.mean - reference_mean:+.2f}"
         per_seed = ", ".join(f"{v:.2f}" for v in r.top1)
-        if r.failed_seeds:
-            per_seed += f" (seeds {r.failed_seeds} missing)"
+        if r.missing_seeds:
+            per_seed += f" (seeds {r.missing_seeds} missing)"
         lines.append(
             f"| {name} | {r.mean:.2f}{spread} | {delta} | {per_seed} | {r.params:,} | {r.gmacs * scale:.3g} "
             f"| {r.mean_seconds:.0f} |"
@@ -155,9 +155,3 @@ def study_context(study: Study, outcomes: list[RunOutcome]) -> dict:
         torch_version=facts.get("torch_version"),
         val_images=facts.get("val_images"),
     )
-
-
-def percent_per_image(context: dict) -> float | None:
-    """How much one validation image moves top-1 (the resolution of the accuracy)."""
-    images = context.get("val_images")
-    return 100.0 / images if images else None
