@@ -2,21 +2,19 @@
 with the same recipe, budget and seeds, then compare (``vil study blocks|pooling``).
 
 ``run_study`` is the whole study as a library call; :mod:`.runner` plans and runs the training runs, :mod:`.results`
-aggregates them into tables and files, :mod:`.plot` draws the bar plot.
+aggregates them into tables, :mod:`.files` writes the study's files, :mod:`.plot` draws the bar plot.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io_utils import atomic_write
 from ..train.config import TrainConfig
-from . import results as results_files
-from .results import DesignResult, markdown_table, runs_csv, study_context, study_record, summarize
+from .files import write_study_files
+from .results import DesignResult, markdown_table, study_context, summarize
 from .runner import STUDIES, RunOutcome, Study, execute_study, get_study, plan_study, reference_design
 
 
@@ -60,30 +58,8 @@ def run_study(
     context = study_context(study, outcomes)
     # under torchrun only rank 0 writes (it also wrote the runs' summaries the results come from)
     is_main = int(os.environ.get("RANK", "0")) == 0
-    files = _write_files(study, reference, designs_results, outcomes, context, out) if is_main else {}
+    files = write_study_files(study, reference, designs_results, outcomes, context, out) if is_main else {}
     return StudyResult(study, reference, designs_results, outcomes, context, files)
-
-
-def _write_files(study, reference, designs_results, outcomes, context, out: Path) -> dict[str, Path]:
-    from .plot import plot_study  # imports matplotlib
-
-    record = study_record(study, reference, designs_results, outcomes, context)
-    table = markdown_table(designs_results, reference)
-    files = dict(
-        json=out / results_files.JSON_NAME,
-        csv=out / results_files.CSV_NAME,
-        markdown=out / results_files.MARKDOWN_NAME,
-        plot=out / results_files.PLOT_NAME,
-    )
-    atomic_write(files["json"], lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
-    atomic_write(files["csv"], lambda tmp: Path(tmp).write_text(runs_csv(outcomes, designs_results)))
-    atomic_write(files["markdown"], lambda tmp: Path(tmp).write_text(table + "\n"))
-    title = (
-        f"ViL {study.title}: {context['dataset']}, recipe {context['recipe']}, {context['epochs']} epochs, "
-        f"{len(context['seeds'])} seed(s)"
-    )
-    plot_study(designs_results, reference, title, files["plot"])
-    return files
 
 
 __all__ = ["STUDIES", "DesignResult", "StudyResult", "run_study"]

@@ -12,8 +12,6 @@ from ..bench.flops import count_macs
 from ..models.config import ViLConfig
 from .runner import RunOutcome, Study
 
-JSON_NAME, CSV_NAME, MARKDOWN_NAME, PLOT_NAME = "study.json", "study.csv", "study.md", "study.png"
-
 
 @dataclass
 class DesignResult:
