@@ -119,3 +119,14 @@ def test_bad_study_input(tmp_path, capsys):
     assert main(["study", "blocks", "--recipe", "nope", *out]) == 2
     assert "unknown recipe 'nope'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+def test_study_on_an_image_folder(digits_png, tmp_path, capsys):
+    argv = ["study", "pooling", "--data", str(digits_png), "--designs", "mean", "--seeds", "1", "--epochs", "1"]
+    assert main([*argv, *TINY, "--out", str(tmp_path), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)  # with --json, stdout holds only the JSON
+    assert record["context"]["dataset"] == str(digits_png) and record["context"]["val_images"] == 360
+    (mean,) = record["designs"]
+    assert mean["design"] == "mean" and len(mean["top1"]) == 1
+    config = json.loads((tmp_path / "mean" / "seed0" / run_files.CONFIG).read_text())
+    assert config["config"]["data"] == str(digits_png) and config["run"]["model_config"]["in_chans"] == 3

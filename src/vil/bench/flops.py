@@ -106,6 +106,8 @@ def count_macs(
     with torch.device("meta"):  # shapes only: nothing allocated, nothing computed
         model = VisionLSTM(config.replace(depth=1)).eval()
         images = torch.empty(1, config.in_chans, height, width)
+    # The cell is swapped for a recorder during the pass (the model calls it through vil.ops.projected.mlstm) and
+    # counted separately per distinct call; the patch is undone on exit (not thread-safe: count in one thread).
     calls: list[_CellCall] = []
     recorder = mock.patch.object(ops_projected, "mlstm", _cell_recorder(calls))
     with torch.no_grad(), recorder, FlopCounterMode(display=False) as counter:
