@@ -13,6 +13,8 @@ COMMAND_MODULES = [
     "vil.commands.checkpoints",
     "vil.commands.convert",
     "vil.commands.bench",
+    "vil.commands.info",
+    "vil.commands.study",
     "vil.commands.train",
     "vil.commands.eval",
     "vil.commands.predict",

@@ -16,6 +16,8 @@ output is cast back, because the exponentials and the normaliser need the range.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .chunkwise import mlstm_chunkwise
@@ -82,7 +84,7 @@ def mlstm(
 
     out_dtype = q.dtype
     compute_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    with torch.autocast(device_type=q.device.type, enabled=False):
+    with _autocast_off(q.device.type):
         q, k, v, igate, fgate = (t.to(compute_dtype) for t in (q, k, v, igate, fgate))
         if initial_state is not None:
             initial_state = MLSTMState(*(t.to(compute_dtype) for t in initial_state))
@@ -101,6 +103,14 @@ def mlstm(
         h, state = result
         return h.to(out_dtype), state
     return result.to(out_dtype)
+
+
+def _autocast_off(device_type: str):
+    """A context that turns autocast off; nothing to turn off on devices without autocast (e.g. "meta", where
+    shapes and flop counts are computed without data)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _check_inputs(q, k, v, igate, fgate, backend, chunk_size) -> None:

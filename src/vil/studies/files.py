@@ -1,0 +1,40 @@
+"""The files a study writes into its directory, each atomically: table, JSON, CSV and the bar plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..io_utils import atomic_write
+from .results import DesignResult, markdown_table, runs_csv, study_record
+from .runner import RunOutcome, Study
+
+JSON_NAME, CSV_NAME, MARKDOWN_NAME, PLOT_NAME = "study.json", "study.csv", "study.md", "study.png"
+
+
+def write_study_files(
+    study: Study,
+    reference: str,
+    designs: list[DesignResult],
+    outcomes: list[RunOutcome],
+    context: dict,
+    out: Path,
+) -> dict[str, Path]:
+    """study.md (the table), study.json (everything), study.csv (one row per run), study.png (the bar plot)."""
+    from .plot import plot_study  # imports matplotlib
+
+    files = dict(json=out / JSON_NAME, csv=out / CSV_NAME, markdown=out / MARKDOWN_NAME, plot=out / PLOT_NAME)
+    record = study_record(study, reference, designs, outcomes, context)
+    _write_text(files["json"], json.dumps(record, indent=1) + "\n")
+    _write_text(files["csv"], runs_csv(outcomes, designs))
+    _write_text(files["markdown"], markdown_table(designs, reference) + "\n")
+    title = (
+        f"ViL {study.title}: {context['dataset']}, recipe {context['recipe']}, {context['epochs']} epochs, "
+        f"{len(context['seeds'])} seed(s)"
+    )
+    plot_study(designs, reference, title, files["plot"])
+    return files
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
