@@ -90,15 +90,6 @@ def all_gather_objects(obj, env: DistEnv) -> list:
     return gathered
 
 
-def broadcast_object(obj, env: DistEnv):
-    """Rank 0's ``obj`` on every process."""
-    if not env.distributed:
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
 class ShardedEvalSampler(Sampler[int]):
     """Indices rank, rank + world_size, ... of the dataset: every sample exactly once over all processes (unlike
     DistributedSampler, which pads with repeats), so summed counts give exact accuracies.

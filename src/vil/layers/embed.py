@@ -19,13 +19,6 @@ class PatchEmbed(nn.Module):
         nn.init.xavier_uniform_(self.proj.weight.view(dim, -1))
         nn.init.zeros_(self.proj.bias)
 
-    def token_grid(self, height: int, width: int) -> tuple[int, int]:
-        """Tokens per column and per row for an image of height x width pixels."""
-        return (
-            (height - self.patch_size[0]) // self.stride[0] + 1,
-            (width - self.patch_size[1]) // self.stride[1] + 1,
-        )
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).permute(0, 2, 3, 1)  # (B, h, w, D)
 
