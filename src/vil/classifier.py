@@ -3,7 +3,7 @@
 Our files are the weight format of :mod:`vil.weights` (safetensors with the ViLConfig) plus two metadata records:
 ``vil_classes`` (the class names, in label order) and ``vil_preprocessing`` (see
 :class:`vil.data.preprocessing.Preprocessing`). :func:`load_classifier` also reads a run directory, a training
-checkpoint, and official checkpoints (``.th``, through ``vil.load_official``).
+checkpoint, and official checkpoints (``.th``, converted as by ``vil.load_official``).
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint_files import SAFETENSORS, detect_format, read_safetensors_metadata, read_torch_checkpoint
+from .checkpoint_files import SAFETENSORS, detect_format, read_safetensors, read_torch_checkpoint
+from .convert import convert_checkpoint
 from .data.preprocessing import Preprocessing
-from .loading import load_strict
+from .loading import load_strict, model_from_state_dict
 from .models.config import ViLConfig
 from .models.vision_lstm import VisionLSTM
-from .official import load_official
-from .weights import load_pretrained, save_pretrained
+from .official import model_from_converted
+from .weights import config_from_metadata, save_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def load_classifier(path: str | Path) -> Classifier:
     payload = read_torch_checkpoint(path)
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         return _from_training_checkpoint(path, payload)
-    return _load_official(path)
+    return _from_official_checkpoint(path, payload)
 
 
 def _run_model_file(run_dir: Path) -> Path:
@@ -92,8 +93,8 @@ def _run_model_file(run_dir: Path) -> Path:
 
 
 def _load_safetensors(path: Path) -> Classifier:
-    meta = read_safetensors_metadata(path)
-    model = load_pretrained(path)
+    tensors, meta = read_safetensors(path)
+    model = model_from_state_dict(tensors, config_from_metadata(path, meta), str(path))
     classes = json.loads(meta[CLASSES_KEY]) if CLASSES_KEY in meta else None
     if PREPROCESSING_KEY in meta:
         pre = Preprocessing.from_dict(json.loads(meta[PREPROCESSING_KEY]))
@@ -110,8 +111,8 @@ def _from_training_checkpoint(path: Path, payload: dict) -> Classifier:
     return Classifier(model, payload["classes"], pre, path, payload.get("dataset"))
 
 
-def _load_official(path: Path) -> Classifier:
-    model = load_official(path)
+def _from_official_checkpoint(path: Path, payload) -> Classifier:
+    model = model_from_converted(convert_checkpoint(payload, source=str(path)), str(path))
     classes = descriptions = None
     if model.num_classes == 1000:  # an ImageNet-1K head: label the outputs with the ImageNet classes
         from timm.data import ImageNetInfo

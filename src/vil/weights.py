@@ -29,13 +29,13 @@ def save_pretrained(model: VisionLSTM, path: str | os.PathLike, metadata: dict[s
 
 def read_config(path: str | os.PathLike) -> ViLConfig:
     """The ViLConfig stored in a file written by :func:`save_pretrained`."""
-    return _config_from_metadata(path, read_safetensors_metadata(path))
+    return config_from_metadata(path, read_safetensors_metadata(path))
 
 
 def read_pretrained(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], ViLConfig]:
     """The tensors and the config of a file written by :func:`save_pretrained`."""
     tensors, metadata = read_safetensors(path)
-    return tensors, _config_from_metadata(path, metadata)
+    return tensors, config_from_metadata(path, metadata)
 
 
 def load_pretrained(path: str | os.PathLike, **overrides) -> VisionLSTM:
@@ -48,7 +48,8 @@ def load_pretrained(path: str | os.PathLike, **overrides) -> VisionLSTM:
     return model_from_state_dict(state_dict, config, str(path), **overrides)
 
 
-def _config_from_metadata(path, metadata: dict[str, str]) -> ViLConfig:
+def config_from_metadata(path, metadata: dict[str, str]) -> ViLConfig:
+    """The ViLConfig in the metadata of a file written by :func:`save_pretrained`."""
     if CONFIG_KEY not in metadata:
         raise CheckpointError(
             f"{path} is a safetensors file without a ViL config in its metadata (not written by vil.save_pretrained)"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from ..data.folder import collate_skipping_bad_files
 from ..data.sources import DIGITS, build_eval_dataset
 from ..distributed import resolve_device
 from ..evaluate import evaluate
-from ..io_utils import atomic_write
+from ..io_utils import write_json
 from ..precision import amp_dtype
 
 
@@ -70,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     for path in result["skipped_files"]:
         print(f"skipped unreadable file {path}")
     out = _json_path(args, classifier.source, result)
-    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1) + "\n"))
+    write_json(out, result)
     print(f"wrote {out}")
     return 0
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ..io_utils import atomic_write
+from ..io_utils import write_json, write_text
 from .results import DesignResult, markdown_table, runs_csv, study_record
 from .runner import RunOutcome, Study
 
@@ -25,16 +24,12 @@ def write_study_files(
 
     files = dict(json=out / JSON_NAME, csv=out / CSV_NAME, markdown=out / MARKDOWN_NAME, plot=out / PLOT_NAME)
     record = study_record(study, reference, designs, outcomes, context)
-    _write_text(files["json"], json.dumps(record, indent=1) + "\n")
-    _write_text(files["csv"], runs_csv(outcomes, designs))
-    _write_text(files["markdown"], markdown_table(designs, reference) + "\n")
+    write_json(files["json"], record)
+    write_text(files["csv"], runs_csv(outcomes, designs))
+    write_text(files["markdown"], markdown_table(designs, reference) + "\n")
     title = (
         f"ViL {study.title}: {context['dataset']}, recipe {context['recipe']}, {context['epochs']} epochs, "
         f"{len(context['seeds'])} seed(s)"
     )
     plot_study(designs, reference, title, files["plot"])
     return files
-
-
-def _write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))

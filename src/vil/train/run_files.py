@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from ..data.folder import BadFile
-from ..io_utils import atomic_write
+from ..io_utils import write_json, write_text
 from .config import TrainConfig
 
 CONFIG = "config.json"
@@ -34,16 +34,12 @@ MODEL_FINAL = "model_final.safetensors"
 MODEL_EMA = "model_ema.safetensors"
 
 
-def write_text(path: Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def write_json(path: Path, value) -> Path:
-    return write_text(path, json.dumps(value, indent=1) + "\n")
-
-
 def write_config(run_dir: Path, config: TrainConfig, facts: dict) -> Path:
     return write_json(run_dir / CONFIG, {"config": config.to_dict(), "run": facts})
+
+
+def write_summary(run_dir: Path, summary: dict) -> Path:
+    return write_json(run_dir / SUMMARY, summary)
 
 
 def read_config(run_dir: str | Path) -> TrainConfig:

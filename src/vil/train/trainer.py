@@ -252,7 +252,7 @@ class Trainer:
                 self._save_model(run_files.MODEL_EMA, self.ema.module)
         summary = self.summary(finished)
         if self.env.is_main:
-            run_files.write_json(self.run_dir / run_files.SUMMARY, summary)
+            run_files.write_summary(self.run_dir, summary)
             self.tensorboard.close()
         return summary
 
@@ -407,7 +407,7 @@ class Trainer:
             if key in row:
                 self.tensorboard.add_scalar(f"epoch/{key}", row[key], row["step"])
         self.tensorboard.flush()
-        run_files.write_json(self.run_dir / run_files.SUMMARY, self.summary(finished=False))
+        run_files.write_summary(self.run_dir, self.summary(finished=False))
 
     def _save_model(self, name: str, model: VisionLSTM) -> None:
         save_classifier(self.run_dir / name, model, self.data.classes, self.data.preprocessing, self.data.name)
