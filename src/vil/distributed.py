@@ -35,6 +35,11 @@ class DistEnv:
         return self.world_size > 1
 
 
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of a torchrun launch, or not launched by torchrun (before any setup)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """ "auto": this process's GPU if there is one, else the CPU; otherwise the named device."""
     if name == "auto":

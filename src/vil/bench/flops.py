@@ -36,7 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..layers.pooling import pooled_dim
 from ..layers.traversal import block_traversals
-from ..models.config import ViLConfig
+from ..models.config import ViLConfig, patch_grid
 from ..models.vision_lstm import VisionLSTM
 from ..ops import backend as ops_backend
 from ..ops import projected as ops_projected
@@ -125,8 +125,8 @@ def count_macs(
 def paper_macs(config: ViLConfig, image_size: int | tuple[int, int] | None = None) -> MacCount:
     """MACs in the paper's convention, by hand: the nominal size of every product, the cell as S^2 * E."""
     height, width = _pair(image_size or config.img_size)
-    (patch_h, patch_w), (stride_h, stride_w) = config.patch_size, config.patch_stride
-    patches = ((height - patch_h) // stride_h + 1) * ((width - patch_w) // stride_w + 1)
+    rows, columns = patch_grid((height, width), config.patch_size, config.patch_stride)
+    patches = rows * columns
     tokens = patches + (config.pooling == "middle_cls")
     dim, inner = config.dim, config.inner_dim
     branches = _cell_calls(config)
@@ -134,7 +134,7 @@ def paper_macs(config: ViLConfig, image_size: int | tuple[int, int] | None = Non
     qkv = 3 * inner * config.qkv_block_size  # three headwise projections, blocks of qkv_block_size
     gates = 2 * config.num_heads * 3 * inner  # igate and fgate: Linear(3E -> NH) on cat(q, k, v)
     components = dict(
-        patch_embed=patches * dim * config.in_chans * patch_h * patch_w,
+        patch_embed=patches * dim * config.in_chans * config.patch_size[0] * config.patch_size[1],
         projections=config.depth * tokens * (dim * 2 * inner + inner * dim),
         conv=branches * tokens * inner * kernel,
         qkv_gates=branches * tokens * (qkv + gates),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -39,10 +38,6 @@ def time_interleaved(
             _sync(device)
             times[name].append(time.perf_counter() - start)
     return times
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 class _MallInfo2(ctypes.Structure):

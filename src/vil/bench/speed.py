@@ -10,13 +10,15 @@ from __future__ import annotations
 import contextlib
 import gc
 import platform
+import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
-from .measure import median, peak_memory, time_interleaved
+from ..models.config import patch_grid
+from .measure import peak_memory, time_interleaved
 
 MODES = ("infer", "train")
 
@@ -116,8 +118,8 @@ def timm_contender(name: str) -> Contender:
 
 
 def token_count(size: int, patch: int = 16, stride: int = 16) -> int:
-    side = (size - patch) // stride + 1
-    return side * side
+    rows, columns = patch_grid((size, size), (patch, patch), (stride, stride))
+    return rows * columns
 
 
 def _step(model: nn.Module, x: torch.Tensor, mode: str, autocast_dtype: torch.dtype | None) -> Callable[[], None]:
@@ -184,7 +186,7 @@ def run_speed(
             for contender in active:
                 with peak_memory(device_) as peak:
                     steps[contender.label]()
-                seconds = median(times[contender.label])
+                seconds = statistics.median(times[contender.label])
                 tokens = contender.tokens(size)
                 rows.append(Row(size, batch, tokens, mode, contender.label, seconds, peak["bytes"] / 2**20))
             for contender in skipped:

@@ -111,13 +111,14 @@ def run(args: argparse.Namespace) -> int:
         from ..bench.plots import plot_scaling
 
         plot_scaling(rows, args.plot, title=", ".join(f"{k}={v}" for k, v in info.items()))
+    records = rows_as_dicts(rows)
     if args.markdown:
         args.markdown.write_text(f"context: {json.dumps(info)}\n\n{table}\n")
     if args.json:
-        args.json.write_text(json.dumps({"context": info, "rows": rows_as_dicts(rows)}, indent=1))
+        args.json.write_text(json.dumps({"context": info, "rows": records}, indent=1))
     if args.csv:
         with args.csv.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows_as_dicts(rows)[0]))
+            writer = csv.DictWriter(f, fieldnames=list(records[0]))
             writer.writeheader()
-            writer.writerows(rows_as_dicts(rows))
+            writer.writerows(records)
     return 0

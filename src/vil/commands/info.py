@@ -11,11 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
 from ..bench.flops import COMPONENT_HELP, COMPONENTS, PAPER_GMACS, count_macs, paper_macs
-from ..models import VARIANTS, VisionLSTM, list_models
-from ..models.factory import resolve_config
+from ..models import VARIANTS, list_models
+from ..models.factory import count_parameters, resolve_config
 
 DEFAULT_SIZES = "224,448,896,1792"
 CONVENTION = (
@@ -55,8 +53,7 @@ def parse_sizes(text: str) -> list[int]:
 def variant_info(name: str, sizes: list[int]) -> dict:
     """Parameters and MACs of one variant at its resolution, and the growth with the image size per cell form."""
     config = resolve_config(name)
-    with torch.device("meta"):  # count parameters without allocating them
-        params = sum(p.numel() for p in VisionLSTM(config).parameters())
+    params = count_parameters(config)
     counted, paper = count_macs(config), paper_macs(config)
     growth = []
     for size in sizes:

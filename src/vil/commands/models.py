@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
-from ..models import VARIANTS, VisionLSTM, list_models
+from ..models import VARIANTS, list_models
+from ..models.factory import count_parameters
 
 
 def register(subparsers) -> None:
@@ -21,9 +20,7 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for name in list_models(args.pattern):
         config = VARIANTS[name].make_config()
-        with torch.device("meta"):  # count parameters without allocating them
-            params = sum(p.numel() for p in VisionLSTM(config).parameters())
-        rows.append(dict(name=name, **VARIANTS[name].architecture(), params=params,
+        rows.append(dict(name=name, **VARIANTS[name].architecture(), params=count_parameters(config),
                          description=VARIANTS[name].description))  # fmt: skip
     if args.json:
         print(json.dumps(rows, indent=1))

@@ -12,11 +12,10 @@ and resumes stopped ones.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
+from ..distributed import is_main_process
 from ..studies import STUDIES, run_study
 from ..studies.runner import StudyRun
 from ..train.recipes import RECIPES, get_recipe
@@ -56,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     base = get_recipe(args.recipe).with_overrides(args.set, **flags)
     designs = [d.strip() for d in args.designs.split(",") if d.strip()] if args.designs else None
     out = Path(args.out or f"runs/study-{args.study}-{args.recipe}")
-    is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 prints
+    is_main = is_main_process()  # under torchrun only rank 0 prints
     log = sys.stderr if args.json else sys.stdout  # with --json, stdout holds only the JSON
     if is_main:
         print(f"vil study {args.study}: recipe {base.recipe}, {args.seeds} seed(s), study directory {out}", file=log)
@@ -68,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if not is_main:
         return 3 if failed else 0
     if args.json:
-        print(json.dumps(json.loads(result.files["json"].read_text()), indent=1))
+        print(result.files["json"].read_text(), end="")  # the study.json just written
     else:
         print(result.table)
         if result.context.get("val_images"):

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
+from ..distributed import is_main_process
 from ..train import run_files
 from ..train.config import RUNTIME_FIELDS, TrainConfig, differences
 from ..train.errors import TrainingError
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(config.to_dict(), indent=1))
         return 0
     out = Path(args.out or f"runs/{config.recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
-    is_main = int(os.environ.get("RANK", "0")) == 0
+    is_main = is_main_process()
     from ..train.progress import ConsoleProgress
     from ..train.trainer import train
 

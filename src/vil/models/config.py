@@ -120,6 +120,11 @@ def check_image_size(size: tuple[int, int], patch: tuple[int, int], stride: tupl
             )
 
 
+def patch_grid(size: tuple[int, int], patch: tuple[int, int], stride: tuple[int, int]) -> tuple[int, int]:
+    """Patches per column and per row of an image of ``size`` (H, W) cut into ``patch`` at ``stride``."""
+    return tuple((extent - p) // s + 1 for extent, p, s in zip(size, patch, stride, strict=True))
+
+
 def _choice(name: str, value, allowed: tuple) -> None:
     if value not in allowed:
         raise ValueError(f"unknown {name} {value!r}; expected one of {list(allowed)}")

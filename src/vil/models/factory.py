@@ -5,6 +5,8 @@ from __future__ import annotations
 import fnmatch
 import os
 
+import torch
+
 from .config import ViLConfig
 from .variants import VARIANTS, Variant, split_name
 from .vision_lstm import VisionLSTM
@@ -32,6 +34,12 @@ def resolve_config(name_or_config: str | ViLConfig, **overrides) -> ViLConfig:
         return name_or_config.replace(**overrides) if overrides else name_or_config
     variant, _ = resolve_variant(name_or_config)
     return variant.make_config(**overrides)
+
+
+def count_parameters(config: ViLConfig) -> int:
+    """The number of parameters of the model of ``config``, counted without allocating them."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in VisionLSTM(config).parameters())
 
 
 def create_model(

@@ -7,11 +7,11 @@ aggregates them into tables, :mod:`.files` writes the study's files, :mod:`.plot
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..distributed import is_main_process
 from ..train.config import TrainConfig
 from .files import write_study_files
 from .results import DesignResult, markdown_table, study_context, summarize
@@ -57,8 +57,7 @@ def run_study(
     designs_results = summarize(chosen, outcomes)
     context = study_context(study, outcomes)
     # under torchrun only rank 0 writes (it also wrote the runs' summaries the results come from)
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    files = write_study_files(study, reference, designs_results, outcomes, context, out) if is_main else {}
+    files = write_study_files(study, reference, designs_results, outcomes, context, out) if is_main_process() else {}
     return StudyResult(study, reference, designs_results, outcomes, context, files)
 
 
