@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..distributed import is_main_process
 from ..train import run_files
-from ..train.config import RUNTIME_FIELDS, TrainConfig, differences
+from ..train.config import RUNTIME_FIELDS, TrainConfig
 from ..train.errors import TrainingError
 from ..train.recipes import NEEDS_INIT, RECIPES, get_recipe
 
@@ -70,7 +70,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     flags = {field: getattr(args, flag) for flag, field in FLAG_FIELDS.items() if getattr(args, flag) is not None}
     config = base.with_overrides(args.set, **flags)
     if args.resume:
-        changed = differences(base, config, ignore=RUNTIME_FIELDS)
+        changed = base.differences(config, ignore=RUNTIME_FIELDS)
         if changed:
             raise ValueError(
                 f"--resume continues the saved settings, but these differ: {changed}; "

@@ -18,7 +18,7 @@ from ..layers.traversal import BLOCK_DESIGNS
 from ..models.config import ViLConfig
 from ..models.factory import resolve_config
 from ..train import run_files
-from ..train.config import RUNTIME_FIELDS, TrainConfig, differences
+from ..train.config import RUNTIME_FIELDS, TrainConfig
 from ..train.errors import TrainingError
 
 logger = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def run_state(run: StudyRun) -> str:
     if not checkpoint.is_file():
         return "new"
     saved = run_files.read_config(run.run_dir)
-    changed = differences(saved, run.config, ignore=RUNTIME_FIELDS)
+    changed = saved.differences(run.config, ignore=RUNTIME_FIELDS)
     if changed:
         details = "; ".join(f"{name}: {a!r} there vs {b!r} now" for name, (a, b) in changed.items())
         raise ValueError(

@@ -146,12 +146,6 @@ def parse_value(text: str):
         return text
 
 
-def differences(a: TrainConfig, b: TrainConfig, ignore: tuple[str, ...] = ()) -> dict[str, tuple]:
-    """The fields where two configs differ, as {name: (a's value, b's value)}."""
-    da, db = a.to_dict(), b.to_dict()
-    return {k: (da[k], db[k]) for k in da if k not in ignore and da[k] != db[k]}
-
-
 def _positive(name: str, value) -> None:
     if value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")

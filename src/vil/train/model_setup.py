@@ -17,8 +17,7 @@ ADAPTABLE_FIELDS = ("img_size", "num_classes", "patch_stride", "drop_path_rate",
 
 def architecture_differences(a: ViLConfig, b: ViLConfig) -> dict[str, tuple]:
     """The architecture fields where two configs differ: {field: (a's value, b's value)}."""
-    da, db = a.to_dict(), b.to_dict()
-    return {k: (da[k], db[k]) for k in da if k not in ADAPTABLE_FIELDS and da[k] != db[k]}
+    return a.differences(b, ignore=ADAPTABLE_FIELDS)
 
 
 def run_model_config(config: TrainConfig, num_classes: int, in_chans: int, init: ViLConfig | None = None) -> ViLConfig:

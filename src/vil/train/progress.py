@@ -14,12 +14,10 @@ from tqdm.auto import tqdm
 
 
 class ConsoleProgress:
-    def __init__(self, refresh_every: int = 5, bars: bool | None = None):
-        self.refresh_every = refresh_every  # steps between loss/lr updates of the bar (reading them syncs a GPU)
-        self.bars = sys.stderr.isatty() if bars is None else bars
+    def __init__(self):
+        self.bars = sys.stderr.isatty()
         self.run_bar = None
         self.epoch_bar = None
-        self.steps_seen = 0
         self.images_per_step = 0
         self.epochs_timed: list[float] = []
 
@@ -45,12 +43,7 @@ class ConsoleProgress:
             self.message(f"resuming after epoch {resumed_epoch}")
 
     def epoch_started(self, epoch: int, epochs: int, steps: int, images_per_step: int) -> None:
-        self.epoch_start, self.epochs, self.images_per_step, self.steps_seen = (
-            time.monotonic(),
-            epochs,
-            images_per_step,
-            0,
-        )
+        self.epoch_start, self.epochs, self.images_per_step = time.monotonic(), epochs, images_per_step
         if not self.bars:
             return
         if self.run_bar is None:
@@ -67,16 +60,10 @@ class ConsoleProgress:
             dynamic_ncols=True,
         )
 
-    def wants_values(self) -> bool:
-        """Whether the next ``step`` call shows loss and lr (the trainer reads them only then)."""
-        return self.epoch_bar is not None and self.steps_seen % self.refresh_every == 0
-
-    def step(self, loss: float | None = None, lr: float | None = None) -> None:
-        self.steps_seen += 1
+    def step(self, loss: float, lr: float) -> None:
         if self.epoch_bar is None:
             return
-        if loss is not None:
-            self.epoch_bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+        self.epoch_bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
         self.epoch_bar.update(self.images_per_step)
 
     def epoch_finished(self, row: dict) -> None:

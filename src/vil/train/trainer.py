@@ -32,7 +32,7 @@ from . import run_files
 from .batching import plan_batches
 from .config import TrainConfig
 from .errors import Diverged, OutOfMemory
-from .model_setup import adapt_pretrained, architecture_differences, run_model_config
+from .model_setup import ADAPTABLE_FIELDS, adapt_pretrained, run_model_config
 from .optim import create_optimizer, create_scheduler, current_lr
 from .recipes import NEEDS_INIT
 from .state import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
@@ -40,6 +40,8 @@ from .state import capture_rng, load_checkpoint, restore_rng, save_checkpoint, s
 logger = logging.getLogger(__name__)
 
 TENSORBOARD_EVERY = 10  # optimizer steps between TensorBoard points of the training loss and lr
+# Config fields a resumed checkpoint need not share with the run: those fine-tuning adapts, but the classes (the head)
+RESUME_ADAPTABLE_FIELDS = tuple(name for name in ADAPTABLE_FIELDS if name != "num_classes")
 PLOT_EVERY_SECONDS = 60.0  # curves.png is redrawn at most this often (a plot takes ~0.3 s) and at the end
 
 
@@ -183,9 +185,7 @@ class Trainer:
     def _resume(self) -> None:
         payload = load_checkpoint(self.run_dir / run_files.CHECKPOINT)
         saved = ViLConfig.from_dict(payload["model_config"])
-        mismatch = architecture_differences(saved, self.model.config)
-        if saved.num_classes != self.model.config.num_classes:
-            mismatch["num_classes"] = (saved.num_classes, self.model.config.num_classes)
+        mismatch = saved.differences(self.model.config, ignore=RESUME_ADAPTABLE_FIELDS)
         if mismatch:
             details = "; ".join(f"{name}: {a!r} in the checkpoint vs {b!r}" for name, (a, b) in mismatch.items())
             raise ValueError(f"the checkpoint in {self.run_dir} holds another architecture than this run: {details}")
@@ -292,7 +292,7 @@ class Trainer:
         if self.progress is not None:
             self.progress.epoch_started(epoch, self.config.epochs, self.steps_per_epoch, self.plan.global_batch)
         start = time.perf_counter()
-        loss_sum, count = torch.zeros((), dtype=torch.float64, device=self.device), 0
+        loss_sum, count = 0.0, 0
         batches = iter(self.train_loader)
         for _ in range(self.steps_per_epoch):
             self.scheduler.step_update(self.step)
@@ -303,13 +303,14 @@ class Trainer:
                 loss, n = self._forward_backward(images, labels, last_micro=micro == self.plan.accumulation - 1)
                 step_loss += loss.detach().double() * n
                 step_count += n
+            step_loss = step_loss.item()  # the one read of the step (a GPU sync): checked, summed and reported
             self._check_finite(step_loss)
             self._optimizer_step()
             loss_sum += step_loss
             count += step_count
             self._report_step(step_loss / step_count)
         del batches  # stops loader workers still holding the dropped tail of the epoch
-        total_loss, total_count = all_reduce_sum([loss_sum.item(), float(count)], self.env)
+        total_loss, total_count = all_reduce_sum([loss_sum, float(count)], self.env)
         return total_loss / total_count, time.perf_counter() - start
 
     def _forward_backward(self, images, labels, last_micro: bool) -> tuple[torch.Tensor, int]:
@@ -353,24 +354,21 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model, step=self.step)
 
-    def _check_finite(self, step_loss: torch.Tensor) -> None:
-        if not math.isfinite(step_loss.item()):
+    def _check_finite(self, step_loss: float) -> None:
+        if not math.isfinite(step_loss):
             where = f"{self.run_dir / run_files.CHECKPOINT} (epoch {self.epoch})" if self.epoch else "no checkpoint yet"
             raise Diverged(
-                f"the training loss became {step_loss.item()} at step {self.step + 1}; the last good state is in "
+                f"the training loss became {step_loss} at step {self.step + 1}; the last good state is in "
                 f"{where}. Lower the learning rate (--set lr=...) or clip gradients (--set clip_grad=1.0)."
             )
 
-    def _report_step(self, mean_loss: torch.Tensor) -> None:
-        wants_tensorboard = self.tensorboard is not None and self.step % TENSORBOARD_EVERY == 0
-        wants_console = self.progress is not None and self.progress.wants_values()
-        loss = mean_loss.item() if (wants_tensorboard or wants_console) else None
+    def _report_step(self, mean_loss: float) -> None:
         lr = current_lr(self.optimizer)
-        if wants_tensorboard:
-            self.tensorboard.add_scalar("train/loss", loss, self.step)
+        if self.tensorboard is not None and self.step % TENSORBOARD_EVERY == 0:
+            self.tensorboard.add_scalar("train/loss", mean_loss, self.step)
             self.tensorboard.add_scalar("train/lr", lr, self.step)
         if self.progress is not None:
-            self.progress.step(loss if wants_console else None, lr)
+            self.progress.step(mean_loss, lr)
 
     def _note_skipped(self, bad: list[BadFile]) -> None:
         for item in bad:

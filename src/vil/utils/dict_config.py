@@ -24,3 +24,8 @@ class DictConfig:
         if unknown:
             raise ValueError(f"unknown {cls.__name__} fields {unknown}; known fields: {sorted(known)}")
         return cls(**values)
+
+    def differences(self: T, other: T, ignore: tuple[str, ...] = ()) -> dict[str, tuple]:
+        """The fields where two configs differ, except ``ignore``: {name: (self's value, other's value)}."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return {k: (mine[k], theirs[k]) for k in mine if k not in ignore and mine[k] != theirs[k]}
