@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from ..ops.projected import recompute_pays_off
+from ..ops.projected import grad_leaves, hand_recompute_applies, leaf_grads
 
 
 def gated_projection(
@@ -25,7 +25,7 @@ def gated_projection(
     part (and whatever ``make_h`` does, e.g. the output norm and skip) in the backward pass; the matrix product
     is not recomputed.
     """
-    if not recompute_pays_off(z) or torch.compiler.is_compiling() or torch.is_autocast_enabled(z.device.type):
+    if not hand_recompute_applies(z):
         return F.linear(make_h(*h_inputs) * F.silu(z), weight, bias)
     return _GatedProjection.apply(make_h, z, weight, bias, *h_inputs)
 
@@ -42,12 +42,10 @@ class _GatedProjection(torch.autograd.Function):
     def backward(ctx, d_out):
         z, weight, *h_inputs = ctx.saved_tensors
         with torch.enable_grad():
-            leaves = [x.detach().requires_grad_(x.requires_grad) for x in (z, *h_inputs)]
+            leaves = grad_leaves((z, *h_inputs))
             gated = ctx.make_h(*leaves[1:]) * F.silu(leaves[0])  # (B, N, E)
         d_gated = d_out @ weight
         d_weight = d_out.flatten(0, -2).t() @ gated.detach().flatten(0, -2)  # (D, E)
         d_bias = d_out.flatten(0, -2).sum(dim=0) if ctx.has_bias else None
-        wanted = [x for x in leaves if x.requires_grad]
-        found = iter(torch.autograd.grad(gated, wanted, d_gated))
-        d_z, *d_h_inputs = [next(found) if x.requires_grad else None for x in leaves]
+        d_z, *d_h_inputs = leaf_grads(gated, leaves, d_gated)
         return None, d_z, d_weight, d_bias, *d_h_inputs

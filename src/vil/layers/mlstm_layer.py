@@ -128,7 +128,7 @@ def _conv_silu(conv: nn.Module, x: torch.Tensor, grid: tuple[int, int], has_cls:
 def branch_output(h, c, skip, norm_weight, norm_bias=None) -> torch.Tensor:
     """outnorm(h) + skip * c: h (B, NH, S, DH), c (B, S, E) -> (B, S, E)."""
     skip_part = c * skip if norm_bias is None else torch.addcmul(norm_bias, c, skip)  # (B, S, E), bias folded in
-    return multi_head_norm(h, norm_weight, None, OUTNORM_EPS, residual=skip_part)
+    return multi_head_norm(h, norm_weight, skip_part, OUTNORM_EPS)
 
 
 def _identity(h: torch.Tensor) -> torch.Tensor:

@@ -31,26 +31,20 @@ class MultiHeadNorm(ResidualLayerNorm):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return multi_head_norm(x, self.weight, self.bias, self.eps)
+        base = self.bias if self.bias is not None else torch.zeros_like(self.weight)
+        return multi_head_norm(x, self.weight, base, self.eps)
 
 
-def multi_head_norm(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float, residual: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Functional :class:`MultiHeadNorm`: x (B, NH, S, DH), residual weight and bias (E,) -> (B, S, E), plus an
-    optional ``residual`` (B, S, E) added in the same pass.
+def multi_head_norm(x: torch.Tensor, weight: torch.Tensor, base: torch.Tensor, eps: float) -> torch.Tensor:
+    """Functional :class:`MultiHeadNorm`: x (B, NH, S, DH), residual weight (E,) -> ``base + norm(x) * (1 + weight)``
+    (B, S, E), where ``base`` is the bias (E,) or a tensor (B, S, E) added in the same pass (the skip connection).
 
     A layer norm over each head's DH channels, then the per-channel affine; the affine also transposes the heads
-    into the token layout (its output takes the residual's layout). On CPU this is twice as fast as
+    into the token layout (its output takes the layout of a (B, S, E) base). On CPU this is twice as fast as
     ``group_norm`` on (B*S, E), which walks the channels of each group with a scalar loop.
     """
     batch, heads, seq_len, head_dim = x.shape
     normed = F.layer_norm(x, (head_dim,), eps=eps).transpose(1, 2)  # (B, S, NH, DH) view
     scale = (1.0 + weight).view(heads, head_dim)
-    if residual is None:
-        base = torch.zeros_like(scale) if bias is None else bias.view(heads, head_dim)
-        return torch.addcmul(base, normed, scale).reshape(batch, seq_len, heads * head_dim)
-    if bias is not None:
-        residual = residual + bias
-    out = torch.addcmul(residual.view(batch, seq_len, heads, head_dim), normed, scale)
-    return out.view(batch, seq_len, heads * head_dim)
+    out = torch.addcmul(base.view(*base.shape[:-1], heads, head_dim), normed, scale)  # (B, S, NH, DH)
+    return out.reshape(batch, seq_len, heads * head_dim)

@@ -185,13 +185,8 @@ def chunkwise_forward(q, k, v, igate, fgate, c0, n0, m0, chunk_size: int, eps: f
 
 def chunkwise_backward(q, k, v, igate, fgate, saved, dh, chunk_size: int, eps: float = EPS,
                        dc_last=None, dn_last=None, dm_last=None):  # fmt: skip
-    """Gradients with respect to q, k, v, igate, fgate and the initial c, n, m."""
-    return _backward(q, k, v, igate, fgate, *saved, dh, dc_last, dn_last, dm_last, chunk_size, eps)
-
-
-def _backward(q, k, v, igate, fgate, c_prev, n_prev, c_last, n_last, m_all, denominator, h, dh, dc_last, dn_last,
-              dm_last, chunk_size, eps):  # fmt: skip
-    """Gradients of h and the final state with respect to q, k, v, the gates and the initial state."""
+    """Gradients of h and the final state with respect to q, k, v, igate, fgate and the initial c, n, m."""
+    c_prev, n_prev, c_last, n_last, m_all, denominator, h = saved
     chunked = _Chunked(q, k, v, igate, fgate, chunk_size)
     batch, heads, seq_len = chunked.shape[:3]
     q, k, v, amax = chunked.q, chunked.k, chunked.v, chunked.amax

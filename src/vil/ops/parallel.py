@@ -32,65 +32,63 @@ def mlstm_parallel(
     igate: torch.Tensor,
     fgate: torch.Tensor,
     eps: float = EPS,
-    row_tile: int = ROW_TILE,
 ) -> torch.Tensor:
     """Stabilised parallel mLSTM.
 
     Args:
         q, k: (B, NH, S, DH); v: (B, NH, S, DHV).
         igate, fgate: (B, NH, S) gate pre-activations.
-        row_tile: rows per tile (the result does not depend on it).
     Returns:
         h: (B, NH, S, DHV).
     """
-    return _ParallelMLSTM.apply(q, k, v, igate, fgate, eps, row_tile)
+    return _ParallelMLSTM.apply(q, k, v, igate, fgate, eps)
 
 
 class _Gates:
     """What the parallel form derives from the gates alone: b, a = i - b, amax = cummax(a), M = b + amax."""
 
-    def __init__(self, igate: torch.Tensor, fgate: torch.Tensor):
+    def __init__(self, igate: torch.Tensor, fgate: torch.Tensor, head_dim: int):
         self.b = F.logsigmoid(fgate).cumsum(dim=-1)  # (B, NH, S)
         self.a = igate - self.b
         self.amax, self.amax_index = self.a.cummax(dim=-1)
         self.log_m_row = self.b + self.amax  # M[t] = max_s log_d[t, s]
+        self.scaled_a = self.a - 0.5 * math.log(head_dim)  # the q.k scaling, folded into the decay
 
-    def scaled_decay(self, rows: slice, end: int, head_dim: int) -> torch.Tensor:
-        """exp(a[s] - amax[t]) / sqrt(DH) for rows t and columns s < end: the q.k scaling folded into the decay."""
-        scaled_a = self.a[..., :end] - 0.5 * math.log(head_dim)
-        return stabilised_decay(scaled_a, self.amax[..., rows], offset=rows.start)
+    def scaled_decay(self, rows: slice, end: int) -> torch.Tensor:
+        """exp(a[s] - amax[t]) / sqrt(DH) for rows t and columns s < end."""
+        return stabilised_decay(self.scaled_a[..., :end], self.amax[..., rows], offset=rows.start)
 
 
-def _tiles(seq_len: int, row_tile: int) -> list[tuple[int, int]]:
-    """Balanced row tiles [start, end) covering [0, seq_len)."""
-    size = math.ceil(seq_len / math.ceil(seq_len / row_tile))
+def _tiles(seq_len: int) -> list[tuple[int, int]]:
+    """Balanced row tiles [start, end) of at most ROW_TILE rows covering [0, seq_len)."""
+    size = math.ceil(seq_len / math.ceil(seq_len / ROW_TILE))
     return [(start, min(start + size, seq_len)) for start in range(0, seq_len, size)]
 
 
 class _ParallelMLSTM(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, igate, fgate, eps, row_tile):
-        h, saved = parallel_forward(q, k, v, igate, fgate, eps, row_tile)
+    def forward(ctx, q, k, v, igate, fgate, eps):
+        h, saved = parallel_forward(q, k, v, igate, fgate, eps)
         ctx.save_for_backward(q, k, v, igate, fgate, *saved)
-        ctx.eps, ctx.row_tile = eps, row_tile
+        ctx.eps = eps
         return h
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dh):
         q, k, v, igate, fgate, *saved = ctx.saved_tensors
-        return *parallel_backward(q, k, v, igate, fgate, saved, dh, ctx.eps, ctx.row_tile), None, None
+        return *parallel_backward(q, k, v, igate, fgate, saved, dh, ctx.eps), None
 
 
-def parallel_forward(q, k, v, igate, fgate, eps: float = EPS, row_tile: int = ROW_TILE):
+def parallel_forward(q, k, v, igate, fgate, eps: float = EPS):
     """-> h (B, NH, S, DHV), and what :func:`parallel_backward` needs besides the inputs."""
-    gates = _Gates(igate, fgate)
+    gates = _Gates(igate, fgate, q.shape[-1])
     batch, heads, seq_len, value_dim = v.shape
     h = v.new_empty(batch, heads, seq_len, value_dim)
     denominator = v.new_empty(batch, heads, seq_len)
-    for start, end in _tiles(seq_len, row_tile):  # rows [start, end) see columns [0, end)
+    for start, end in _tiles(seq_len):  # rows [start, end) see columns [0, end)
         scores = q[:, :, start:end] @ k[:, :, :end].transpose(-2, -1)  # (B, NH, T, end)
-        scores.mul_(gates.scaled_decay(slice(start, end), end, q.shape[-1]))
+        scores.mul_(gates.scaled_decay(slice(start, end), end))
         denominator[..., start:end] = scores.sum(dim=-1)
         h[:, :, start:end] = normalised_readout(
             scores @ v[:, :, :end], denominator[..., start:end], gates.log_m_row[..., start:end], eps
@@ -98,10 +96,10 @@ def parallel_forward(q, k, v, igate, fgate, eps: float = EPS, row_tile: int = RO
     return h, (h, denominator)
 
 
-def parallel_backward(q, k, v, igate, fgate, saved, dh, eps: float = EPS, row_tile: int = ROW_TILE):
+def parallel_backward(q, k, v, igate, fgate, saved, dh, eps: float = EPS):
     """Gradients with respect to q, k, v, igate, fgate."""
     h, denominator = saved
-    gates = _Gates(igate, fgate)
+    gates = _Gates(igate, fgate, q.shape[-1])
     d_num, d_den, d_log_m_row = readout_backward(dh, h, denominator, gates.log_m_row, eps)
 
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -109,9 +107,9 @@ def parallel_backward(q, k, v, igate, fgate, saved, dh, eps: float = EPS, row_ti
     dv = torch.zeros_like(v, memory_format=torch.contiguous_format)
     d_a = torch.zeros_like(gates.a)
     d_amax = d_log_m_row.clone()  # M = b + amax
-    for start, end in _tiles(q.shape[2], row_tile):
+    for start, end in _tiles(q.shape[2]):
         rows = slice(start, end)
-        decay = gates.scaled_decay(rows, end, q.shape[-1])  # (B, NH, T, end)
+        decay = gates.scaled_decay(rows, end)  # (B, NH, T, end)
         scores = (q[:, :, rows] @ k[:, :, :end].transpose(-2, -1)).mul_(decay)
         # num = scores @ v, den = scores.sum(-1)
         d_scores = (d_num[:, :, rows] @ v[:, :, :end].transpose(-2, -1)).add_(d_den[..., rows, None])

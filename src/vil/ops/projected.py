@@ -30,6 +30,25 @@ def recompute_pays_off(x: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and x.numel() >= RECOMPUTE_MIN_ELEMENTS
 
 
+def hand_recompute_applies(x: torch.Tensor) -> bool:
+    """Whether a hand-written recomputing autograd Function should run for an activation like x: it pays off, and
+    neither autocast nor torch.compile is active (the recomputation would have to replay them).
+    """
+    return recompute_pays_off(x) and not torch.compiler.is_compiling() and not torch.is_autocast_enabled(x.device.type)
+
+
+def grad_leaves(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Detached copies of saved tensors to recompute from in a backward pass, requiring grad where they did."""
+    return [x.detach().requires_grad_(x.requires_grad) for x in tensors]
+
+
+def leaf_grads(outputs, leaves: Sequence[torch.Tensor], grad_outputs) -> list[torch.Tensor | None]:
+    """The gradients of ``outputs`` for every leaf that requires one; None for the others."""
+    wanted = [x for x in leaves if x.requires_grad]
+    found = iter(torch.autograd.grad(outputs, wanted, grad_outputs, allow_unused=True))
+    return [next(found) if x.requires_grad else None for x in leaves]
+
+
 def mlstm_projected(
     project: Projection,
     inputs: Sequence[torch.Tensor],
@@ -44,25 +63,21 @@ def mlstm_projected(
     ``project(*inputs)`` must return q, k, v of shape (B, NH, S, DH) and be a pure function of its inputs.
     Falls back to the plain call where the saving does not apply or cannot be made safely: without gradients,
     for small inputs (RECOMPUTE_MIN_ELEMENTS), under autocast (the recomputation would have to replay it), while
-    compiling, and for the recurrent form.
+    compiling, for the recurrent form and for half-precision inputs.
     """
-    q, k, v = None, None, None
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, igate, fgate))
-    plain = (
-        not needs_grad
-        or not recompute_pays_off(inputs[0])
-        or torch.is_autocast_enabled(igate.device.type)
-        or torch.compiler.is_compiling()
+    by_hand = (
+        needs_grad
+        and hand_recompute_applies(inputs[0])
+        and backend in ("auto", "parallel", "chunkwise")  # "auto" without a state never picks the recurrent form
+        and inputs[0].dtype in (torch.float32, torch.float64)  # q, k, v take it: autocast is off here
     )
-    if not plain:
-        with torch.no_grad():
-            q, k, v = project(*inputs)
-        form, auto_chunk = choose_backend(q.shape[2], q.shape[3], needs_grad=True, stateful=False)
-        form = form if backend == "auto" else backend
-        plain = form not in ("parallel", "chunkwise") or q.dtype not in (torch.float32, torch.float64)
-    if plain:
+    if not by_hand:
         return mlstm(*project(*inputs), igate, fgate, backend=backend, chunk_size=chunk_size, eps=eps)
-    options = (form, chunk_size or auto_chunk, eps)
+    with torch.no_grad():
+        q, k, v = project(*inputs)
+    form, auto_chunk = choose_backend(q.shape[2], q.shape[3], needs_grad=True, stateful=False)
+    options = (form if backend == "auto" else backend, chunk_size or auto_chunk, eps)
     return _ProjectedMLSTM.apply(project, options, (q, k, v), igate, fgate, *inputs)
 
 
@@ -86,14 +101,11 @@ class _ProjectedMLSTM(torch.autograd.Function):
         igate, fgate, *rest = ctx.saved_tensors
         saved, inputs = rest[: ctx.num_saved], rest[ctx.num_saved :]
         with torch.enable_grad():
-            inputs = [x.detach().requires_grad_(x.requires_grad) for x in inputs]
+            inputs = grad_leaves(inputs)
             qkv = ctx.project(*inputs)
         plain_qkv = [t.detach() for t in qkv]
         if form == "parallel":
             dq, dk, dv, d_igate, d_fgate = parallel_backward(*plain_qkv, igate, fgate, saved, dh, eps)
         else:
             dq, dk, dv, d_igate, d_fgate, *_ = chunkwise_backward(*plain_qkv, igate, fgate, saved, dh, chunk_size, eps)
-        wanted = [x for x in inputs if x.requires_grad]
-        found = iter(torch.autograd.grad(qkv, wanted, (dq, dk, dv), allow_unused=True))
-        input_grads = [next(found) if x.requires_grad else None for x in inputs]
-        return None, None, None, d_igate, d_fgate, *input_grads
+        return None, None, None, d_igate, d_fgate, *leaf_grads(qkv, inputs, (dq, dk, dv))
