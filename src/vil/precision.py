@@ -9,12 +9,16 @@ import torch
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {list(PRECISIONS)}")
+
+
 def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype (None: full fp32). "auto" is bf16 on GPUs that support it, fp16 on older GPUs (with a
     gradient scaler), fp32 on CPUs, where bf16 autocast is supported but usually slower.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; expected one of {list(PRECISIONS)}")
+    check_precision(precision)
     if precision == "auto":
         if device.type != "cuda":
             return None

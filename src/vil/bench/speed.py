@@ -7,7 +7,6 @@ backward and an AdamW step; "infer" is a forward pass without gradients.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import platform
 import statistics
@@ -17,6 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .. import precision
 from ..models.config import patch_grid
 from .measure import peak_memory, time_interleaved
 
@@ -32,7 +32,7 @@ class Contender:
     baseline: str | None  # label of the contender its ratios are relative to (None: it is a baseline)
     patch: int = 16
     stride: int = 16
-    max_tokens: int | None = None  # skipped above this many tokens (the quadratic parallel form)
+    max_tokens: dict[str, int] | None = None  # per mode: skipped above this many tokens (the quadratic form)
     modes: tuple[str, ...] = MODES
     grad_checkpointing: bool = False
 
@@ -79,11 +79,8 @@ def vil_contenders(name: str, baseline: str | None, parallel_max_tokens: dict[st
     return [
         Contender(f"{name} (auto)", build("auto"), **geometry),
         Contender(f"{name} (auto, grad ckpt)", build("auto"), **geometry, modes=("train",), grad_checkpointing=True),
-        Contender(f"{name} (parallel)", build("parallel"), **geometry, max_tokens=parallel_max_tokens["infer"],
-                  modes=("infer",)),
-        Contender(f"{name} (parallel)", build("parallel"), **geometry, max_tokens=parallel_max_tokens["train"],
-                  modes=("train",)),
-    ]  # fmt: skip
+        Contender(f"{name} (parallel)", build("parallel"), **geometry, max_tokens=parallel_max_tokens),
+    ]
 
 
 def official_contenders(name: str, baseline: str | None, path: str, max_tokens: dict[str, int]) -> list[Contender]:
@@ -105,10 +102,7 @@ def official_contenders(name: str, baseline: str | None, path: str, max_tokens: 
         return official.VisionLSTM(depth=config.depth, stride=config.patch_stride[0], **common)
 
     geometry = dict(patch=config.patch_size[0], stride=config.patch_stride[0])
-    return [
-        Contender(f"{name} (official code)", build, baseline, max_tokens=max_tokens[mode], modes=(mode,), **geometry)
-        for mode in MODES
-    ]
+    return [Contender(f"{name} (official code)", build, baseline, max_tokens=max_tokens, **geometry)]
 
 
 def timm_contender(name: str) -> Contender:
@@ -123,12 +117,9 @@ def token_count(size: int, patch: int = 16, stride: int = 16) -> int:
 
 
 def _step(model: nn.Module, x: torch.Tensor, mode: str, autocast_dtype: torch.dtype | None) -> Callable[[], None]:
-    device_type = x.device.type
-    autocast = (
-        (lambda: torch.autocast(device_type, dtype=autocast_dtype))
-        if autocast_dtype is not None
-        else contextlib.nullcontext
-    )
+    def autocast():
+        return precision.autocast(x.device, autocast_dtype)
+
     if mode == "infer":
         model.eval()
 
@@ -169,7 +160,9 @@ def run_speed(
         x = torch.randn(batch, 3, size, size, device=device_)
         for mode in modes:
             active = [
-                c for c in contenders if mode in c.modes and (c.max_tokens is None or c.tokens(size) <= c.max_tokens)
+                c
+                for c in contenders
+                if mode in c.modes and (c.max_tokens is None or c.tokens(size) <= c.max_tokens[mode])
             ]
             skipped = [c for c in contenders if mode in c.modes and c not in active]
             steps = {}
@@ -190,7 +183,7 @@ def run_speed(
                 tokens = contender.tokens(size)
                 rows.append(Row(size, batch, tokens, mode, contender.label, seconds, peak["bytes"] / 2**20))
             for contender in skipped:
-                note = f"skipped: more than {contender.max_tokens} tokens (quadratic form)"
+                note = f"skipped: more than {contender.max_tokens[mode]} tokens (quadratic form)"
                 rows.append(Row(size, batch, contender.tokens(size), mode, contender.label, None, None, note=note))
             del steps
             gc.collect()

@@ -9,7 +9,7 @@ import typing
 from dataclasses import dataclass, field
 
 from ..data.preprocessing import AUGMENTATIONS
-from ..precision import PRECISIONS
+from ..precision import check_precision
 from ..utils.dict_config import DictConfig
 
 LR_REFERENCE_BATCH = 1024  # lr is given per 1024 images and scaled linearly with the global batch (as the paper)
@@ -77,8 +77,7 @@ class TrainConfig(DictConfig):
             _positive("threads", self.threads)
         if self.augmentation not in AUGMENTATIONS:
             raise ValueError(f"unknown augmentation {self.augmentation!r}; expected one of {list(AUGMENTATIONS)}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; expected one of {list(PRECISIONS)}")
+        check_precision(self.precision)
         for name in ("lr", "min_lr", "warmup_lr", "weight_decay", "mixup", "cutmix", "warmup_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
