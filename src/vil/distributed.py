@@ -23,7 +23,6 @@ logger = logging.getLogger(__name__)
 class DistEnv:
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
     device: torch.device = torch.device("cpu")
 
     @property
@@ -68,7 +67,7 @@ def setup(device_name: str = "auto") -> DistEnv:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     logger.info("process %d of %d on %s (%s)", rank, world_size, device, dist.get_backend())
-    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+    return DistEnv(rank=rank, world_size=world_size, device=device)
 
 
 def teardown(env: DistEnv) -> None:

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from ..classifier import load_classifier
+from ..data.folder import read_image
 from ..data.preprocessing import eval_transform
 from ..distributed import resolve_device
 
@@ -57,8 +57,7 @@ def _load_image(path: str, transform) -> torch.Tensor:
     if not Path(path).is_file():
         raise FileNotFoundError(f"no image file at {path}")
     try:
-        with Image.open(path) as image:
-            image.load()
-            return transform(image)
-    except (OSError, UnidentifiedImageError, ValueError) as error:
-        raise ValueError(f"cannot read image {path}: {error}") from None
+        image = read_image(path)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    return transform(image)

@@ -22,7 +22,7 @@ MEAN = (0.3053,)
 STD = (0.3760,)
 
 
-def load_digits_split(split: str, seed: int = SPLIT_SEED) -> tuple[torch.Tensor, torch.Tensor]:
+def load_digits_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, 1, 8, 8) in [0, 1] and labels (N,) of one split: "train" (1,437 images) or "test" (360)."""
     if split not in SPLITS:
         raise ValueError(f"unknown digits split {split!r}; expected one of {list(SPLITS)}")
@@ -35,7 +35,7 @@ def load_digits_split(split: str, seed: int = SPLIT_SEED) -> tuple[torch.Tensor,
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)
     train_x, test_x, train_y, test_y = train_test_split(
-        images, digits.target, test_size=TEST_FRACTION, random_state=seed, stratify=digits.target
+        images, digits.target, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=digits.target
     )
     x, y = (train_x, train_y) if split == "train" else (test_x, test_y)
     return torch.from_numpy(x).unsqueeze(1), torch.from_numpy(y.astype(np.int64))
@@ -44,9 +44,9 @@ def load_digits_split(split: str, seed: int = SPLIT_SEED) -> tuple[torch.Tensor,
 class DigitsDataset(Dataset):
     """One split of the digits as (image tensor (1, 8, 8), label) pairs, with an optional tensor transform."""
 
-    def __init__(self, split: str, transform=None, seed: int = SPLIT_SEED):
+    def __init__(self, split: str, transform=None):
         self.split = split
-        self.images, self.labels = load_digits_split(split, seed)
+        self.images, self.labels = load_digits_split(split)
         self.transform = transform
         self.classes = list(CLASS_NAMES)
 
@@ -60,7 +60,7 @@ class DigitsDataset(Dataset):
         return image, int(self.labels[index])
 
 
-def export_image_folder(root: str | Path, seed: int = SPLIT_SEED) -> Path:
+def export_image_folder(root: str | Path) -> Path:
     """Write the digits as PNG files in the ImageNet folder layout: ``root/{train,val}/<digit>/<index>.png``.
 
     Handy to try the folder pipeline (``vil train --data root``) on real files; the test split becomes ``val``.
@@ -69,7 +69,7 @@ def export_image_folder(root: str | Path, seed: int = SPLIT_SEED) -> Path:
 
     root = Path(root)
     for split, folder in (("train", "train"), ("test", "val")):
-        images, labels = load_digits_split(split, seed)
+        images, labels = load_digits_split(split)
         for index, (image, label) in enumerate(zip(images, labels, strict=True)):
             path = root / folder / CLASS_NAMES[int(label)] / f"{index:04d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)

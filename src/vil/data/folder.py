@@ -89,6 +89,16 @@ def scan_folder(folder: str | Path, classes: list[str] | None = None) -> FolderS
     return FolderScan(samples, list(classes), skipped)
 
 
+def read_image(path: str | Path) -> Image.Image:
+    """The decoded image at ``path``; a file that cannot be read raises ValueError("cannot read image: ...")."""
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now: a truncated or corrupt file fails here, not later in a transform
+            return image.copy()
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"cannot read image: {error}") from None
+
+
 class ImageFolderDataset(Dataset):
     """(image, label) pairs from a scan; an image that cannot be decoded comes back as a ``BadFile`` instead."""
 
@@ -104,11 +114,9 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, index: int):
         path, label = self.samples[index]
         try:
-            with Image.open(path) as image:
-                image.load()  # decode now: a truncated or corrupt file fails here, not later in a transform
-                image = image.copy()
-        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
-            return BadFile(path, f"cannot read image: {error}")
+            image = read_image(path)
+        except ValueError as error:
+            return BadFile(path, str(error))
         if self.transform is not None:
             image = self.transform(image)
         return image, label
