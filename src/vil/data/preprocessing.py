@@ -7,17 +7,18 @@ exactly what it saw in evaluation during training: the official eval transform (
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torchvision import transforms as T
 
+from ..utils.dict_config import DictConfig
+
 AUGMENTATIONS = ("paper", "translate", "none")
 
 
 @dataclass(frozen=True)
-class Preprocessing:
+class Preprocessing(DictConfig):
     """Eval-time preprocessing of a model: image size, channels, normalisation, resize interpolation and crop."""
 
     img_size: int = 224
@@ -40,13 +41,6 @@ class Preprocessing:
     @property
     def pil_mode(self) -> str:
         return "L" if self.in_chans == 1 else "RGB"
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> Preprocessing:
-        return cls(**values)
 
 
 class ConvertMode:

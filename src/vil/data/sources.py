@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 
 from . import digits
@@ -41,7 +40,7 @@ def build_data_splits(data: str | None, img_size: int, augmentation: str, **augm
         val = digits.DigitsDataset("test", eval_transform(pre, "tensor"))
         return DataSplits(train, val, list(digits.CLASS_NAMES), pre, [], DIGITS)
 
-    pre = Preprocessing(img_size=img_size, in_chans=3, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
+    pre = Preprocessing(img_size=img_size)  # RGB, ImageNet mean and std
     train_scan = scan_folder(split_dir(data, "train"))
     val_scan = scan_folder(split_dir(data, "val"), classes=train_scan.classes)
     train = ImageFolderDataset(train_scan, train_transform(augmentation, pre, "pil", **augment_args))

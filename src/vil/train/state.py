@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoint_files import read_torch_checkpoint
 from ..io_utils import atomic_write
 
 FORMAT = "vil-train-checkpoint"
@@ -68,10 +69,7 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no training checkpoint at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for truncated, foreign or unsafe files
-        raise ValueError(f"{path} is not a readable training checkpoint: {type(error).__name__}: {error}") from None
+    payload = read_torch_checkpoint(path)  # CheckpointError (a ValueError) for truncated, foreign or unsafe files
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a vil training checkpoint (no format={FORMAT!r} record)")
     if payload.get("format_version") != FORMAT_VERSION:
