@@ -5,16 +5,13 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from ..utils.figures import pyplot, save_figure
 from .speed import Row
 
 
 def plot_scaling(rows: list[Row], path: Path, title: str = "") -> Path:
     """One figure: time (top) and peak memory (bottom) against tokens, inference (left) and training (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot("vil bench --plot")
     modes = [m for m in ("infer", "train") if any(r.mode == m for r in rows)]
     fig, axes = plt.subplots(2, len(modes), figsize=(6.5 * len(modes), 9), squeeze=False)
     for column, mode in enumerate(modes):
@@ -41,7 +38,4 @@ def plot_scaling(rows: list[Row], path: Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

@@ -4,19 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..io_utils import atomic_write
+from ..utils.figures import pyplot, save_figure
 from .results import DesignResult
 
 
 def plot_study(results: list[DesignResult], reference: str, title: str, path: Path) -> Path:
-    try:
-        import matplotlib
-    except ImportError as error:
-        raise ImportError("the study plot needs matplotlib: pip install 'vil[train]'") from error
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
+    plt = pyplot("the study plot")
     shown = [r for r in results if r.mean is not None]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(shown) + 2), 4.5), constrained_layout=True)
     positions = range(len(shown))
@@ -42,7 +35,4 @@ def plot_study(results: list[DesignResult], reference: str, title: str, path: Pa
     ax.set_ylabel("top-1 (%): mean ± std over seeds (dots: seeds)\nthe axis does not start at 0")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path, dpi=110)

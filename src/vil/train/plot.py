@@ -4,19 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..io_utils import atomic_write
+from ..utils.figures import pyplot, save_figure
 
 
 def plot_curves(history: list[dict], path: Path) -> Path:
     """Three panels from the per-epoch metric rows: loss, top-1/top-5 accuracy, learning rate."""
-    try:
-        import matplotlib
-    except ImportError as error:
-        raise ImportError("curves.png needs matplotlib: pip install 'vil[train]'") from error
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
+    plt = pyplot("curves.png")
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
     ax_loss.plot(epochs, [r["train_loss"] for r in history], label="train")
@@ -32,7 +25,4 @@ def plot_curves(history: list[dict], path: Path) -> Path:
         ax.legend()
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.grid(alpha=0.3)
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path, dpi=100)
