@@ -247,9 +247,10 @@ def infer_config(
         raise CheckpointError(f"{source}: proj_up of shape {tuple(proj_up.shape)} does not fit width {dim}")
     conv_kind, conv_kernel_size = _conv(state_dict, source)
     ctor = dict(ctor_kwargs or {})
-    pooling = _infer_pooling(state_dict, ctor, dim, _generation(layout, conv_kind), assumptions, source)
+    version = _generation(layout, conv_kind)
+    pooling = _infer_pooling(state_dict, ctor, dim, version, assumptions, source)
     values = dict(
-        version=_generation(layout, conv_kind),
+        version=version,
         dim=dim,
         depth=depth,
         img_size=(grid[0] * patch_size[0], grid[1] * patch_size[1]),

@@ -7,7 +7,6 @@ survives interruptions; a directory holding a run with other settings is never o
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -117,13 +116,8 @@ def run_state(run: StudyRun) -> str:
             f"{run.run_dir} holds a run with other settings ({details}); choose another --out for a study with "
             "these settings, or delete that directory"
         )
-    summary = read_summary(run.run_dir)
+    summary = run_files.read_summary(run.run_dir)
     return "finished" if summary is not None and summary.get("finished") else "stopped"
-
-
-def read_summary(run_dir: Path) -> dict | None:
-    path = run_dir / run_files.SUMMARY
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def execute_study(
@@ -140,7 +134,7 @@ def execute_study(
     outcomes = []
     for index, (run, state) in enumerate(zip(runs, states, strict=True)):
         if state == "finished":
-            outcome = RunOutcome(run, "skipped", read_summary(run.run_dir))
+            outcome = RunOutcome(run, "skipped", run_files.read_summary(run.run_dir))
         else:
             if report is not None:
                 report(index, len(runs), run, "starting" if state == "new" else "resuming", None, None)
@@ -149,7 +143,7 @@ def execute_study(
                 outcome = RunOutcome(run, "trained" if state == "new" else "resumed", summary)
             except TrainingError as error:
                 logger.warning("run %s failed: %s", run.run_dir, error)
-                outcome = RunOutcome(run, "failed", read_summary(run.run_dir), str(error))
+                outcome = RunOutcome(run, "failed", run_files.read_summary(run.run_dir), str(error))
         if report is not None:
             report(index, len(runs), run, outcome.status, outcome.summary, outcome.error)
         outcomes.append(outcome)

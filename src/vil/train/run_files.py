@@ -42,6 +42,12 @@ def write_summary(run_dir: Path, summary: dict) -> Path:
     return write_json(run_dir / SUMMARY, summary)
 
 
+def read_summary(run_dir: Path) -> dict | None:
+    """The run's summary.json, or None before the run has written one."""
+    path = run_dir / SUMMARY
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def read_config(run_dir: str | Path) -> TrainConfig:
     """The TrainConfig a run directory was started with (for --resume)."""
     path = Path(run_dir) / CONFIG
