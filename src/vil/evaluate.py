@@ -25,7 +25,9 @@ def evaluate(
     over all processes, each of which scored its own shard).
     """
     model.eval()
-    correct1 = correct5 = loss_sum = count = 0.0
+    # summed on the device and read once at the end: a read per batch would wait for the GPU every batch
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, top-1 hits, top-5 hits
+    count = 0
     skipped: list[BadFile] = []
     for images, labels, bad in batches:
         skipped.extend(bad)
@@ -33,12 +35,12 @@ def evaluate(
         with autocast(device, amp_dtype):
             logits = model(images)
         logits = logits.float()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top == labels[:, None]
-        correct1 += hits[:, 0].sum().item()
-        correct5 += hits.any(dim=1).sum().item()
+        batch_totals = (F.cross_entropy(logits, labels, reduction="sum"), hits[:, 0].sum(), hits.any(dim=1).sum())
+        totals += torch.stack([t.double() for t in batch_totals])
         count += len(labels)
+    loss_sum, correct1, correct5 = totals.tolist()
     if env is not None:
         correct1, correct5, loss_sum, count = all_reduce_sum([correct1, correct5, loss_sum, count], env)
         skipped = [b for rank_bad in all_gather_objects(skipped, env) for b in rank_bad]
