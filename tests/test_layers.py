@@ -11,13 +11,13 @@ def test_gated_projection_gradients(recompute_mode):
     weight = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
 
-    def make_h(h, c):  # anything differentiable that the layer would recompute
-        return h.tanh() * c
+    def make_gated(z, h, c):  # anything differentiable that the layer would recompute
+        return h.tanh() * c * torch.sigmoid(z)
 
     assert torch.autograd.gradcheck(
-        lambda h, c, z, w, b: gated_projection(make_h, [h, c], z, w, b), (h, c, z, weight, bias)
+        lambda h, c, z, w, b: gated_projection(make_gated, [z, h, c], w, b), (h, c, z, weight, bias)
     )
-    assert torch.autograd.gradcheck(lambda h, z, w: gated_projection(torch.sin, [h], z, w, None), (h, z, weight))
+    assert torch.autograd.gradcheck(lambda h, z, w: gated_projection(torch.mul, [z, h], w, None), (h, z, weight))
 
 
 def test_headwise_projection_matches_the_official_einsum():

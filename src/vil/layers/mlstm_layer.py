@@ -11,6 +11,7 @@ from timm.layers import DropPath
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .. import kernels
 from ..ops.projected import mlstm_projected, recompute_pays_off
 from .conv import CausalConv1d, SequenceConv2d
 from .gated_projection import gated_projection
@@ -72,6 +73,9 @@ class MLSTMCell(nn.Module):
 def _project_qkv(num_heads: int, qk_input, v_input, q_weight, k_weight, v_weight, q_bias=None, k_bias=None,
                  v_bias=None):  # fmt: skip
     """q, k from qk_input and v from v_input, in the (B, NH, S, DH) layout of the cell."""
+    fused = kernels.headwise_qkv(qk_input, v_input, [q_weight, k_weight, v_weight], [q_bias, k_bias, v_bias], num_heads)
+    if fused is not None:
+        return fused
     q, k = headwise_linear(qk_input, [q_weight, k_weight], [q_bias, k_bias], num_heads)
     (v,) = headwise_linear(v_input, [v_weight], [v_bias], num_heads)
     return q, k, v
@@ -122,6 +126,10 @@ class MLSTMBranch(nn.Module):
 
 
 def _conv_silu(conv: nn.Module, x: torch.Tensor, grid: tuple[int, int], has_cls: bool) -> torch.Tensor:
+    if isinstance(conv, SequenceConv2d) and not has_cls:
+        fused = kernels.conv2d_silu(x, grid, conv.weight, conv.bias)
+        if fused is not None:
+            return fused
     return F.silu(conv(x, grid, has_cls))
 
 
@@ -131,8 +139,16 @@ def branch_output(h, c, skip, norm_weight, norm_bias=None) -> torch.Tensor:
     return multi_head_norm(h, norm_weight, skip_part, OUTNORM_EPS)
 
 
-def _identity(h: torch.Tensor) -> torch.Tensor:
-    return h
+def gated_branch_output(z, h, c, skip, norm_weight, norm_bias=None) -> torch.Tensor:
+    """branch_output(h, c, skip, norm_weight, norm_bias) * silu(z): the single direction's input to proj_down."""
+    fused = kernels.gated_branch_output(z, h, c, skip, norm_weight, norm_bias, OUTNORM_EPS)
+    if fused is not None:
+        return fused
+    return branch_output(h, c, skip, norm_weight, norm_bias) * F.silu(z)
+
+
+def _gate(z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    return h * F.silu(z)
 
 
 class MLSTMLayer(nn.Module):
@@ -183,7 +199,7 @@ class MLSTMLayer(nn.Module):
             traversal = self.traversals[0]
             x_mlstm, z = self._project_up(to_traversal(x, grid, traversal, has_cls))
             h_inputs = self.branches[0].output_inputs(x_mlstm, traversal_grid(grid, traversal), has_cls)
-            out = gated_projection(branch_output, h_inputs, z, self.proj_down.weight, self.proj_down.bias)
+            out = gated_projection(gated_branch_output, [z, *h_inputs], self.proj_down.weight, self.proj_down.bias)
             return from_traversal(out, grid, traversal, has_cls)
         x_mlstm, z = self._project_up(x)
         h = None
@@ -193,7 +209,7 @@ class MLSTMLayer(nn.Module):
             h_t = from_traversal(h_t, grid, traversal, has_cls)
             h = h_t if h is None else h + h_t
         # the output gate is per token, so it commutes with the reordering and is applied once to the sum
-        return gated_projection(_identity, [h], z, self.proj_down.weight, self.proj_down.bias)
+        return gated_projection(_gate, [z, h], self.proj_down.weight, self.proj_down.bias)
 
     def _project_up(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """proj_up as two products, so that x_mlstm and z each come out contiguous (B, N, E): the conv then reads

@@ -1,0 +1,211 @@
+"""Fused CPU kernels for the elementwise parts of the ViL block, compiled from ``block.c`` at first use.
+
+PyTorch runs the block's cheap parts (the 4x4 headwise q/k/v projections and their reordering into heads, the
+per-head norm + skip + output gate, the depthwise conv + SiLU) as many passes over E-wide tensors; at ViL-T's
+sizes these cost more than the mLSTM cell. Each kernel here is one pass.
+
+The C source is compiled once per machine with its own compiler and ``-march=native`` (a few tenths of a second)
+into a cache directory, and loaded with ctypes: no build step at install time and no Python headers needed.
+Where no compiler is found, or the build fails, or ``VIL_KERNELS=0`` is set, every caller falls back to its
+PyTorch expression (same results up to float rounding), and a warning says why once.
+
+Each wrapper returns None when it does not apply (not float32 CPU tensors, gradients needed, autocast or
+torch.compile active, an unsupported shape); callers then compute the PyTorch expression.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("block.c")
+FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC")
+SWITCH = "VIL_KERNELS"  # "0" turns the kernels off
+CACHE = "VIL_CACHE_DIR"  # where the compiled library is kept (default: ~/.cache/vil)
+
+_library: ctypes.CDLL | None = None
+_loaded = False
+_disabled = False
+_POINTER, _INT = ctypes.c_void_p, ctypes.c_int64
+_SIGNATURES = {
+    "vil_headwise_qkv": [_POINTER] * 11 + [_INT] * 4,
+    "vil_gated_branch_output": [_POINTER] * 7 + [_INT] * 4 + [ctypes.c_float],
+    "vil_conv2d_silu": [_POINTER] * 4 + [_INT] * 5,
+}
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, or None where they are switched off or cannot be built (warned once)."""
+    global _library, _loaded
+    if not _loaded:
+        _loaded = True
+        if os.environ.get(SWITCH, "1") == "0":
+            logger.info("fused CPU kernels switched off by %s=0", SWITCH)
+        else:
+            _library = _load()
+    return _library
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within this context every caller computes the PyTorch expression (e.g. to count its work or compare)."""
+    global _disabled
+    previous, _disabled = _disabled, True
+    try:
+        yield
+    finally:
+        _disabled = previous
+
+
+def reset() -> None:
+    """Forget the loaded library, so that the next call looks at ``VIL_KERNELS`` and the cache again."""
+    global _library, _loaded
+    _library, _loaded = None, False
+
+
+def _load() -> ctypes.CDLL | None:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        logger.warning("no C compiler found (set CC): the ViL block runs without its fused CPU kernels")
+        return None
+    key = hashlib.sha256(
+        b"\0".join([SOURCE.read_bytes(), " ".join(FLAGS).encode(), compiler.encode(), _cpu_identity().encode()])
+    ).hexdigest()[:16]
+    target = _cache_dir() / f"vil_block_{key}.so"
+    if not target.exists():
+        try:
+            _compile(compiler, target)
+        except (OSError, subprocess.SubprocessError) as error:
+            logger.warning("building the fused CPU kernels failed, running without them: %s", error)
+            return None
+    lib = ctypes.CDLL(str(target))
+    for name, arguments in _SIGNATURES.items():
+        getattr(lib, name).argtypes = arguments
+        getattr(lib, name).restype = None
+    return lib
+
+
+def _compile(compiler: str, target: Path) -> None:
+    """Compile into a temporary file next to ``target`` and rename it: a build interrupted or run by two processes
+    at once never leaves a half-written library behind."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(handle)
+    try:
+        command = [compiler, *FLAGS, "-o", partial, str(SOURCE), "-lm"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        if result.returncode != 0:
+            raise subprocess.SubprocessError(f"{' '.join(command)} exited with {result.returncode}:\n{result.stderr}")
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def _cache_dir() -> Path:
+    if os.environ.get(CACHE):
+        return Path(os.environ[CACHE])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vil"
+
+
+def _cpu_identity() -> str:
+    """What -march=native depends on: the CPU model and its feature flags (Linux), else the platform's words."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.machine() + platform.processor()
+    return "\n".join(sorted({line for line in lines if line.startswith(("model name", "flags"))}))
+
+
+def _applies(*tensors: torch.Tensor | None) -> bool:
+    """Whether the kernels can stand in for the PyTorch expression on these tensors."""
+    present = [t for t in tensors if t is not None]
+    if _disabled or torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
+        return False
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in present):
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in present):
+        return False
+    return library() is not None
+
+
+def _pointer(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def headwise_qkv(
+    qk_input: torch.Tensor,
+    v_input: torch.Tensor,
+    weights: list[torch.Tensor],
+    biases: list[torch.Tensor | None],
+    num_heads: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """q, k (from qk_input) and v (from v_input), 4x4-block headwise projections: (B, S, E) -> (B, NH, S, DH)."""
+    if not _applies(qk_input, v_input, *weights, *biases):
+        return None
+    batch, seq_len, dim = qk_input.shape
+    if any(w.shape != (dim // 4, 4, 4) for w in weights) or dim % num_heads or v_input.shape != qk_input.shape:
+        return None
+    # wt[d, 4b + o] = w[b, o, d]: the layout the kernel reads (see block.c)
+    arranged = [w.permute(2, 0, 1).reshape(4, dim).contiguous() for w in weights]
+    biases = [None if b is None else b.contiguous() for b in biases]
+    qk_input, v_input = qk_input.contiguous(), v_input.contiguous()
+    head_dim = dim // num_heads
+    q, k, v = (qk_input.new_empty(batch, num_heads, seq_len, head_dim) for _ in range(3))
+    library().vil_headwise_qkv(
+        *map(_pointer, (qk_input, v_input, *arranged, *biases, q, k, v)), batch, seq_len, num_heads, head_dim
+    )
+    return q, k, v
+
+
+def gated_branch_output(
+    z: torch.Tensor,
+    h: torch.Tensor,
+    c: torch.Tensor,
+    skip: torch.Tensor,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor | None,
+    eps: float,
+) -> torch.Tensor | None:
+    """(LayerNorm per head(h) * (1 + norm_weight) + norm_bias + c * skip) * silu(z): h (B, NH, S, DH), c and z
+    (B, S, E) -> (B, S, E)."""
+    if not _applies(z, h, c, skip, norm_weight, norm_bias):
+        return None
+    batch, heads, seq_len, head_dim = h.shape
+    if c.shape != (batch, seq_len, heads * head_dim) or z.shape != c.shape:
+        return None
+    # every tensor the kernel reads is bound to a name: a temporary would be freed before the call
+    h, c, z, skip, norm_weight = (t.contiguous() for t in (h, c, z, skip, norm_weight))
+    norm_bias = None if norm_bias is None else norm_bias.contiguous()
+    out = torch.empty_like(c)
+    library().vil_gated_branch_output(
+        *map(_pointer, (h, c, z, norm_weight, norm_bias, skip, out)), batch, seq_len, heads, head_dim, eps
+    )
+    return out
+
+
+def conv2d_silu(x: torch.Tensor, grid: tuple[int, int], weight: torch.Tensor, bias: torch.Tensor | None):
+    """silu(depthwise k x k conv with 'same' zero padding) of x (B, H*W, C) read as an image of ``grid``."""
+    if not _applies(x, weight, bias):
+        return None
+    batch, num_tokens, channels = x.shape
+    kernel = weight.shape[-1]
+    if weight.shape != (channels, 1, kernel, kernel) or kernel % 2 == 0 or num_tokens != grid[0] * grid[1]:
+        return None
+    arranged = weight.reshape(channels, kernel * kernel).t().contiguous()  # (k*k, C)
+    x, bias = x.contiguous(), None if bias is None else bias.contiguous()
+    out = torch.empty_like(x)
+    library().vil_conv2d_silu(*map(_pointer, (x, arranged, bias, out)), batch, grid[0], grid[1], channels, kernel)
+    return out

@@ -1,0 +1,130 @@
+"""The fused CPU kernels (vil.kernels): same numbers as the PyTorch expressions they replace, and a clean fallback."""
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vil import ViLConfig, VisionLSTM, kernels
+from vil.layers.conv import SequenceConv2d
+from vil.layers.headwise import headwise_linear
+from vil.layers.norm import multi_head_norm
+
+# (B, H, W, NH, DH): ViL-T's head size; and one whose widths leave a remainder after the vector loops
+SHAPES = [(2, 4, 5, 4, 96), (3, 3, 3, 2, 20)]
+pytestmark = pytest.mark.skipif(kernels.library() is None, reason="the kernels could not be built here")
+
+
+@pytest.fixture
+def fresh_kernels(tmp_path, monkeypatch):
+    """A private cache directory and a library that is looked up again; the shared one is restored afterwards."""
+    monkeypatch.setenv(kernels.CACHE, str(tmp_path / "cache"))
+    kernels.reset()
+    yield tmp_path / "cache"
+    monkeypatch.undo()
+    kernels.reset()
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_headwise_qkv_matches_the_grouped_products(shape, with_bias):
+    batch, height, width, heads, head_dim = shape
+    qk_in, v_in = (torch.randn(batch, height * width, heads * head_dim) for _ in range(2))
+    weights = [torch.randn(heads * head_dim // 4, 4, 4) for _ in range(3)]
+    biases = [torch.randn(heads * head_dim) if with_bias else None for _ in range(3)]
+    q, k, v = kernels.headwise_qkv(qk_in, v_in, weights, biases, heads)
+    expected = headwise_linear(qk_in, weights[:2], biases[:2], heads)
+    expected += headwise_linear(v_in, weights[2:], biases[2:], heads)
+    for got, want in zip((q, k, v), expected, strict=True):
+        assert got.shape == (batch, heads, height * width, head_dim)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gated_branch_output_matches_norm_skip_and_gate(shape, with_bias):
+    batch, height, width, heads, head_dim = shape
+    dim, tokens = heads * head_dim, height * width
+    h = torch.randn(batch, heads, tokens, head_dim) * 3 + 1
+    c, z = torch.randn(batch, tokens, dim), torch.randn(batch, tokens, dim) * 8  # SiLU far into both tails
+    skip, weight = torch.randn(dim), torch.randn(dim)
+    bias = torch.randn(dim) if with_bias else None
+    got = kernels.gated_branch_output(z, h, c, skip, weight, bias, 1e-5)
+    base = c * skip if bias is None else torch.addcmul(bias, c, skip)
+    torch.testing.assert_close(got, multi_head_norm(h, weight, base, 1e-5) * F.silu(z), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_conv2d_silu_matches_the_depthwise_conv(shape, kernel_size):
+    batch, height, width, heads, head_dim = shape
+    conv = SequenceConv2d(heads * head_dim, kernel_size)
+    x = torch.randn(batch, height * width, heads * head_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            kernels.conv2d_silu(x, (height, width), conv.weight, conv.bias),
+            F.silu(conv(x, (height, width))),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+
+
+def test_kernels_step_aside_where_they_do_not_apply():
+    x = torch.randn(1, 4, 8)
+    weights, biases = [torch.randn(2, 4, 4)] * 3, [None] * 3
+    assert kernels.headwise_qkv(x, x, weights, biases, 2) is not None
+    assert kernels.headwise_qkv(x.double(), x.double(), [w.double() for w in weights], biases, 2) is None
+    assert kernels.headwise_qkv(x.requires_grad_(), x, weights, biases, 2) is None  # autograd needs torch ops
+    with torch.no_grad():
+        assert kernels.headwise_qkv(x, x, weights, biases, 2) is not None
+        assert kernels.headwise_qkv(x, x, [torch.randn(1, 8, 8)] * 3, biases, 2) is None  # blocks of 8, not 4
+        with kernels.disabled():
+            assert kernels.headwise_qkv(x, x, weights, biases, 2) is None
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_model_gives_the_same_outputs_and_gradients_with_and_without_kernels(version, recompute_mode):
+    config = ViLConfig(dim=32, depth=2, img_size=32, patch_size=8, num_classes=5, version=version)
+    model = VisionLSTM(config)
+    images = torch.randn(2, 3, 32, 32)
+
+    def run():
+        model.zero_grad()
+        model(images).square().sum().backward()
+        with torch.no_grad():
+            return model.eval()(images), [p.grad.clone() for p in model.train().parameters()]
+
+    with_kernels = run()
+    with kernels.disabled():
+        without = run()
+    torch.testing.assert_close(with_kernels[0], without[0], rtol=1e-5, atol=1e-5)
+    for got, want in zip(with_kernels[1], without[1], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_build_is_cached_and_reused(fresh_kernels):
+    assert kernels.library() is not None
+    (built,) = fresh_kernels.glob("*.so")
+    stamp = built.stat().st_mtime_ns
+    kernels.reset()
+    assert kernels.library() is not None
+    assert [p.name for p in fresh_kernels.iterdir()] == [built.name]  # no second build, no temporary left over
+    assert built.stat().st_mtime_ns == stamp
+
+
+def test_failed_build_falls_back_to_torch_with_a_warning(fresh_kernels, monkeypatch, caplog):
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    with caplog.at_level(logging.WARNING, logger="vil.kernels"):
+        assert kernels.library() is None
+    assert "building the fused CPU kernels failed" in caplog.text
+    assert not list(fresh_kernels.glob("*"))  # nothing half-written in the cache
+    model = VisionLSTM(ViLConfig(dim=32, depth=2, img_size=32, patch_size=8, num_classes=5)).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 32, 32)).shape == (1, 5)
+
+
+def test_switched_off_by_the_environment(fresh_kernels, monkeypatch):
+    monkeypatch.setenv(kernels.SWITCH, "0")
+    assert kernels.library() is None
+    assert not fresh_kernels.exists()
