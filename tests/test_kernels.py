@@ -10,6 +10,7 @@ from vil import ViLConfig, VisionLSTM, kernels
 from vil.layers.conv import SequenceConv2d
 from vil.layers.headwise import headwise_linear
 from vil.layers.norm import multi_head_norm
+from vil.ops import mlstm
 
 # (B, H, W, NH, DH): ViL-T's head size; and one whose widths leave a remainder after the vector loops
 SHAPES = [(2, 4, 5, 4, 96), (3, 3, 3, 2, 20)]
@@ -128,3 +129,17 @@ def test_switched_off_by_the_environment(fresh_kernels, monkeypatch):
     monkeypatch.setenv(kernels.SWITCH, "0")
     assert kernels.library() is None
     assert not fresh_kernels.exists()
+
+
+@pytest.mark.parametrize("backend", ["parallel", "chunkwise"])
+@pytest.mark.parametrize("gate_scale", [1.0, 50.0])
+def test_cell_decay_kernel_matches_torch(backend, gate_scale):
+    # 150 tokens: several row tiles (parallel) and a padded last chunk of 16 (chunkwise); large gates stress the
+    # clamped exponent
+    q, k, v = (torch.randn(2, 3, 150, 24) for _ in range(3))
+    igate, fgate = (torch.randn(2, 3, 150) * gate_scale for _ in range(2))
+    with torch.no_grad():
+        got = mlstm(q, k, v, igate, fgate, backend=backend, chunk_size=16)
+        with kernels.disabled():
+            want = mlstm(q, k, v, igate, fgate, backend=backend, chunk_size=16)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

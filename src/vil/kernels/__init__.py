@@ -43,6 +43,7 @@ _SIGNATURES = {
     "vil_headwise_qkv": [_POINTER] * 11 + [_INT] * 4,
     "vil_gated_branch_output": [_POINTER] * 7 + [_INT] * 4 + [ctypes.c_float],
     "vil_conv2d_silu": [_POINTER] * 4 + [_INT] * 5,
+    "vil_decay_scores": [_POINTER, _POINTER, _INT, _POINTER, _INT, _POINTER] + [_INT] * 5 + [ctypes.c_float],
 }
 
 
@@ -209,3 +210,41 @@ def conv2d_silu(x: torch.Tensor, grid: tuple[int, int], weight: torch.Tensor, bi
     out = torch.empty_like(x)
     library().vil_conv2d_silu(*map(_pointer, (x, arranged, bias, out)), batch, grid[0], grid[1], channels, kernel)
     return out
+
+
+def decay_scores(
+    scores: torch.Tensor, write_log: torch.Tensor, row_max: torch.Tensor, row_sum: torch.Tensor, offset: int,
+    min_log: float,
+) -> bool:  # fmt: skip
+    """In place, the cell's stabilised decay (vil.ops.common.stabilised_decay) times the scores, and their row sums:
+    ``scores *= exp(clamp(a[s] - r[t], min_log, 0))`` for s <= t + offset, 0 above; ``row_sum[t] = sum_s scores``.
+
+    scores (..., T, S') contiguous; write_log a (..., S') and row_max r (..., T) any layout; row_sum (..., T) may be
+    a strided view (e.g. a column slice) whose leading dims flatten. Returns False, changing nothing, where it does
+    not apply.
+    """
+    if not _applies(scores, write_log, row_max, row_sum) or not scores.is_contiguous() or scores.numel() == 0:
+        return False
+    rows, cols = scores.shape[-2:]
+    mats = scores.numel() // (rows * cols)
+    # the gate rows are small (no S x S): copied where their layout does not flatten; the sums are written in place
+    a, a_stride = _as_rows(write_log, mats, cols) or _as_rows(write_log.contiguous(), mats, cols)
+    r, r_stride = _as_rows(row_max, mats, rows) or _as_rows(row_max.contiguous(), mats, rows)
+    flat_sums = _as_rows(row_sum, mats, rows)
+    if flat_sums is None:
+        return False
+    sums, sum_stride = flat_sums
+    library().vil_decay_scores(
+        scores.data_ptr(), a.data_ptr(), a_stride, r.data_ptr(), r_stride, sums.data_ptr(), sum_stride,
+        mats, rows, cols, offset, min_log,
+    )  # fmt: skip
+    return True
+
+
+def _as_rows(t: torch.Tensor, rows: int, width: int) -> tuple[torch.Tensor, int] | None:
+    """t as a (rows, width) view with unit column stride, and its row stride; None if it is not one."""
+    try:
+        view = t.view(rows, width)
+    except RuntimeError:
+        return None
+    return (view, view.stride(0)) if width == 1 or view.stride(1) == 1 else None

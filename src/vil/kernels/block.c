@@ -228,3 +228,65 @@ void vil_conv2d_silu(const float *x, const float *weight, const float *bias, flo
         }
     }
 }
+
+/* ---- the mLSTM cell's stabilised decay, applied to the q.k scores ---------------------------------------------
+ * For each of `mats` matrices of `rows` x `cols` scores (contiguous): scores[t][s] *= exp(clamp(a[s] - r[t],
+ * MIN_LOG, 0)) for s <= t + offset, 0 for s > t + offset; row_sum[t] = the sum of the new row. a, r and row_sum
+ * are rows of their own strides (a_stride, r_stride, sum_stride per matrix). One pass instead of building the
+ * decay matrix (subtract, clamp, exp, mask) and multiplying and summing it (vil.ops.common.stabilised_decay). */
+void vil_decay_scores(float *scores, const float *a, int64_t a_stride, const float *r, int64_t r_stride,
+                      float *row_sum, int64_t sum_stride, int64_t mats, int64_t rows, int64_t cols, int64_t offset,
+                      float min_log) {
+    for (int64_t m = 0; m < mats; ++m) {
+        const float *am = a + m * a_stride;
+        for (int64_t t = 0; t < rows; ++t) {
+            float *row = scores + (m * rows + t) * cols;
+            const float rt = r[m * r_stride + t];
+            int64_t limit = t + offset + 1;
+            if (limit > cols) limit = cols;
+            if (limit < 0) limit = 0;
+            float total = 0.0f;
+            int64_t s = 0;
+#if defined(__AVX512F__)
+            __m512 acc = _mm512_setzero_ps();
+            for (; s + 16 <= limit; s += 16) {
+                __m512 log_decay = _mm512_sub_ps(_mm512_loadu_ps(am + s), _mm512_set1_ps(rt));
+                log_decay = _mm512_min_ps(_mm512_max_ps(log_decay, _mm512_set1_ps(min_log)), _mm512_setzero_ps());
+                __m512 value = _mm512_mul_ps(_mm512_loadu_ps(row + s), exp512(log_decay));
+                _mm512_storeu_ps(row + s, value);
+                acc = _mm512_add_ps(acc, value);
+            }
+            if (s < limit) { /* the diagonal's ragged end, masked */
+                const __mmask16 mask = (__mmask16)((1u << (limit - s)) - 1u);
+                __m512 log_decay = _mm512_sub_ps(_mm512_maskz_loadu_ps(mask, am + s), _mm512_set1_ps(rt));
+                log_decay = _mm512_min_ps(_mm512_max_ps(log_decay, _mm512_set1_ps(min_log)), _mm512_setzero_ps());
+                __m512 value = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, row + s), exp512(log_decay));
+                _mm512_mask_storeu_ps(row + s, mask, value);
+                acc = _mm512_add_ps(acc, value); /* masked-off lanes hold 0 * exp(...) = 0 */
+                s = limit;
+            }
+            total = _mm512_reduce_add_ps(acc);
+#elif defined(__AVX2__)
+            __m256 acc = _mm256_setzero_ps();
+            for (; s + 8 <= limit; s += 8) {
+                __m256 log_decay = _mm256_sub_ps(_mm256_loadu_ps(am + s), _mm256_set1_ps(rt));
+                log_decay = _mm256_min_ps(_mm256_max_ps(log_decay, _mm256_set1_ps(min_log)), _mm256_setzero_ps());
+                __m256 value = _mm256_mul_ps(_mm256_loadu_ps(row + s), exp256(log_decay));
+                _mm256_storeu_ps(row + s, value);
+                acc = _mm256_add_ps(acc, value);
+            }
+            float lanes[8];
+            _mm256_storeu_ps(lanes, acc);
+            for (int i = 0; i < 8; ++i) total += lanes[i];
+#endif
+            for (; s < limit; ++s) {
+                float log_decay = am[s] - rt;
+                log_decay = log_decay < min_log ? min_log : (log_decay > 0.0f ? 0.0f : log_decay);
+                row[s] *= expf(log_decay);
+                total += row[s];
+            }
+            if (limit < cols) memset(row + limit, 0, (size_t)(cols - limit) * sizeof(float));
+            row_sum[m * sum_stride + t] = total;
+        }
+    }
+}

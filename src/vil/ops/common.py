@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .. import kernels
+
 EPS = 1e-6
 MIN_LOG_DECAY = -80.0  # exp(-80) = 1.8e-35: still a normal float32
 
@@ -26,12 +28,20 @@ def stabilised_decay(write_log: torch.Tensor, row_max: torch.Tensor, offset: int
     return decay.tril(offset) if torch.is_grad_enabled() else decay.tril_(offset)
 
 
+def decay_scores(scores: torch.Tensor, write_log, row_max, row_sum: torch.Tensor, offset: int = 0) -> None:
+    """In place: scores (..., T, S') *= stabilised_decay(write_log, row_max, offset), and row_sum (..., T) = the
+    new rows' sums. One pass with the fused CPU kernel where it applies (no gradients through scores)."""
+    if not kernels.decay_scores(scores, write_log, row_max, row_sum, offset, MIN_LOG_DECAY):
+        scores.mul_(stabilised_decay(write_log, row_max, offset))
+        row_sum.copy_(scores.sum(dim=-1))
+
+
 def normalised_readout(
     numerator: torch.Tensor, denominator: torch.Tensor, log_m_row: torch.Tensor, eps: float
 ) -> torch.Tensor:
     """h = num / (max(|den|, exp(-M)) + eps): numerator (..., T, DHV), denominator and M (..., T) -> (..., T, DHV)."""
     normalizer = torch.maximum(denominator.abs(), torch.exp(-log_m_row))
-    return numerator / (normalizer + eps).unsqueeze(-1)
+    return numerator * normalizer.add_(eps).reciprocal_().unsqueeze(-1)  # a division per row, not per element
 
 
 def readout_backward(

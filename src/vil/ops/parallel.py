@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .common import EPS, gate_backward, normalised_readout, readout_backward, stabilised_decay
+from .common import EPS, decay_scores, gate_backward, normalised_readout, readout_backward, stabilised_decay
 
 ROW_TILE = 64  # rows per tile; S = 196 gives 4 tiles of 49
 
@@ -88,8 +88,7 @@ def parallel_forward(q, k, v, igate, fgate, eps: float = EPS):
     denominator = v.new_empty(batch, heads, seq_len)
     for start, end in _tiles(seq_len):  # rows [start, end) see columns [0, end)
         scores = q[:, :, start:end] @ k[:, :, :end].transpose(-2, -1)  # (B, NH, T, end)
-        scores.mul_(gates.scaled_decay(slice(start, end), end))
-        denominator[..., start:end] = scores.sum(dim=-1)
+        decay_scores(scores, gates.scaled_a[..., :end], gates.amax[..., start:end], denominator[..., start:end], start)
         h[:, :, start:end] = normalised_readout(
             scores @ v[:, :, :end], denominator[..., start:end], gates.log_m_row[..., start:end], eps
         )
