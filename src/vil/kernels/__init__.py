@@ -44,6 +44,7 @@ _SIGNATURES = {
     "vil_gated_branch_output": [_POINTER] * 7 + [_INT] * 4 + [ctypes.c_float],
     "vil_conv2d_silu": [_POINTER] * 4 + [_INT] * 5,
     "vil_decay_scores": [_POINTER, _POINTER, _INT, _POINTER, _INT, _POINTER] + [_INT] * 5 + [ctypes.c_float],
+    "vil_decay_scores_backward": [_POINTER, _POINTER] + [_POINTER, _INT] * 5 + [_INT] * 4 + [ctypes.c_float],
 }
 
 
@@ -248,3 +249,26 @@ def _as_rows(t: torch.Tensor, rows: int, width: int) -> tuple[torch.Tensor, int]
     except RuntimeError:
         return None
     return (view, view.stride(0)) if width == 1 or view.stride(1) == 1 else None
+
+
+def decay_scores_backward(
+    qk: torch.Tensor, d_scores: torch.Tensor, d_den: torch.Tensor, write_log: torch.Tensor, row_max: torch.Tensor,
+    row_sum: torch.Tensor, col_sum: torch.Tensor, offset: int, min_log: float,
+) -> bool:  # fmt: skip
+    """Backward of :func:`decay_scores`, in place (see block.c): qk -> P = qk * decay; d_scores -> (d_scores + d_den)
+    * decay; row_sum = the rows' sums of the log decay's gradient (d_scores + d_den) * P, col_sum += its column
+    sums. qk, d_scores (..., T, S') contiguous; row_sum, col_sum views that flatten. False where it does not apply.
+    """
+    tensors = (qk, d_scores, d_den, write_log, row_max, row_sum, col_sum)
+    if not _applies(*tensors) or not (qk.is_contiguous() and d_scores.is_contiguous()) or qk.numel() == 0:
+        return False
+    rows, cols = qk.shape[-2:]
+    mats = qk.numel() // (rows * cols)
+    inputs = [_as_rows(t, mats, n) or _as_rows(t.contiguous(), mats, n) for t, n in
+              ((d_den, rows), (write_log, cols), (row_max, rows))]  # fmt: skip
+    outputs = [_as_rows(row_sum, mats, rows), _as_rows(col_sum, mats, cols)]
+    if any(o is None for o in outputs):
+        return False
+    flat = [x for t, stride in inputs + outputs for x in (t.data_ptr(), stride)]
+    library().vil_decay_scores_backward(qk.data_ptr(), d_scores.data_ptr(), *flat, mats, rows, cols, offset, min_log)
+    return True

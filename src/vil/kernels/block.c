@@ -290,3 +290,59 @@ void vil_decay_scores(float *scores, const float *a, int64_t a_stride, const flo
         }
     }
 }
+
+/* ---- the backward pass of vil_decay_scores, fused with what the cell's backward does next -------------------
+ * In place, for each matrix: qk (raw q.k scores) becomes P = qk * D (D the stabilised decay as above) and d_scores
+ * (raw dL/dP from the numerator) becomes dL/d(qk) = (d_scores + d_den[t]) * D; with g = (d_scores + d_den[t]) * P,
+ * the gradient of the log decay, row_sum[t] = sum_s g and col_sum[s] += sum_t g. */
+void vil_decay_scores_backward(float *qk, float *d_scores, const float *d_den, int64_t den_stride, const float *a,
+                               int64_t a_stride, const float *r, int64_t r_stride, float *row_sum,
+                               int64_t sum_stride, float *col_sum, int64_t col_stride, int64_t mats, int64_t rows,
+                               int64_t cols, int64_t offset, float min_log) {
+    for (int64_t m = 0; m < mats; ++m) {
+        const float *am = a + m * a_stride;
+        float *cm = col_sum + m * col_stride;
+        for (int64_t t = 0; t < rows; ++t) {
+            float *p = qk + (m * rows + t) * cols;
+            float *ds = d_scores + (m * rows + t) * cols;
+            const float rt = r[m * r_stride + t], dd = d_den[m * den_stride + t];
+            int64_t limit = t + offset + 1;
+            if (limit > cols) limit = cols;
+            if (limit < 0) limit = 0;
+            float total = 0.0f;
+            int64_t s = 0;
+#if defined(__AVX512F__)
+            __m512 acc = _mm512_setzero_ps();
+            for (; s < limit; s += 16) {
+                const __mmask16 mask = limit - s >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (limit - s)) - 1u);
+                __m512 log_decay = _mm512_sub_ps(_mm512_maskz_loadu_ps(mask, am + s), _mm512_set1_ps(rt));
+                log_decay = _mm512_min_ps(_mm512_max_ps(log_decay, _mm512_set1_ps(min_log)), _mm512_setzero_ps());
+                const __m512 decay = exp512(log_decay);
+                const __m512 pv = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, p + s), decay);
+                const __m512 dsv = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, ds + s), _mm512_set1_ps(dd));
+                const __m512 g = _mm512_maskz_mul_ps(mask, dsv, pv);
+                _mm512_mask_storeu_ps(p + s, mask, pv);
+                _mm512_mask_storeu_ps(ds + s, mask, _mm512_mul_ps(dsv, decay));
+                _mm512_mask_storeu_ps(cm + s, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, cm + s), g));
+                acc = _mm512_add_ps(acc, g);
+            }
+            total = _mm512_reduce_add_ps(acc);
+#endif
+            for (; s < limit; ++s) {
+                float log_decay = am[s] - rt;
+                log_decay = log_decay < min_log ? min_log : (log_decay > 0.0f ? 0.0f : log_decay);
+                const float decay = expf(log_decay);
+                const float pv = p[s] * decay, dsv = ds[s] + dd, g = dsv * pv;
+                p[s] = pv;
+                ds[s] = dsv * decay;
+                cm[s] += g;
+                total += g;
+            }
+            if (limit < cols) {
+                memset(p + limit, 0, (size_t)(cols - limit) * sizeof(float));
+                memset(ds + limit, 0, (size_t)(cols - limit) * sizeof(float));
+            }
+            row_sum[m * sum_stride + t] = total;
+        }
+    }
+}

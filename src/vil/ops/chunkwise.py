@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .common import EPS, decay_scores, gate_backward, normalised_readout, readout_backward, stabilised_decay
+from .common import EPS, decay_scores, decay_scores_backward, gate_backward, normalised_readout, readout_backward
 from .state import MLSTMState, empty_state
 
 
@@ -199,8 +199,7 @@ def chunkwise_backward(q, k, v, igate, fgate, saved, dh, chunk_size: int, eps: f
 
     # --- recompute what the outputs were made of
     r = torch.maximum(m_prev.unsqueeze(-1), amax)  # (B, NH, NC, L)
-    decay = stabilised_decay(chunked.scaled_a, r)  # (B, NH, NC, L, L), includes 1/sqrt(DH)
-    scores = (q @ k.transpose(-2, -1)).mul_(decay)
+    scores = q @ k.transpose(-2, -1)  # (B, NH, NC, L, L), times the decay below
     inter_weight = torch.exp(m_prev.unsqueeze(-1) - r)  # (B, NH, NC, L)
     log_m_row = chunked.b + r
     h = chunked.chunks(h)
@@ -211,20 +210,19 @@ def chunkwise_backward(q, k, v, igate, fgate, saved, dh, chunk_size: int, eps: f
     d_num, d_den, d_log_m_row = readout_backward(chunked.chunks(dh), h, denominator, log_m_row, eps)
 
     # --- num = scores @ v + e * (q @ C),  den = scores.sum(-1) + e * (q . n),  e = inter_weight
-    d_scores = (d_num @ v.transpose(-2, -1)).add_(d_den.unsqueeze(-1))  # (B, NH, NC, L, L)
+    # scores = (q @ k^T) * decay, log decay = a[s] - r[t] (includes 1/sqrt(DH)): the decay is recomputed and
+    # applied in one pass, which turns d_scores into dL/d(q @ k^T) and sums dL/d log decay over rows and columns
+    d_scores = d_num @ v.transpose(-2, -1)  # (B, NH, NC, L, L), the numerator's part
+    d_log_decay_rows, da = r.new_empty(r.shape), torch.zeros_like(r)  # (B, NH, NC, L)
+    decay_scores_backward(scores, d_scores, d_den, chunked.scaled_a, r, d_log_decay_rows, da)
     dv = scores.transpose(-2, -1) @ d_num  # (B, NH, NC, L, DHV)
     d_num_inter, d_den_inter = d_num * inter_weight.unsqueeze(-1), d_den * inter_weight
     dq = (d_num_inter @ c_prev.transpose(-2, -1)).addcmul_(d_den_inter.unsqueeze(-1), n_prev.unsqueeze(-2))
     d_c_prev_out = q.transpose(-2, -1) @ d_num_inter  # (B, NH, NC, DH, DHV)
     d_n_prev_out = torch.einsum("...ld,...l->...d", q, d_den_inter)  # (B, NH, NC, DH)
 
-    # --- scores = (q @ k^T) * decay, log decay = a[s] - r[t]
-    d_qk = d_scores * decay
-    _add_product(dq, d_qk, k)
-    dk = d_qk.transpose(-2, -1) @ q  # (B, NH, NC, L, DH)
-    d_log_decay = d_scores.mul_(scores)
-    d_log_decay_rows = d_log_decay.sum(dim=-1)  # (B, NH, NC, L)
-    da = d_log_decay.sum(dim=-2)
+    _add_product(dq, d_scores, k)
+    dk = d_scores.transpose(-2, -1) @ q  # (B, NH, NC, L, DH)
     # dL/d log e: the state's share of num and den is (num, den) minus the chunk's share, so
     # sum_c d_num (e q C) + d_den (e q.n) = <d_num, num> + d_den den - sum_s d_scores[t, s] scores[t, s]
     d_log_inter = (d_num * numerator).sum(dim=-1) + d_den * denominator - d_log_decay_rows

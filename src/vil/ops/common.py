@@ -36,6 +36,22 @@ def decay_scores(scores: torch.Tensor, write_log, row_max, row_sum: torch.Tensor
         row_sum.copy_(scores.sum(dim=-1))
 
 
+def decay_scores_backward(qk, d_scores, d_den, write_log, row_max, row_sum, col_sum, offset: int = 0) -> None:
+    """In place, the backward pass of :func:`decay_scores` and of the row sums, for raw q.k scores qk and raw
+    dL/dP d_scores (..., T, S'): qk becomes P = qk * decay, d_scores becomes dL/d(qk) = (d_scores + d_den) * decay,
+    row_sum (..., T) is set to and col_sum (..., S') increased by the row and column sums of dL/d log decay =
+    (d_scores + d_den) * P."""
+    args = (qk, d_scores, d_den, write_log, row_max, row_sum, col_sum, offset, MIN_LOG_DECAY)
+    if kernels.decay_scores_backward(*args):
+        return
+    decay = stabilised_decay(write_log, row_max, offset)
+    qk.mul_(decay)
+    d_log_decay = d_scores.add_(d_den.unsqueeze(-1)) * qk
+    d_scores.mul_(decay)
+    row_sum.copy_(d_log_decay.sum(dim=-1))
+    col_sum += d_log_decay.sum(dim=-2)
+
+
 def normalised_readout(
     numerator: torch.Tensor, denominator: torch.Tensor, log_m_row: torch.Tensor, eps: float
 ) -> torch.Tensor:

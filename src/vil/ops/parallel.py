@@ -20,7 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .common import EPS, decay_scores, gate_backward, normalised_readout, readout_backward, stabilised_decay
+from .common import (
+    EPS,
+    decay_scores,
+    decay_scores_backward,
+    gate_backward,
+    normalised_readout,
+    readout_backward,
+)
 
 ROW_TILE = 64  # rows per tile; S = 196 gives 4 tiles of 49
 
@@ -53,10 +60,6 @@ class _Gates:
         self.amax, self.amax_index = self.a.cummax(dim=-1)
         self.log_m_row = self.b + self.amax  # M[t] = max_s log_d[t, s]
         self.scaled_a = self.a - 0.5 * math.log(head_dim)  # the q.k scaling, folded into the decay
-
-    def scaled_decay(self, rows: slice, end: int) -> torch.Tensor:
-        """exp(a[s] - amax[t]) / sqrt(DH) for rows t and columns s < end."""
-        return stabilised_decay(self.scaled_a[..., :end], self.amax[..., rows], offset=rows.start)
 
 
 def _tiles(seq_len: int) -> list[tuple[int, int]]:
@@ -104,21 +107,21 @@ def parallel_backward(q, k, v, igate, fgate, saved, dh, eps: float = EPS):
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.zeros_like(k, memory_format=torch.contiguous_format)
     dv = torch.zeros_like(v, memory_format=torch.contiguous_format)
-    d_a = torch.zeros_like(gates.a)
+    d_a = gates.a.new_zeros(gates.a.shape)  # contiguous (the gates may be strided views), as the kernels need
     d_amax = d_log_m_row.clone()  # M = b + amax
+    d_log_decay_rows = d_a.new_empty(d_a.shape)
     for start, end in _tiles(q.shape[2]):
         rows = slice(start, end)
-        decay = gates.scaled_decay(rows, end)  # (B, NH, T, end)
-        scores = (q[:, :, rows] @ k[:, :, :end].transpose(-2, -1)).mul_(decay)
-        # num = scores @ v, den = scores.sum(-1)
-        d_scores = (d_num[:, :, rows] @ v[:, :, :end].transpose(-2, -1)).add_(d_den[..., rows, None])
+        # scores = (q k^T) * decay, num = scores @ v, den = scores.sum(-1); log decay = a[s] - amax[t] - log sqrt(DH)
+        scores = q[:, :, rows] @ k[:, :, :end].transpose(-2, -1)  # (B, NH, T, end), raw here
+        d_scores = d_num[:, :, rows] @ v[:, :, :end].transpose(-2, -1)  # the numerator's part of dL/d scores
+        # -> scores, dL/d(q k^T) in d_scores, dL/d log decay summed over columns (rows) and over rows (into d_a)
+        write_log, row_max, row_sums = gates.scaled_a[..., :end], gates.amax[..., rows], d_log_decay_rows[..., rows]
+        decay_scores_backward(scores, d_scores, d_den[..., rows], write_log, row_max, row_sums, d_a[..., :end], start)
         dv[:, :, :end] += scores.transpose(-2, -1) @ d_num[:, :, rows]
-        d_qk = d_scores * decay
-        dq[:, :, rows] = d_qk @ k[:, :, :end]
-        dk[:, :, :end] += d_qk.transpose(-2, -1) @ q[:, :, rows]
-        d_log_decay = d_scores.mul_(scores)  # dL/d log decay[t, s], log decay = a[s] - amax[t] - log sqrt(DH)
-        d_a[..., :end] += d_log_decay.sum(dim=-2)
-        d_amax[..., rows] -= d_log_decay.sum(dim=-1)
+        dq[:, :, rows] = d_scores @ k[:, :, :end]
+        dk[:, :, :end] += d_scores.transpose(-2, -1) @ q[:, :, rows]
+    d_amax -= d_log_decay_rows
 
     d_a.scatter_add_(-1, gates.amax_index, d_amax)  # amax = cummax(a)
     d_igate, d_log_f = gate_backward(d_a, d_log_m_row)
