@@ -44,6 +44,7 @@ _SIGNATURES = {
     "vil_gated_branch_output": [_POINTER] * 7 + [_INT] * 4 + [ctypes.c_float],
     "vil_conv2d_silu": [_POINTER] * 4 + [_INT] * 5,
     "vil_decay_scores": [_POINTER, _POINTER, _INT, _POINTER, _INT, _POINTER] + [_INT] * 5 + [ctypes.c_float],
+    "vil_headwise_backward": [_POINTER, _POINTER, _INT, _INT] + [_POINTER] * 4 + [_INT] * 5,
     "vil_decay_scores_backward": [_POINTER, _POINTER] + [_POINTER, _INT] * 5 + [_INT] * 4 + [ctypes.c_float],
 }
 
@@ -272,3 +273,45 @@ def decay_scores_backward(
     flat = [x for t, stride in inputs + outputs for x in (t.data_ptr(), stride)]
     library().vil_decay_scores_backward(qk.data_ptr(), d_scores.data_ptr(), *flat, mats, rows, cols, offset, min_log)
     return True
+
+
+def headwise_backward_applies(qk_input: torch.Tensor, v_input: torch.Tensor, weights: list[torch.Tensor]) -> bool:
+    """Whether :func:`headwise_qkv_backward` can run for these inputs of :func:`headwise_qkv` (asked before the
+    backward pass, so that the forward values are recomputed the matching way)."""
+    dim = qk_input.shape[-1]
+    return (
+        not torch.is_grad_enabled()
+        and _applies(qk_input, v_input, *weights)
+        and dim <= 4096  # the kernel's row buffer
+        and v_input.shape == qk_input.shape
+        and all(w.shape == (dim // 4, 4, 4) for w in weights)
+    )
+
+
+def headwise_qkv_backward(
+    qk_input: torch.Tensor, v_input: torch.Tensor, weights: list[torch.Tensor], grads: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """Gradients of :func:`headwise_qkv` for dL/d(q, k, v) ``grads`` (B, NH, S, DH): -> dL/d qk_input, dL/d v_input,
+    dL/d each weight, dL/d each bias. Only where :func:`headwise_backward_applies`."""
+    d_qk_input, d_v_input = torch.empty_like(qk_input), torch.empty_like(v_input)
+    weight_grads, bias_grads = [], []
+    for index, (weight, grad) in enumerate(zip(weights, grads, strict=True)):
+        x, dx = (qk_input, d_qk_input) if index < 2 else (v_input, d_v_input)
+        weight_grad, bias_grad = _headwise_backward(x.contiguous(), grad, weight, dx, accumulate=index == 1)
+        weight_grads.append(weight_grad)
+        bias_grads.append(bias_grad)
+    return [d_qk_input, d_v_input, *weight_grads, *bias_grads]
+
+
+def _headwise_backward(x, grad, weight, dx, accumulate: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    batch, seq_len, dim = x.shape
+    heads, head_dim = grad.shape[1], grad.shape[3]
+    if grad.stride(-1) != 1 or grad.stride(-2) != head_dim:
+        grad = grad.contiguous()
+    arranged = weight.permute(1, 0, 2).reshape(4, dim).contiguous()  # wt_in[o, 4b + d] = w[b, o, d]
+    weight_grad, bias_grad = x.new_zeros(4, dim), x.new_zeros(dim)  # weight_grad[d, 4b + o] = dL/dw[b, o, d]
+    library().vil_headwise_backward(
+        x.data_ptr(), grad.data_ptr(), grad.stride(0), grad.stride(1), arranged.data_ptr(), dx.data_ptr(),
+        weight_grad.data_ptr(), bias_grad.data_ptr(), batch, seq_len, heads, head_dim, int(accumulate),
+    )  # fmt: skip
+    return weight_grad.view(4, dim // 4, 4).permute(1, 2, 0).contiguous(), bias_grad

@@ -346,3 +346,53 @@ void vil_decay_scores_backward(float *qk, float *d_scores, const float *d_den, i
         }
     }
 }
+
+/* ---- the backward pass of one headwise projection, y = headwise(x) in head layout -----------------------------
+ * x (B, S, E) token layout; dy (B, NH, S, DH) rows of DH contiguous floats with strides dy_batch, dy_head
+ * (elements); w arranged as wt_in[o][4b+d] = w[b][o][d] (4 x E), the transpose of the forward arrangement.
+ * dx (B, S, E) is set (accumulate = 0) or increased; dwt[d][4b+o] += dL/dw[b][o][d] (4 x E); db (E) += dL/dbias. */
+void vil_headwise_backward(const float *x, const float *dy, int64_t dy_batch, int64_t dy_head, const float *wt_in,
+                           float *dx, float *dwt, float *db, int64_t batch, int64_t seq_len, int64_t heads,
+                           int64_t head_dim, int64_t accumulate) {
+    const int64_t dim = heads * head_dim;
+    float row[4096];
+    for (int64_t b = 0; b < batch; ++b) {
+        for (int64_t s = 0; s < seq_len; ++s) {
+            const float *xr = x + (b * seq_len + s) * dim;
+            float *dxr = dx + (b * seq_len + s) * dim;
+            for (int64_t h = 0; h < heads; ++h) {
+                const float *g = dy + b * dy_batch + h * dy_head + s * head_dim;  /* dy for channels of head h */
+                const int64_t from = h * head_dim;
+                /* gather this head's gradient into token order, then dx = headwise^T(dy) like the forward */
+                memcpy(row + from, g, (size_t)head_dim * sizeof(float));
+                int64_t c = from;
+#if defined(__AVX512F__)
+                for (; c + 16 <= from + head_dim; c += 16) {
+                    const __m512 gv = _mm512_loadu_ps(g + c - from), xv = _mm512_loadu_ps(xr + c);
+                    _mm512_storeu_ps(db + c, _mm512_add_ps(_mm512_loadu_ps(db + c), gv));
+                    _mm512_storeu_ps(dwt + c, _mm512_fmadd_ps(gv, _mm512_permute_ps(xv, 0x00), _mm512_loadu_ps(dwt + c)));
+                    _mm512_storeu_ps(dwt + dim + c,
+                                     _mm512_fmadd_ps(gv, _mm512_permute_ps(xv, 0x55), _mm512_loadu_ps(dwt + dim + c)));
+                    _mm512_storeu_ps(dwt + 2 * dim + c, _mm512_fmadd_ps(gv, _mm512_permute_ps(xv, 0xAA),
+                                                                        _mm512_loadu_ps(dwt + 2 * dim + c)));
+                    _mm512_storeu_ps(dwt + 3 * dim + c, _mm512_fmadd_ps(gv, _mm512_permute_ps(xv, 0xFF),
+                                                                        _mm512_loadu_ps(dwt + 3 * dim + c)));
+                }
+#endif
+                for (; c < from + head_dim; ++c) {
+                    const float gc = g[c - from];
+                    const float *xb = xr + (c & ~(int64_t)3);
+                    db[c] += gc;
+                    for (int d = 0; d < 4; ++d) dwt[d * dim + c] += gc * xb[d];
+                }
+            }
+            if (accumulate) {
+                float out[4096];
+                headwise_row(row, wt_in, NULL, out, 0, dim, dim);
+                for (int64_t c = 0; c < dim; ++c) dxr[c] += out[c];
+            } else {
+                headwise_row(row, wt_in, NULL, dxr, 0, dim, dim);
+            }
+        }
+    }
+}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +37,7 @@ class MLSTMCell(nn.Module):
         self.igate = nn.Linear(3 * inner_dim, num_heads)
         self.fgate = nn.Linear(3 * inner_dim, num_heads)
         self.outnorm = MultiHeadNorm(inner_dim, bias=norm_bias, eps=OUTNORM_EPS)
+        self.project = _HeadwiseQKV(num_heads)
         nn.init.zeros_(self.fgate.weight)
         with torch.no_grad():
             self.fgate.bias.copy_(torch.linspace(3.0, 6.0, num_heads))
@@ -65,20 +65,36 @@ class MLSTMCell(nn.Module):
         weights = [q_proj.weight, k_proj.weight, v_proj.weight]
         biases = [q_proj.bias, k_proj.bias, v_proj.bias] if q_proj.bias is not None else []
         # q, k, v are recomputed from their inputs in the backward pass rather than kept (see vil.ops.projected)
-        project = partial(_project_qkv, self.num_heads)
         inputs = [qk_input, v_input, *weights, *biases]
-        return mlstm_projected(project, inputs, igate, fgate, self.backend, self.chunk_size)  # (B, NH, S, DH)
+        return mlstm_projected(self.project, inputs, igate, fgate, self.backend, self.chunk_size)  # (B, NH, S, DH)
 
 
-def _project_qkv(num_heads: int, qk_input, v_input, q_weight, k_weight, v_weight, q_bias=None, k_bias=None,
-                 v_bias=None):  # fmt: skip
-    """q, k from qk_input and v from v_input, in the (B, NH, S, DH) layout of the cell."""
-    fused = kernels.headwise_qkv(qk_input, v_input, [q_weight, k_weight, v_weight], [q_bias, k_bias, v_bias], num_heads)
-    if fused is not None:
-        return fused
-    q, k = headwise_linear(qk_input, [q_weight, k_weight], [q_bias, k_bias], num_heads)
-    (v,) = headwise_linear(v_input, [v_weight], [v_bias], num_heads)
-    return q, k, v
+class _HeadwiseQKV:
+    """q, k from qk_input and v from v_input, in the (B, NH, S, DH) layout of the cell: the projection that
+    :func:`mlstm_projected` recomputes in the backward pass, with a hand-written backward where the kernels apply."""
+
+    def __init__(self, num_heads: int):
+        self.num_heads = num_heads
+
+    def __call__(self, qk_input, v_input, q_weight, k_weight, v_weight, q_bias=None, k_bias=None, v_bias=None):
+        weights, biases = [q_weight, k_weight, v_weight], [q_bias, k_bias, v_bias]
+        fused = kernels.headwise_qkv(qk_input, v_input, weights, biases, self.num_heads)
+        if fused is not None:
+            return fused
+        q, k = headwise_linear(qk_input, weights[:2], biases[:2], self.num_heads)
+        (v,) = headwise_linear(v_input, weights[2:], biases[2:], self.num_heads)
+        return q, k, v
+
+    @staticmethod
+    def hand_backward_applies(qk_input, v_input, *weights_and_biases) -> bool:
+        return kernels.headwise_backward_applies(qk_input, v_input, list(weights_and_biases[:3]))
+
+    @staticmethod
+    def backward(inputs, grads) -> list[torch.Tensor | None]:
+        """dL/d inputs for dL/d (q, k, v) ``grads``."""
+        qk_input, v_input, *weights = inputs[:5]
+        d_inputs = kernels.headwise_qkv_backward(qk_input, v_input, weights, list(grads))
+        return d_inputs[: len(inputs)]  # without the bias gradients when there are no biases
 
 
 class MLSTMBranch(nn.Module):

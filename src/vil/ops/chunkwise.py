@@ -147,8 +147,8 @@ def _forward(chunked: _Chunked, c0: torch.Tensor, n0: torch.Tensor, m0: torch.Te
     for j in range(chunked.num_chunks):
         last = j + 1 == chunked.num_chunks
         c_next, n_next = (c_last, n_last) if last else (c_prev[:, :, j + 1], n_prev[:, :, j + 1])
-        torch.addcmul(updates[:, :, j], alpha[..., j, None, None], c_prev[:, :, j], out=c_next)
-        torch.addcmul(update_n[:, :, j], alpha[..., j, None], n_prev[:, :, j], out=n_next)
+        _addcmul_into(c_next, updates[:, :, j], alpha[..., j, None, None], c_prev[:, :, j])
+        _addcmul_into(n_next, update_n[:, :, j], alpha[..., j, None], n_prev[:, :, j])
 
     r = torch.maximum(m_prev.unsqueeze(-1), chunked.amax)  # (B, NH, NC, L)
     scores = chunked.q @ chunked.k.transpose(-2, -1)  # (B, NH, NC, L, L)
@@ -284,8 +284,8 @@ def _scan_backward(states_prev, states_after, alpha, beta, from_a_last, d_states
     d_c_initial, d_n_initial = torch.empty_like(c_prev[:, :, 0]), torch.empty_like(n_prev[:, :, 0])
     for j in reversed(range(num_chunks)):
         d_c_before, d_n_before = (d_c_after[:, :, j - 1], d_n_after[:, :, j - 1]) if j else (d_c_initial, d_n_initial)
-        torch.addcmul(d_c_out[:, :, j], alpha[..., j, None, None], d_c_after[:, :, j], out=d_c_before)
-        torch.addcmul(d_n_out[:, :, j], alpha[..., j, None], d_n_after[:, :, j], out=d_n_before)
+        _addcmul_into(d_c_before, d_c_out[:, :, j], alpha[..., j, None, None], d_c_after[:, :, j])
+        _addcmul_into(d_n_before, d_n_out[:, :, j], alpha[..., j, None], d_n_after[:, :, j])
 
     # alpha and beta are exp(m_prev - r) and exp(a_last - r); beta U = C_after - alpha C_prev
     dot_prev = _dot(d_c_after.flatten(-2), c_prev.flatten(-2)) + _dot(d_n_after, n_prev)  # (B, NH, NC)
@@ -303,6 +303,16 @@ def _scan_backward(states_prev, states_after, alpha, beta, from_a_last, d_states
         d_a_last[..., j] = d_log_beta[..., j] + d_r * from_a_last[..., j]
         d_m = d_log_alpha[..., j] + d_r * ~from_a_last[..., j] + dm_prev_out[..., j]
     return d_updates, d_a_last, d_g, (d_c_initial, d_n_initial, d_m)
+
+
+def _addcmul_into(out: torch.Tensor, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> None:
+    """out = x + y * z, written straight into out; through a temporary where autograd records or torch.compile /
+    torch.export trace (out= arguments are not differentiable; compiled out= writes into slices gave wrong results
+    in tests/test_compile_export.py)."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        out.copy_(torch.addcmul(x, y, z))
+    else:
+        torch.addcmul(x, y, z, out=out)
 
 
 def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
