@@ -8,8 +8,10 @@ data, no memory). The counter sees the matrix products inside the cell's custom 
 other op; the result differs from the paper's convention where our kernels do different work than the textbook
 formula:
 
-- q, k, v: the 4 x 4 headwise blocks are computed as dense block-diagonal groups of 8 blocks (32 x 32, see
-  ``vil.layers.headwise``): 8x the nominal MACs, zeros included, because that is faster than many tiny products.
+- q, k, v: the PyTorch path computes the 4 x 4 headwise blocks as dense block-diagonal groups of 4 blocks (16 x 16,
+  see ``vil.layers.headwise``): 4x the nominal MACs, zeros included, because that is faster than many tiny
+  products. Where the fused CPU kernels run (``vil.kernels``, the default on a CPU with a C compiler) they do the
+  nominal 4 x 4 MACs, out of the counter's sight; the count here is the PyTorch path's (meta device).
 - gates: folded into two products of width E instead of one on cat(q, k, v) of width 3E (``MLSTMCell``).
 - the cell: the parallel form computes both S x S products (q k^T and the weighted sum of v) in row tiles up to
   the diagonal, about (S^2 / 2 + S * 32) * E MACs each; the chunkwise form costs 2 S L E + 2 S E DH (L: chunk size,
