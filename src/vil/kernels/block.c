@@ -13,6 +13,78 @@
 #include <immintrin.h>
 #endif
 
+/* ---- one vector type for both instruction sets: VW floats, written once below ---------------------------------- */
+#if defined(__AVX512F__)
+#define VEC 1
+#define VW 16
+typedef __m512 vec;
+#define vload _mm512_loadu_ps
+#define vstore _mm512_storeu_ps
+#define vset1 _mm512_set1_ps
+#define vzero _mm512_setzero_ps
+#define vadd _mm512_add_ps
+#define vsub _mm512_sub_ps
+#define vmul _mm512_mul_ps
+#define vdiv _mm512_div_ps
+#define vmin _mm512_min_ps
+#define vmax _mm512_max_ps
+#define vfmadd _mm512_fmadd_ps
+#define vfnmadd _mm512_fnmadd_ps
+#define vlane_broadcast _mm512_permute_ps /* element d of every group of 4: imm d * 0x55 */
+#define vsum _mm512_reduce_add_ps
+static inline vec vround(vec x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline vec vscale2(vec p, vec n) { return _mm512_scalef_ps(p, n); } /* p * 2^n */
+#elif defined(__AVX2__)
+#define VEC 1
+#define VW 8
+typedef __m256 vec;
+#define vload _mm256_loadu_ps
+#define vstore _mm256_storeu_ps
+#define vset1 _mm256_set1_ps
+#define vzero _mm256_setzero_ps
+#define vadd _mm256_add_ps
+#define vsub _mm256_sub_ps
+#define vmul _mm256_mul_ps
+#define vdiv _mm256_div_ps
+#define vmin _mm256_min_ps
+#define vmax _mm256_max_ps
+#define vfmadd _mm256_fmadd_ps
+#define vfnmadd _mm256_fnmadd_ps
+#define vlane_broadcast _mm256_permute_ps
+static inline vec vround(vec x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline vec vscale2(vec p, vec n) {
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+static inline float vsum(vec x) {
+    float lanes[8], total = 0.0f;
+    _mm256_storeu_ps(lanes, x);
+    for (int i = 0; i < 8; ++i) total += lanes[i];
+    return total;
+}
+#endif
+
+/* exp(x) = 2^n e^r with n = round(x / ln 2), |r| <= ln(2)/2, e^r by a degree-6 polynomial (Cephes): relative error
+ * ~1e-7, as good as float32 allows. Inputs are clamped to [-87, 88] (the float32 range). */
+#ifdef VEC
+static inline vec vexp(vec x) {
+    x = vmin(vmax(x, vset1(-87.0f)), vset1(88.0f));
+    const vec n = vround(vmul(x, vset1(1.44269504088896341f)));
+    vec r = vfnmadd(n, vset1(0.693359375f), x);
+    r = vfnmadd(n, vset1(-2.12194440e-4f), r);
+    vec p = vset1(1.9875691500e-4f);
+    p = vfmadd(p, r, vset1(1.3981999507e-3f));
+    p = vfmadd(p, r, vset1(8.3334519073e-3f));
+    p = vfmadd(p, r, vset1(4.1665795894e-2f));
+    p = vfmadd(p, r, vset1(1.6666665459e-1f));
+    p = vfmadd(p, r, vset1(5.0000001201e-1f));
+    p = vfmadd(p, vmul(r, r), vadd(r, vset1(1.0f)));
+    return vscale2(p, n);
+}
+static inline vec vsilu(vec x) { return vdiv(x, vadd(vset1(1.0f), vexp(vsub(vzero(), x)))); }
+#endif
+static inline float silu1(float x) { return x / (1.0f + expf(-x)); }
+
 /* ---- headwise 4x4 block-diagonal projections, written in head layout ------------------------------------------
  * out[4b+o] = bias[4b+o] + sum_d w[b][o][d] x[4b+d]. The weight comes pre-arranged as wt[d][4b+o] = w[b][o][d]
  * (4 x E), so that output channel c needs wt[d][c] * x[(c & ~3) + d]: a broadcast of element d inside each group
@@ -20,25 +92,15 @@
 static void headwise_row(const float *x, const float *wt, const float *bias, float *out, int64_t from, int64_t to,
                          int64_t dim) {
     int64_t c = from;
-#if defined(__AVX512F__)
-    for (; c + 16 <= to; c += 16) {
-        __m512 xv = _mm512_loadu_ps(x + c);
-        __m512 acc = bias ? _mm512_loadu_ps(bias + c) : _mm512_setzero_ps();
-        acc = _mm512_fmadd_ps(_mm512_loadu_ps(wt + c), _mm512_permute_ps(xv, 0x00), acc);
-        acc = _mm512_fmadd_ps(_mm512_loadu_ps(wt + dim + c), _mm512_permute_ps(xv, 0x55), acc);
-        acc = _mm512_fmadd_ps(_mm512_loadu_ps(wt + 2 * dim + c), _mm512_permute_ps(xv, 0xAA), acc);
-        acc = _mm512_fmadd_ps(_mm512_loadu_ps(wt + 3 * dim + c), _mm512_permute_ps(xv, 0xFF), acc);
-        _mm512_storeu_ps(out + c - from, acc);
-    }
-#elif defined(__AVX2__)
-    for (; c + 8 <= to; c += 8) {
-        __m256 xv = _mm256_loadu_ps(x + c);
-        __m256 acc = bias ? _mm256_loadu_ps(bias + c) : _mm256_setzero_ps();
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(wt + c), _mm256_permute_ps(xv, 0x00), acc);
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(wt + dim + c), _mm256_permute_ps(xv, 0x55), acc);
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(wt + 2 * dim + c), _mm256_permute_ps(xv, 0xAA), acc);
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(wt + 3 * dim + c), _mm256_permute_ps(xv, 0xFF), acc);
-        _mm256_storeu_ps(out + c - from, acc);
+#ifdef VEC
+    for (; c + VW <= to; c += VW) {
+        const vec xv = vload(x + c);
+        vec acc = bias ? vload(bias + c) : vzero();
+        acc = vfmadd(vload(wt + c), vlane_broadcast(xv, 0x00), acc);
+        acc = vfmadd(vload(wt + dim + c), vlane_broadcast(xv, 0x55), acc);
+        acc = vfmadd(vload(wt + 2 * dim + c), vlane_broadcast(xv, 0xAA), acc);
+        acc = vfmadd(vload(wt + 3 * dim + c), vlane_broadcast(xv, 0xFF), acc);
+        vstore(out + c - from, acc);
     }
 #endif
     for (; c < to; ++c) {
@@ -69,51 +131,6 @@ void vil_headwise_qkv(const float *qk_in, const float *v_in, const float *wq, co
     }
 }
 
-/* ---- exp and SiLU ------------------------------------------------------------------------------------------------
- * exp(x) = 2^n e^r with n = round(x / ln 2), |r| <= ln(2)/2, e^r by a degree-6 polynomial: relative error ~1e-7,
- * as good as float32 allows. Inputs are clamped to [-87, 88] (the float32 range). */
-#if defined(__AVX512F__)
-static inline __m512 exp512(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_scalef_ps(p, n);
-}
-static inline __m512 silu512(__m512 x) {
-    return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), exp512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
-}
-#elif defined(__AVX2__)
-static inline __m256 exp256(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-static inline __m256 silu256(__m256 x) {
-    return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), exp256(_mm256_sub_ps(_mm256_setzero_ps(), x))));
-}
-#endif
-static inline float silu1(float x) { return x / (1.0f + expf(-x)); }
-
 /* ---- the branch output and the output gate -------------------------------------------------------------------
  * out = (LayerNorm_per_head(h) * (1 + w) + base + c * skip) * silu(z): h (B, NH, S, DH); c, z, out (B, S, E);
  * norm_weight, skip (E,); base (E,) or NULL. This is the mLSTM branch's output (per-head norm of the cell output
@@ -136,25 +153,14 @@ void vil_gated_branch_output(const float *h, const float *c, const float *z, con
                 const float rstd = 1.0f / sqrtf(sum_sq / (float)head_dim + eps);
                 const int64_t off = row + hd * head_dim, ch = hd * head_dim;
                 int64_t j = 0;
-#if defined(__AVX512F__)
-                for (; j + 16 <= head_dim; j += 16) {
-                    __m512 y = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + j), _mm512_set1_ps(mean)),
-                                             _mm512_set1_ps(rstd));
-                    __m512 scale = _mm512_add_ps(_mm512_set1_ps(1.0f), _mm512_loadu_ps(norm_weight + ch + j));
-                    __m512 acc = base ? _mm512_loadu_ps(base + ch + j) : _mm512_setzero_ps();
-                    acc = _mm512_fmadd_ps(_mm512_loadu_ps(c + off + j), _mm512_loadu_ps(skip + ch + j), acc);
-                    acc = _mm512_fmadd_ps(y, scale, acc);
-                    _mm512_storeu_ps(out + off + j, _mm512_mul_ps(acc, silu512(_mm512_loadu_ps(z + off + j))));
-                }
-#elif defined(__AVX2__)
-                for (; j + 8 <= head_dim; j += 8) {
-                    __m256 y = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), _mm256_set1_ps(mean)),
-                                             _mm256_set1_ps(rstd));
-                    __m256 scale = _mm256_add_ps(_mm256_set1_ps(1.0f), _mm256_loadu_ps(norm_weight + ch + j));
-                    __m256 acc = base ? _mm256_loadu_ps(base + ch + j) : _mm256_setzero_ps();
-                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(c + off + j), _mm256_loadu_ps(skip + ch + j), acc);
-                    acc = _mm256_fmadd_ps(y, scale, acc);
-                    _mm256_storeu_ps(out + off + j, _mm256_mul_ps(acc, silu256(_mm256_loadu_ps(z + off + j))));
+#ifdef VEC
+                for (; j + VW <= head_dim; j += VW) {
+                    const vec y = vmul(vsub(vload(x + j), vset1(mean)), vset1(rstd));
+                    const vec scale = vadd(vset1(1.0f), vload(norm_weight + ch + j));
+                    vec acc = base ? vload(base + ch + j) : vzero();
+                    acc = vfmadd(vload(c + off + j), vload(skip + ch + j), acc);
+                    acc = vfmadd(y, scale, acc);
+                    vstore(out + off + j, vmul(acc, vsilu(vload(z + off + j))));
                 }
 #endif
                 for (; j < head_dim; ++j) {
@@ -177,9 +183,9 @@ void vil_conv2d_silu(const float *x, const float *weight, const float *bias, flo
             for (int64_t j = 0; j < width; ++j) {
                 float *o = out + ((b * height + i) * width + j) * channels;
                 int64_t ch = 0;
-#if defined(__AVX512F__)
-                for (; ch + 16 <= channels; ch += 16) {
-                    __m512 acc = bias ? _mm512_loadu_ps(bias + ch) : _mm512_setzero_ps();
+#ifdef VEC
+                for (; ch + VW <= channels; ch += VW) {
+                    vec acc = bias ? vload(bias + ch) : vzero();
                     for (int64_t di = 0; di < kernel; ++di) {
                         const int64_t ii = i + di - pad;
                         if (ii < 0 || ii >= height) continue;
@@ -187,27 +193,10 @@ void vil_conv2d_silu(const float *x, const float *weight, const float *bias, flo
                             const int64_t jj = j + dj - pad;
                             if (jj < 0 || jj >= width) continue;
                             const float *xp = x + ((b * height + ii) * width + jj) * channels + ch;
-                            acc = _mm512_fmadd_ps(_mm512_loadu_ps(weight + (di * kernel + dj) * channels + ch),
-                                                  _mm512_loadu_ps(xp), acc);
+                            acc = vfmadd(vload(weight + (di * kernel + dj) * channels + ch), vload(xp), acc);
                         }
                     }
-                    _mm512_storeu_ps(o + ch, silu512(acc));
-                }
-#elif defined(__AVX2__)
-                for (; ch + 8 <= channels; ch += 8) {
-                    __m256 acc = bias ? _mm256_loadu_ps(bias + ch) : _mm256_setzero_ps();
-                    for (int64_t di = 0; di < kernel; ++di) {
-                        const int64_t ii = i + di - pad;
-                        if (ii < 0 || ii >= height) continue;
-                        for (int64_t dj = 0; dj < kernel; ++dj) {
-                            const int64_t jj = j + dj - pad;
-                            if (jj < 0 || jj >= width) continue;
-                            const float *xp = x + ((b * height + ii) * width + jj) * channels + ch;
-                            acc = _mm256_fmadd_ps(_mm256_loadu_ps(weight + (di * kernel + dj) * channels + ch),
-                                                  _mm256_loadu_ps(xp), acc);
-                        }
-                    }
-                    _mm256_storeu_ps(o + ch, silu256(acc));
+                    vstore(o + ch, vsilu(acc));
                 }
 #endif
                 for (; ch < channels; ++ch) {
@@ -247,37 +236,27 @@ void vil_decay_scores(float *scores, const float *a, int64_t a_stride, const flo
             if (limit < 0) limit = 0;
             float total = 0.0f;
             int64_t s = 0;
-#if defined(__AVX512F__)
-            __m512 acc = _mm512_setzero_ps();
-            for (; s + 16 <= limit; s += 16) {
-                __m512 log_decay = _mm512_sub_ps(_mm512_loadu_ps(am + s), _mm512_set1_ps(rt));
-                log_decay = _mm512_min_ps(_mm512_max_ps(log_decay, _mm512_set1_ps(min_log)), _mm512_setzero_ps());
-                __m512 value = _mm512_mul_ps(_mm512_loadu_ps(row + s), exp512(log_decay));
-                _mm512_storeu_ps(row + s, value);
-                acc = _mm512_add_ps(acc, value);
+#ifdef VEC
+            vec acc = vzero();
+            for (; s + VW <= limit; s += VW) {
+                vec log_decay = vsub(vload(am + s), vset1(rt));
+                log_decay = vmin(vmax(log_decay, vset1(min_log)), vzero());
+                const vec value = vmul(vload(row + s), vexp(log_decay));
+                vstore(row + s, value);
+                acc = vadd(acc, value);
             }
+#if defined(__AVX512F__)
             if (s < limit) { /* the diagonal's ragged end, masked */
                 const __mmask16 mask = (__mmask16)((1u << (limit - s)) - 1u);
-                __m512 log_decay = _mm512_sub_ps(_mm512_maskz_loadu_ps(mask, am + s), _mm512_set1_ps(rt));
-                log_decay = _mm512_min_ps(_mm512_max_ps(log_decay, _mm512_set1_ps(min_log)), _mm512_setzero_ps());
-                __m512 value = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, row + s), exp512(log_decay));
+                vec log_decay = vsub(_mm512_maskz_loadu_ps(mask, am + s), vset1(rt));
+                log_decay = vmin(vmax(log_decay, vset1(min_log)), vzero());
+                const vec value = vmul(_mm512_maskz_loadu_ps(mask, row + s), vexp(log_decay));
                 _mm512_mask_storeu_ps(row + s, mask, value);
-                acc = _mm512_add_ps(acc, value); /* masked-off lanes hold 0 * exp(...) = 0 */
+                acc = vadd(acc, value); /* masked-off lanes hold 0 * exp(...) = 0 */
                 s = limit;
             }
-            total = _mm512_reduce_add_ps(acc);
-#elif defined(__AVX2__)
-            __m256 acc = _mm256_setzero_ps();
-            for (; s + 8 <= limit; s += 8) {
-                __m256 log_decay = _mm256_sub_ps(_mm256_loadu_ps(am + s), _mm256_set1_ps(rt));
-                log_decay = _mm256_min_ps(_mm256_max_ps(log_decay, _mm256_set1_ps(min_log)), _mm256_setzero_ps());
-                __m256 value = _mm256_mul_ps(_mm256_loadu_ps(row + s), exp256(log_decay));
-                _mm256_storeu_ps(row + s, value);
-                acc = _mm256_add_ps(acc, value);
-            }
-            float lanes[8];
-            _mm256_storeu_ps(lanes, acc);
-            for (int i = 0; i < 8; ++i) total += lanes[i];
+#endif
+            total = vsum(acc);
 #endif
             for (; s < limit; ++s) {
                 float log_decay = am[s] - rt;
@@ -312,21 +291,21 @@ void vil_decay_scores_backward(float *qk, float *d_scores, const float *d_den, i
             float total = 0.0f;
             int64_t s = 0;
 #if defined(__AVX512F__)
-            __m512 acc = _mm512_setzero_ps();
+            vec acc = vzero();
             for (; s < limit; s += 16) {
                 const __mmask16 mask = limit - s >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (limit - s)) - 1u);
-                __m512 log_decay = _mm512_sub_ps(_mm512_maskz_loadu_ps(mask, am + s), _mm512_set1_ps(rt));
-                log_decay = _mm512_min_ps(_mm512_max_ps(log_decay, _mm512_set1_ps(min_log)), _mm512_setzero_ps());
-                const __m512 decay = exp512(log_decay);
-                const __m512 pv = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, p + s), decay);
-                const __m512 dsv = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, ds + s), _mm512_set1_ps(dd));
-                const __m512 g = _mm512_maskz_mul_ps(mask, dsv, pv);
+                vec log_decay = vsub(_mm512_maskz_loadu_ps(mask, am + s), vset1(rt));
+                log_decay = vmin(vmax(log_decay, vset1(min_log)), vzero());
+                const vec decay = vexp(log_decay);
+                const vec pv = vmul(_mm512_maskz_loadu_ps(mask, p + s), decay);
+                const vec dsv = vadd(_mm512_maskz_loadu_ps(mask, ds + s), vset1(dd));
+                const vec g = _mm512_maskz_mul_ps(mask, dsv, pv);
                 _mm512_mask_storeu_ps(p + s, mask, pv);
-                _mm512_mask_storeu_ps(ds + s, mask, _mm512_mul_ps(dsv, decay));
-                _mm512_mask_storeu_ps(cm + s, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, cm + s), g));
-                acc = _mm512_add_ps(acc, g);
+                _mm512_mask_storeu_ps(ds + s, mask, vmul(dsv, decay));
+                _mm512_mask_storeu_ps(cm + s, mask, vadd(_mm512_maskz_loadu_ps(mask, cm + s), g));
+                acc = vadd(acc, g);
             }
-            total = _mm512_reduce_add_ps(acc);
+            total = vsum(acc);
 #endif
             for (; s < limit; ++s) {
                 float log_decay = am[s] - rt;
@@ -366,17 +345,14 @@ void vil_headwise_backward(const float *x, const float *dy, int64_t dy_batch, in
                 /* gather this head's gradient into token order, then dx = headwise^T(dy) like the forward */
                 memcpy(row + from, g, (size_t)head_dim * sizeof(float));
                 int64_t c = from;
-#if defined(__AVX512F__)
-                for (; c + 16 <= from + head_dim; c += 16) {
-                    const __m512 gv = _mm512_loadu_ps(g + c - from), xv = _mm512_loadu_ps(xr + c);
-                    _mm512_storeu_ps(db + c, _mm512_add_ps(_mm512_loadu_ps(db + c), gv));
-                    _mm512_storeu_ps(dwt + c, _mm512_fmadd_ps(gv, _mm512_permute_ps(xv, 0x00), _mm512_loadu_ps(dwt + c)));
-                    _mm512_storeu_ps(dwt + dim + c,
-                                     _mm512_fmadd_ps(gv, _mm512_permute_ps(xv, 0x55), _mm512_loadu_ps(dwt + dim + c)));
-                    _mm512_storeu_ps(dwt + 2 * dim + c, _mm512_fmadd_ps(gv, _mm512_permute_ps(xv, 0xAA),
-                                                                        _mm512_loadu_ps(dwt + 2 * dim + c)));
-                    _mm512_storeu_ps(dwt + 3 * dim + c, _mm512_fmadd_ps(gv, _mm512_permute_ps(xv, 0xFF),
-                                                                        _mm512_loadu_ps(dwt + 3 * dim + c)));
+#ifdef VEC
+                for (; c + VW <= from + head_dim; c += VW) {
+                    const vec gv = vload(g + c - from), xv = vload(xr + c);
+                    vstore(db + c, vadd(vload(db + c), gv));
+                    vstore(dwt + c, vfmadd(gv, vlane_broadcast(xv, 0x00), vload(dwt + c)));
+                    vstore(dwt + dim + c, vfmadd(gv, vlane_broadcast(xv, 0x55), vload(dwt + dim + c)));
+                    vstore(dwt + 2 * dim + c, vfmadd(gv, vlane_broadcast(xv, 0xAA), vload(dwt + 2 * dim + c)));
+                    vstore(dwt + 3 * dim + c, vfmadd(gv, vlane_broadcast(xv, 0xFF), vload(dwt + 3 * dim + c)));
                 }
 #endif
                 for (; c < from + head_dim; ++c) {
