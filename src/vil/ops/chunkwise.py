@@ -25,7 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .common import EPS, decay_scores, decay_scores_backward, gate_backward, normalised_readout, readout_backward
+from .common import (
+    EPS,
+    decay_scores,
+    decay_scores_backward,
+    gate_backward,
+    normalised_readout,
+    readout_backward,
+    writes_into_views,
+)
 from .state import MLSTMState, empty_state
 
 
@@ -306,13 +314,11 @@ def _scan_backward(states_prev, states_after, alpha, beta, from_a_last, d_states
 
 
 def _addcmul_into(out: torch.Tensor, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> None:
-    """out = x + y * z, written straight into out; through a temporary where autograd records or torch.compile /
-    torch.export trace (out= arguments are not differentiable; compiled out= writes into slices gave wrong results
-    in tests/test_compile_export.py)."""
-    if torch.is_grad_enabled() or torch.compiler.is_compiling():
-        out.copy_(torch.addcmul(x, y, z))
-    else:
+    """out = x + y * z, written straight into out where that is allowed (:func:`writes_into_views`)."""
+    if writes_into_views():
         torch.addcmul(x, y, z, out=out)
+    else:
+        out.copy_(torch.addcmul(x, y, z))
 
 
 def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
