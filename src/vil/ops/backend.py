@@ -33,13 +33,16 @@ def choose_backend(seq_len: int, head_dim: int, needs_grad: bool, stateful: bool
     """The fastest exact form for a sequence length and head size, and the chunk size to use.
 
     Per token and head the tiled parallel form costs about S*d multiply-adds and the chunkwise form 2*L*d +
-    2*d^2, so the parallel form wins below S = 2 (L + d). Larger heads favour larger chunks (the d^2 state
-    term does not depend on L; the per-chunk overhead does), and training favours larger chunks (fewer states
-    to keep). The constants come from one-thread timings of the cell on this project's CPU
-    (ViL-T's d = 96: parallel is faster at 196 tokens, chunkwise from ~400; d = 384: parallel up to ~900).
+    2*d^2, so the parallel form wins below S = 2 (L' + d) for some L' of the order of the chunk size. The
+    constants come from one-thread timings of the cell (forward, and forward + backward) on this project's CPU:
+    chunks of 64 tokens are fastest for heads up to 128 (ViL-T: d = 96; 10 % faster than 128 in training) and
+    of 128 for larger heads (d = 192, 384), in inference and training alike; at d = 96 the two forms cost the
+    same at ~400-480 tokens (L' = 128); larger heads keep the parallel form longer when training (L' = 256).
     """
-    chunk_size = (128 if needs_grad else 64) * (1 if head_dim <= 128 else 2)
-    if stateful or seq_len > 2 * (chunk_size + head_dim):
+    large_head = head_dim > 128
+    chunk_size = 128 if large_head else 64
+    crossover = 2 * ((256 if needs_grad and large_head else 128) + head_dim)
+    if stateful or seq_len > crossover:
         return "chunkwise", chunk_size
     return "parallel", chunk_size
 
