@@ -32,7 +32,6 @@ from .common import (
     gate_backward,
     normalised_readout,
     readout_backward,
-    writes_into_views,
 )
 from .state import MLSTMState, empty_state
 
@@ -147,16 +146,13 @@ def _forward(chunked: _Chunked, c0: torch.Tensor, n0: torch.Tensor, m0: torch.Te
     updates.mul_(beta[..., None, None])
     update_n.mul_(beta[..., None])
 
-    # the state before each chunk (B, NH, NC, DH, DHV) and (B, NH, NC, DH), and after the last one, written in
-    # place chunk after chunk (stacking a list of states would copy them all once more)
-    c_prev, n_prev = updates.new_empty(updates.shape), update_n.new_empty(update_n.shape)
-    c_prev[:, :, 0], n_prev[:, :, 0] = c0, n0
-    c_last, n_last = torch.empty_like(c0), torch.empty_like(n0)
+    # the state before each chunk (B, NH, NC, DH, DHV) and (B, NH, NC, DH), and after the last one
+    c_states, n_states = [c0], [n0]
     for j in range(chunked.num_chunks):
-        last = j + 1 == chunked.num_chunks
-        c_next, n_next = (c_last, n_last) if last else (c_prev[:, :, j + 1], n_prev[:, :, j + 1])
-        _addcmul_into(c_next, updates[:, :, j], alpha[..., j, None, None], c_prev[:, :, j])
-        _addcmul_into(n_next, update_n[:, :, j], alpha[..., j, None], n_prev[:, :, j])
+        c_states.append(torch.addcmul(updates[:, :, j], alpha[..., j, None, None], c_states[-1]))
+        n_states.append(torch.addcmul(update_n[:, :, j], alpha[..., j, None], n_states[-1]))
+    c_last, n_last = c_states.pop(), n_states.pop()
+    c_prev, n_prev = torch.stack(c_states, dim=2), torch.stack(n_states, dim=2)
 
     r = torch.maximum(m_prev.unsqueeze(-1), chunked.amax)  # (B, NH, NC, L)
     scores = chunked.q @ chunked.k.transpose(-2, -1)  # (B, NH, NC, L, L)
@@ -284,16 +280,14 @@ def _scan_backward(states_prev, states_after, alpha, beta, from_a_last, d_states
     dc_last, dn_last, dm_last = d_last
     num_chunks = alpha.shape[-1]
 
-    # dL/d(C, n) after each chunk (B, NH, NC, ...): a linear recurrence run backwards, one fused op per chunk,
-    # written in place
-    d_c_after, d_n_after = torch.empty_like(c_prev), torch.empty_like(n_prev)
-    d_c_after[:, :, -1] = 0.0 if dc_last is None else dc_last
-    d_n_after[:, :, -1] = 0.0 if dn_last is None else dn_last
-    d_c_initial, d_n_initial = torch.empty_like(c_prev[:, :, 0]), torch.empty_like(n_prev[:, :, 0])
+    # dL/d(C, n) after each chunk: a linear recurrence run backwards, one fused op per chunk
+    d_c = [torch.zeros_like(c_prev[:, :, 0]) if dc_last is None else dc_last]
+    d_n = [torch.zeros_like(n_prev[:, :, 0]) if dn_last is None else dn_last]
     for j in reversed(range(num_chunks)):
-        d_c_before, d_n_before = (d_c_after[:, :, j - 1], d_n_after[:, :, j - 1]) if j else (d_c_initial, d_n_initial)
-        _addcmul_into(d_c_before, d_c_out[:, :, j], alpha[..., j, None, None], d_c_after[:, :, j])
-        _addcmul_into(d_n_before, d_n_out[:, :, j], alpha[..., j, None], d_n_after[:, :, j])
+        d_c.append(torch.addcmul(d_c_out[:, :, j], alpha[..., j, None, None], d_c[-1]))
+        d_n.append(torch.addcmul(d_n_out[:, :, j], alpha[..., j, None], d_n[-1]))
+    d_c_initial, d_n_initial = d_c.pop(), d_n.pop()
+    d_c_after, d_n_after = torch.stack(d_c[::-1], dim=2), torch.stack(d_n[::-1], dim=2)  # (B, NH, NC, ...)
 
     # alpha and beta are exp(m_prev - r) and exp(a_last - r); beta U = C_after - alpha C_prev
     dot_prev = _dot(d_c_after.flatten(-2), c_prev.flatten(-2)) + _dot(d_n_after, n_prev)  # (B, NH, NC)
@@ -311,14 +305,6 @@ def _scan_backward(states_prev, states_after, alpha, beta, from_a_last, d_states
         d_a_last[..., j] = d_log_beta[..., j] + d_r * from_a_last[..., j]
         d_m = d_log_alpha[..., j] + d_r * ~from_a_last[..., j] + dm_prev_out[..., j]
     return d_updates, d_a_last, d_g, (d_c_initial, d_n_initial, d_m)
-
-
-def _addcmul_into(out: torch.Tensor, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> None:
-    """out = x + y * z, written straight into out where that is allowed (:func:`writes_into_views`)."""
-    if writes_into_views():
-        torch.addcmul(x, y, z, out=out)
-    else:
-        out.copy_(torch.addcmul(x, y, z))
 
 
 def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

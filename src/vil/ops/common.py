@@ -52,26 +52,12 @@ def decay_scores_backward(qk, d_scores, d_den, write_log, row_max, row_sum, col_
     col_sum += d_log_decay.sum(dim=-2)
 
 
-def writes_into_views() -> bool:
-    """Whether ops may write their results straight into views of a buffer (``out=``): not while autograd records
-    or torch.compile / torch.export trace (out= arguments are not differentiable; compiled out= writes into slices
-    gave wrong results in tests/test_compile_export.py)."""
-    return not (torch.is_grad_enabled() or torch.compiler.is_compiling())
-
-
 def normalised_readout(
-    numerator: torch.Tensor, denominator: torch.Tensor, log_m_row: torch.Tensor, eps: float, out=None
+    numerator: torch.Tensor, denominator: torch.Tensor, log_m_row: torch.Tensor, eps: float
 ) -> torch.Tensor:
-    """h = num / (max(|den|, exp(-M)) + eps): numerator (..., T, DHV), denominator and M (..., T) -> (..., T, DHV),
-    written into ``out`` (e.g. a slice of the whole output) if given."""
+    """h = num / (max(|den|, exp(-M)) + eps): numerator (..., T, DHV), denominator and M (..., T) -> (..., T, DHV)."""
     normalizer = torch.maximum(denominator.abs(), torch.exp(-log_m_row))
-    inverse = normalizer.add_(eps).reciprocal_().unsqueeze(-1)  # a division per row, not per element
-    if out is None:
-        return numerator * inverse
-    if writes_into_views():
-        return torch.mul(numerator, inverse, out=out)
-    out.copy_(numerator * inverse)
-    return out
+    return numerator * normalizer.add_(eps).reciprocal_().unsqueeze(-1)  # a division per row, not per element
 
 
 def readout_backward(

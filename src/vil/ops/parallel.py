@@ -92,9 +92,9 @@ def parallel_forward(q, k, v, igate, fgate, eps: float = EPS):
     for start, end in _tiles(seq_len):  # rows [start, end) see columns [0, end)
         scores = q[:, :, start:end] @ k[:, :, :end].transpose(-2, -1)  # (B, NH, T, end)
         decay_scores(scores, gates.scaled_a[..., :end], gates.amax[..., start:end], denominator[..., start:end], start)
-        numerator = scores @ v[:, :, :end]
-        log_m_row = gates.log_m_row[..., start:end]
-        normalised_readout(numerator, denominator[..., start:end], log_m_row, eps, out=h[:, :, start:end])
+        h[:, :, start:end] = normalised_readout(
+            scores @ v[:, :, :end], denominator[..., start:end], gates.log_m_row[..., start:end], eps
+        )
     return h, (h, denominator)
 
 
