@@ -160,3 +160,28 @@ def test_cell_backward_kernel_matches_torch(backend):
         want = gradients()
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gated_branch_output_backward_matches_autograd(shape, with_bias):
+    batch, height, width, heads, head_dim = shape
+    dim, tokens = heads * head_dim, height * width
+    inputs = [torch.randn(batch, tokens, dim) * 4, torch.randn(batch, heads, tokens, head_dim) * 3 + 1]
+    inputs += [torch.randn(batch, tokens, dim), torch.randn(dim), torch.randn(dim)]
+    inputs += [torch.randn(dim)] if with_bias else [None]
+    d_out = torch.randn(batch, tokens, dim)
+    with torch.no_grad():  # as in a backward pass
+        gated, grads = kernels.gated_branch_output_backward(*inputs, 1e-5, d_out)
+
+    leaves = [None if x is None else x.clone().requires_grad_() for x in inputs]
+    z, h, c, skip, weight, bias = leaves
+    base = c * skip if bias is None else torch.addcmul(bias, c, skip)
+    expected = multi_head_norm(h, weight, base, 1e-5) * F.silu(z)
+    expected.backward(d_out)
+    torch.testing.assert_close(gated, expected.detach(), rtol=1e-5, atol=1e-5)
+    for got, leaf in zip(grads, leaves, strict=True):
+        if leaf is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got, leaf.grad, rtol=1e-4, atol=1e-4)

@@ -42,6 +42,7 @@ _POINTER, _INT = ctypes.c_void_p, ctypes.c_int64
 _SIGNATURES = {
     "vil_headwise_qkv": [_POINTER] * 11 + [_INT] * 4,
     "vil_gated_branch_output": [_POINTER] * 7 + [_INT] * 4 + [ctypes.c_float],
+    "vil_gated_branch_output_backward": [_POINTER] * 14 + [_INT] * 4 + [ctypes.c_float],
     "vil_conv2d_silu": [_POINTER] * 4 + [_INT] * 5,
     "vil_decay_scores": [_POINTER, _POINTER, _INT, _POINTER, _INT, _POINTER] + [_INT] * 5 + [ctypes.c_float],
     "vil_headwise_backward": [_POINTER, _POINTER, _INT, _INT] + [_POINTER] * 4 + [_INT] * 5,
@@ -197,6 +198,33 @@ def gated_branch_output(
         *map(_pointer, (h, c, z, norm_weight, norm_bias, skip, out)), batch, seq_len, heads, head_dim, eps
     )
     return out
+
+
+def gated_branch_output_backward(
+    z: torch.Tensor,
+    h: torch.Tensor,
+    c: torch.Tensor,
+    skip: torch.Tensor,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor | None,
+    eps: float,
+    d_out: torch.Tensor,
+) -> tuple[torch.Tensor, list[torch.Tensor | None]] | None:
+    """The backward pass of :func:`gated_branch_output` for dL/d out ``d_out`` (B, S, E): -> its output, and the
+    gradients for (z, h, c, skip, norm_weight, norm_bias). None where the kernel does not apply."""
+    if torch.is_grad_enabled() or not _applies(z, h, c, skip, norm_weight, norm_bias, d_out):
+        return None
+    batch, heads, seq_len, head_dim = h.shape
+    if c.shape != (batch, seq_len, heads * head_dim) or z.shape != c.shape or d_out.shape != c.shape or head_dim > 4096:
+        return None
+    h, c, z, skip, norm_weight, d_out = (t.contiguous() for t in (h, c, z, skip, norm_weight, d_out))
+    norm_bias = None if norm_bias is None else norm_bias.contiguous()
+    out, dz, dc, dh = torch.empty_like(c), torch.empty_like(z), torch.empty_like(c), torch.empty_like(h)
+    d_skip, d_weight = torch.zeros_like(skip), torch.zeros_like(norm_weight)
+    d_bias = None if norm_bias is None else torch.zeros_like(norm_bias)
+    tensors = (h, c, z, norm_weight, norm_bias, skip, d_out, out, dh, dc, dz, d_weight, d_bias, d_skip)
+    library().vil_gated_branch_output_backward(*map(_pointer, tensors), batch, seq_len, heads, head_dim, eps)
+    return out, [dz, dh, dc, d_skip, d_weight, d_bias]
 
 
 def conv2d_silu(x: torch.Tensor, grid: tuple[int, int], weight: torch.Tensor, bias: torch.Tensor | None):

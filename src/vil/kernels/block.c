@@ -372,3 +372,84 @@ void vil_headwise_backward(const float *x, const float *dy, int64_t dy_batch, in
         }
     }
 }
+
+/* ---- the backward pass of vil_gated_branch_output --------------------------------------------------------------
+ * For g = dL/d out (B, S, E): writes dz, dc (B, S, E) and dh (B, NH, S, DH), adds the token sums of dL/d skip,
+ * dL/d norm_weight and (if base is not NULL) dL/d base into d_skip, d_weight, d_base (E,), and writes the forward
+ * output into out (needed for the down-projection's weight gradient). With y the normalised h, s = silu(z),
+ * A = y (1 + w) + base + c skip and out = A s: dA = g s, dz = g A silu'(z), dc = dA skip, dy = dA (1 + w) and
+ * dh = rstd (dy - mean(dy) - y mean(dy y)) per head. */
+void vil_gated_branch_output_backward(const float *h, const float *c, const float *z, const float *norm_weight,
+                                      const float *base, const float *skip, const float *g, float *out, float *dh,
+                                      float *dc, float *dz, float *d_weight, float *d_base, float *d_skip,
+                                      int64_t batch, int64_t seq_len, int64_t heads, int64_t head_dim, float eps) {
+    const int64_t dim = heads * head_dim;
+    float dy[4096];
+    for (int64_t b = 0; b < batch; ++b) {
+        for (int64_t s = 0; s < seq_len; ++s) {
+            const int64_t row = (b * seq_len + s) * dim;
+            for (int64_t hd = 0; hd < heads; ++hd) {
+                const int64_t head_row = ((b * heads + hd) * seq_len + s) * head_dim;
+                const float *x = h + head_row;
+                float sum = 0.0f, sum_sq = 0.0f;
+#pragma omp simd reduction(+ : sum)
+                for (int64_t j = 0; j < head_dim; ++j) sum += x[j];
+                const float mean = sum / (float)head_dim;
+#pragma omp simd reduction(+ : sum_sq)
+                for (int64_t j = 0; j < head_dim; ++j) sum_sq += (x[j] - mean) * (x[j] - mean);
+                const float rstd = 1.0f / sqrtf(sum_sq / (float)head_dim + eps);
+                const int64_t off = row + hd * head_dim, ch = hd * head_dim;
+                float dy_sum = 0.0f, dy_y_sum = 0.0f;
+                int64_t j = 0;
+#ifdef VEC
+                vec dy_acc = vzero(), dy_y_acc = vzero();
+                for (; j + VW <= head_dim; j += VW) {
+                    const vec y = vmul(vsub(vload(x + j), vset1(mean)), vset1(rstd));
+                    const vec scale = vadd(vset1(1.0f), vload(norm_weight + ch + j));
+                    const vec cv = vload(c + off + j), skv = vload(skip + ch + j), zv = vload(z + off + j);
+                    vec a = base ? vload(base + ch + j) : vzero();
+                    a = vfmadd(y, scale, vfmadd(cv, skv, a));
+                    const vec sig = vdiv(vset1(1.0f), vadd(vset1(1.0f), vexp(vsub(vzero(), zv))));
+                    const vec silu = vmul(zv, sig);
+                    const vec gv = vload(g + off + j);
+                    const vec da = vmul(gv, silu);
+                    /* silu'(z) = sig (1 + z (1 - sig)) */
+                    const vec dsilu = vmul(sig, vfmadd(zv, vsub(vset1(1.0f), sig), vset1(1.0f)));
+                    vstore(out + off + j, vmul(a, silu));
+                    vstore(dz + off + j, vmul(vmul(gv, a), dsilu));
+                    vstore(dc + off + j, vmul(da, skv));
+                    vstore(d_skip + ch + j, vfmadd(da, cv, vload(d_skip + ch + j)));
+                    vstore(d_weight + ch + j, vfmadd(da, y, vload(d_weight + ch + j)));
+                    if (base) vstore(d_base + ch + j, vadd(vload(d_base + ch + j), da));
+                    const vec dyv = vmul(da, scale);
+                    vstore(dy + j, dyv);
+                    dy_acc = vadd(dy_acc, dyv);
+                    dy_y_acc = vfmadd(dyv, y, dy_y_acc);
+                }
+                dy_sum = vsum(dy_acc);
+                dy_y_sum = vsum(dy_y_acc);
+#endif
+                for (; j < head_dim; ++j) {
+                    const float y = (x[j] - mean) * rstd, scale = 1.0f + norm_weight[ch + j];
+                    const float a = y * scale + (base ? base[ch + j] : 0.0f) + c[off + j] * skip[ch + j];
+                    const float sig = 1.0f / (1.0f + expf(-z[off + j])), silu = z[off + j] * sig;
+                    const float da = g[off + j] * silu;
+                    out[off + j] = a * silu;
+                    dz[off + j] = g[off + j] * a * sig * (1.0f + z[off + j] * (1.0f - sig));
+                    dc[off + j] = da * skip[ch + j];
+                    d_skip[ch + j] += da * c[off + j];
+                    d_weight[ch + j] += da * y;
+                    if (base) d_base[ch + j] += da;
+                    dy[j] = da * scale;
+                    dy_sum += dy[j];
+                    dy_y_sum += dy[j] * y;
+                }
+                const float dy_mean = dy_sum / (float)head_dim, dy_y_mean = dy_y_sum / (float)head_dim;
+                for (int64_t i = 0; i < head_dim; ++i) {
+                    const float y = (x[i] - mean) * rstd;
+                    dh[head_row + i] = rstd * (dy[i] - dy_mean - y * dy_y_mean);
+                }
+            }
+        }
+    }
+}

@@ -23,7 +23,8 @@ def gated_projection(
 
     Autograd would keep h, silu(z) and the gated product (three E-wide tensors per block). This keeps only
     ``inputs``, which the layer holds for other reasons anyway, and recomputes the elementwise part in the backward
-    pass; the matrix product is not recomputed.
+    pass; the matrix product is not recomputed. ``make_gated.hand_backward(inputs, d_gated)``, if it exists and
+    does not return None, gives (the gated product, dL/d inputs) instead of autograd.
     """
     if not hand_recompute_applies(inputs[0]):
         return F.linear(make_gated(*inputs), weight, bias)
@@ -41,10 +42,17 @@ class _GatedProjection(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, d_out):
         weight, *inputs = ctx.saved_tensors
-        with torch.enable_grad():
-            leaves = grad_leaves(inputs)
-            gated = ctx.make_gated(*leaves)  # (B, N, E)
-        d_gated = d_out @ weight
+        d_gated = d_out @ weight  # (B, N, E)
+        # make_gated's own backward where it has one (a fused kernel), else autograd of its recomputation
+        by_hand = getattr(ctx.make_gated, "hand_backward", None)
+        result = None if by_hand is None else by_hand(inputs, d_gated)
+        if result is None:
+            with torch.enable_grad():
+                leaves = grad_leaves(inputs)
+                gated = ctx.make_gated(*leaves)  # (B, N, E)
+            d_inputs = leaf_grads(gated, leaves, d_gated)
+        else:
+            gated, d_inputs = result
         d_weight = d_out.flatten(0, -2).t() @ gated.detach().flatten(0, -2)  # (D, E)
         d_bias = d_out.flatten(0, -2).sum(dim=0) if ctx.has_bias else None
-        return None, d_weight, d_bias, *leaf_grads(gated, leaves, d_gated)
+        return None, d_weight, d_bias, *d_inputs

@@ -155,12 +155,28 @@ def branch_output(h, c, skip, norm_weight, norm_bias=None) -> torch.Tensor:
     return multi_head_norm(h, norm_weight, skip_part, OUTNORM_EPS)
 
 
-def gated_branch_output(z, h, c, skip, norm_weight, norm_bias=None) -> torch.Tensor:
-    """branch_output(h, c, skip, norm_weight, norm_bias) * silu(z): the single direction's input to proj_down."""
-    fused = kernels.gated_branch_output(z, h, c, skip, norm_weight, norm_bias, OUTNORM_EPS)
-    if fused is not None:
-        return fused
-    return branch_output(h, c, skip, norm_weight, norm_bias) * F.silu(z)
+class _GatedBranchOutput:
+    """branch_output(h, c, skip, norm_weight, norm_bias) * silu(z): the single direction's input to proj_down,
+    with a fused kernel for the forward and the backward pass where the kernels apply."""
+
+    def __call__(self, z, h, c, skip, norm_weight, norm_bias=None) -> torch.Tensor:
+        fused = kernels.gated_branch_output(z, h, c, skip, norm_weight, norm_bias, OUTNORM_EPS)
+        if fused is not None:
+            return fused
+        return branch_output(h, c, skip, norm_weight, norm_bias) * F.silu(z)
+
+    @staticmethod
+    def hand_backward(inputs, d_gated):
+        z, h, c, skip, norm_weight, *norm_bias = inputs
+        norm_bias = norm_bias[0] if norm_bias else None
+        result = kernels.gated_branch_output_backward(z, h, c, skip, norm_weight, norm_bias, OUTNORM_EPS, d_gated)
+        if result is None:
+            return None
+        gated, grads = result
+        return gated, grads[: len(inputs)]
+
+
+gated_branch_output = _GatedBranchOutput()
 
 
 def _gate(z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
