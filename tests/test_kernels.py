@@ -40,6 +40,11 @@ def test_headwise_qkv_matches_the_grouped_products(shape, with_bias):
     for got, want in zip((q, k, v), expected, strict=True):
         assert got.shape == (batch, heads, height * width, head_dim)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # the gate pre-activations read in the same pass: two linear maps of the inputs
+    gate_weights = (torch.randn(6, heads * head_dim), torch.randn(6, heads * head_dim), torch.randn(6))
+    *_, gates = kernels.headwise_qkv(qk_in, v_in, weights, biases, heads, gates=gate_weights)
+    expected_gates = F.linear(qk_in, gate_weights[0], gate_weights[2]) + F.linear(v_in, gate_weights[1])
+    torch.testing.assert_close(gates, expected_gates.transpose(1, 2), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("with_bias", [True, False])

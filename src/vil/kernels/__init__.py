@@ -40,7 +40,7 @@ _loaded = False
 _disabled = False
 _POINTER, _INT = ctypes.c_void_p, ctypes.c_int64
 _SIGNATURES = {
-    "vil_headwise_qkv": [_POINTER] * 11 + [_INT] * 4,
+    "vil_headwise_qkv": [_POINTER] * 15 + [_INT] * 5,
     "vil_gated_branch_output": [_POINTER] * 7 + [_INT] * 4 + [ctypes.c_float],
     "vil_gated_branch_output_backward": [_POINTER] * 14 + [_INT] * 4 + [ctypes.c_float],
     "vil_conv2d_silu": [_POINTER] * 4 + [_INT] * 5,
@@ -155,9 +155,14 @@ def headwise_qkv(
     weights: list[torch.Tensor],
     biases: list[torch.Tensor | None],
     num_heads: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """q, k (from qk_input) and v (from v_input), 4x4-block headwise projections: (B, S, E) -> (B, NH, S, DH)."""
-    if not _applies(qk_input, v_input, *weights, *biases):
+    gates: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, ...] | None:
+    """q, k (from qk_input) and v (from v_input), 4x4-block headwise projections: (B, S, E) -> (B, NH, S, DH).
+
+    With ``gates`` = (weight for qk_input (G, E), weight for v_input (G, E), bias (G,)) also the gate
+    pre-activations (B, G, S), as a fourth output.
+    """
+    if not _applies(qk_input, v_input, *weights, *biases, *(gates or ())):
         return None
     batch, seq_len, dim = qk_input.shape
     if any(w.shape != (dim // 4, 4, 4) for w in weights) or dim % num_heads or v_input.shape != qk_input.shape:
@@ -168,10 +173,16 @@ def headwise_qkv(
     qk_input, v_input = qk_input.contiguous(), v_input.contiguous()
     head_dim = dim // num_heads
     q, k, v = (qk_input.new_empty(batch, num_heads, seq_len, head_dim) for _ in range(3))
+    gate_tensors, gate_out, num_gates = [None] * 3, None, 0
+    if gates is not None:
+        gate_tensors = [t.contiguous() for t in gates]
+        num_gates = gate_tensors[2].shape[0]
+        gate_out = qk_input.new_empty(batch, num_gates, seq_len)
     library().vil_headwise_qkv(
-        *map(_pointer, (qk_input, v_input, *arranged, *biases, q, k, v)), batch, seq_len, num_heads, head_dim
-    )
-    return q, k, v
+        *map(_pointer, (qk_input, v_input, *arranged, *biases, q, k, v, *gate_tensors, gate_out)),
+        num_gates, batch, seq_len, num_heads, head_dim,
+    )  # fmt: skip
+    return (q, k, v) if gates is None else (q, k, v, gate_out)
 
 
 def gated_branch_output(

@@ -111,11 +111,26 @@ static void headwise_row(const float *x, const float *wt, const float *bias, flo
     }
 }
 
+/* sum_e wa[e] a[e] + wb[e] b[e] over dim channels */
+static float dot2(const float *wa, const float *a, const float *wb, const float *b, int64_t dim) {
+    float total = 0.0f;
+    int64_t e = 0;
+#ifdef VEC
+    vec acc = vzero();
+    for (; e + VW <= dim; e += VW) acc = vfmadd(vload(wb + e), vload(b + e), vfmadd(vload(wa + e), vload(a + e), acc));
+    total = vsum(acc);
+#endif
+    for (; e < dim; ++e) total += wa[e] * a[e] + wb[e] * b[e];
+    return total;
+}
+
 /* q, k = headwise(qk_in), v = headwise(v_in), each (B, NH, S, DH); qk_in and v_in are (B, S, E) with E = NH * DH.
- * Biases may be NULL. */
+ * Biases may be NULL. If gates is not NULL, also the gate pre-activations gates (B, G, S) = gate_bias + gate_wqk
+ * qk_in + gate_wv v_in, with gate_wqk and gate_wv (G, E): the input and forget gates, read while the row is hot. */
 void vil_headwise_qkv(const float *qk_in, const float *v_in, const float *wq, const float *wk, const float *wv,
-                      const float *bq, const float *bk, const float *bv, float *q, float *k, float *v, int64_t batch,
-                      int64_t seq_len, int64_t heads, int64_t head_dim) {
+                      const float *bq, const float *bk, const float *bv, float *q, float *k, float *v,
+                      const float *gate_wqk, const float *gate_wv, const float *gate_bias, float *gates,
+                      int64_t num_gates, int64_t batch, int64_t seq_len, int64_t heads, int64_t head_dim) {
     const int64_t dim = heads * head_dim;
     for (int64_t b = 0; b < batch; ++b) {
         for (int64_t s = 0; s < seq_len; ++s) {
@@ -126,6 +141,10 @@ void vil_headwise_qkv(const float *qk_in, const float *v_in, const float *wq, co
                 headwise_row(qk_in + row, wq, bq, q + dst, from, to, dim);
                 headwise_row(qk_in + row, wk, bk, k + dst, from, to, dim);
                 headwise_row(v_in + row, wv, bv, v + dst, from, to, dim);
+            }
+            for (int64_t j = 0; gates && j < num_gates; ++j) {
+                gates[(b * num_gates + j) * seq_len + s] =
+                    gate_bias[j] + dot2(gate_wqk + j * dim, qk_in + row, gate_wv + j * dim, v_in + row, dim);
             }
         }
     }

@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .. import kernels
+from ..ops.backend import mlstm
 from ..ops.projected import mlstm_projected, recompute_pays_off
 from .conv import CausalConv1d, SequenceConv2d
 from .gated_projection import gated_projection
@@ -25,7 +26,7 @@ class MLSTMCell(nn.Module):
     """Gates, the mLSTM cell and its per-head output norm.
 
     The gate pre-activations are linear in cat(q, k, v) (official: ``igate(cat(q, k, v))``). Since q, k, v are
-    themselves headwise projections, :meth:`gate_preactivations` folds those projections into the gate weights
+    themselves headwise projections, :meth:`gate_weights` folds those projections into the gate weights
     and reads the gates straight from their inputs: no (B, S, 3E) concatenation, a third of the work.
     """
 
@@ -44,10 +45,9 @@ class MLSTMCell(nn.Module):
         nn.init.zeros_(self.igate.weight)
         nn.init.normal_(self.igate.bias, std=0.1)
 
-    def gate_preactivations(
-        self, qk_input: torch.Tensor, v_input: torch.Tensor, q_proj, k_proj, v_proj
-    ) -> torch.Tensor:
-        """== cat(igate, fgate)(cat(q_proj(qk_input), k_proj(qk_input), v_proj(v_input))): (B, S, E) -> (B, S, 2 NH)."""
+    def gate_weights(self, q_proj, k_proj, v_proj) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The gates as linear maps of the projections' inputs: weights for qk_input and v_input (2 NH, E) and the
+        bias (2 NH,), such that cat(igate, fgate) = W_qk qk_input + W_v v_input + b."""
         weight = torch.cat([self.igate.weight, self.fgate.weight])  # (2 NH, 3E)
         bias = torch.cat([self.igate.bias, self.fgate.bias])  # (2 NH,)
         w_q, w_k, w_v = weight.chunk(3, dim=1)  # (2 NH, E) each
@@ -55,15 +55,23 @@ class MLSTMCell(nn.Module):
             fold_into_linear(w, proj) for w, proj in ((w_q, q_proj), (w_k, k_proj), (w_v, v_proj))
         )
         bias = sum((b for b in (b_q, b_k, b_v) if b is not None), bias)
-        return F.linear(qk_input, w_q + w_k, bias) + F.linear(v_input, w_v)
+        return w_q + w_k, w_v, bias
 
     def forward(self, qk_input: torch.Tensor, v_input: torch.Tensor, q_proj, k_proj, v_proj) -> torch.Tensor:
         """q = q_proj(qk_input), k = k_proj(qk_input), v = v_proj(v_input): (B, S, E) each -> (B, NH, S, DH),
         before the output norm."""
-        gates = self.gate_preactivations(qk_input, v_input, q_proj, k_proj, v_proj)  # (B, S, 2 NH)
-        igate, fgate = gates.transpose(1, 2).chunk(2, dim=1)  # (B, NH, S) each
+        w_qk, w_v, gate_bias = self.gate_weights(q_proj, k_proj, v_proj)
         weights = [q_proj.weight, k_proj.weight, v_proj.weight]
         biases = [q_proj.bias, k_proj.bias, v_proj.bias] if q_proj.bias is not None else []
+        fused = kernels.headwise_qkv(
+            qk_input, v_input, weights, biases or [None] * 3, self.num_heads, gates=(w_qk, w_v, gate_bias)
+        )
+        if fused is not None:  # no gradients needed: q, k, v and the gates in one pass
+            q, k, v, gates = fused
+            igate, fgate = gates.chunk(2, dim=1)  # (B, NH, S) each
+            return mlstm(q, k, v, igate, fgate, backend=self.backend, chunk_size=self.chunk_size)
+        gates = F.linear(qk_input, w_qk, gate_bias) + F.linear(v_input, w_v)  # (B, S, 2 NH)
+        igate, fgate = gates.transpose(1, 2).chunk(2, dim=1)  # (B, NH, S) each
         # q, k, v are recomputed from their inputs in the backward pass rather than kept (see vil.ops.projected)
         inputs = [qk_input, v_input, *weights, *biases]
         return mlstm_projected(self.project, inputs, igate, fgate, self.backend, self.chunk_size)  # (B, NH, S, DH)

@@ -101,10 +101,12 @@ class _Chunked:
         batch, heads, seq_len = self.shape[:3]
         return x.reshape(batch, heads, self.num_chunks * self.chunk, x.shape[-1])[:, :, :seq_len]
 
-    def weighted_keys(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def weighted_keys(self, chunk_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """w[s] = exp(a[s] - max_s a[s]) / sqrt(DH) (how much token s writes into the state, stabilised per chunk,
-        with the q.k scaling) and w*k."""
+        with the q.k scaling), times ``chunk_scale`` (B, NH, NC) if given, and w*k."""
         write_weight = torch.exp(self.scaled_a - self.a_last.unsqueeze(-1))  # (B, NH, NC, L)
+        if chunk_scale is not None:
+            write_weight.mul_(chunk_scale.unsqueeze(-1))
         return write_weight, self.k * write_weight.unsqueeze(-1)  # (B, NH, NC, L, DH)
 
     def chunk_updates(self, weighted_keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,9 +144,7 @@ def _forward(chunked: _Chunked, c0: torch.Tensor, n0: torch.Tensor, m0: torch.Te
     m_all = _stabilisers(chunked, m0)  # (B, NH, NC+1)
     m_prev = m_all[..., :-1]
     alpha, beta = _chunk_state_weights(m_prev, chunked.a_last)  # (B, NH, NC)
-    updates, update_n = chunked.chunk_updates(chunked.weighted_keys()[1])
-    updates.mul_(beta[..., None, None])
-    update_n.mul_(beta[..., None])
+    updates, update_n = chunked.chunk_updates(chunked.weighted_keys(beta)[1])  # beta U, beta u: beta scales the keys
 
     # the state before each chunk (B, NH, NC, DH, DHV) and (B, NH, NC, DH), and after the last one
     c_states, n_states = [c0], [n0]
