@@ -190,3 +190,17 @@ def test_gated_branch_output_backward_matches_autograd(shape, with_bias):
             assert got is None
         else:
             torch.testing.assert_close(got, leaf.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_fused_conv_silu_gradients_match_torch(with_bias):
+    conv = SequenceConv2d(40, 3, bias=with_bias)
+    x = torch.randn(2, 4 * 5, 40, requires_grad=True)
+    d_out = torch.randn(2, 20, 40)
+    conv.fused_silu(x, (4, 5)).backward(d_out)
+    fused = [x.grad] + [p.grad for p in conv.parameters()]
+    x.grad = None
+    conv.zero_grad()
+    F.silu(conv(x, (4, 5))).backward(d_out)
+    for got, want in zip(fused, [x.grad] + [p.grad for p in conv.parameters()], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

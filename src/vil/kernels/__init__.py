@@ -44,6 +44,7 @@ _SIGNATURES = {
     "vil_gated_branch_output": [_POINTER] * 7 + [_INT] * 4 + [ctypes.c_float],
     "vil_gated_branch_output_backward": [_POINTER] * 14 + [_INT] * 4 + [ctypes.c_float],
     "vil_conv2d_silu": [_POINTER] * 4 + [_INT] * 5,
+    "vil_conv2d_silu_backward": [_POINTER] * 8 + [_INT] * 5,
     "vil_decay_scores": [_POINTER, _POINTER, _INT, _POINTER, _INT, _POINTER] + [_INT] * 5 + [ctypes.c_float],
     "vil_headwise_backward": [_POINTER, _POINTER, _INT, _INT] + [_POINTER] * 4 + [_INT] * 5,
     "vil_decay_scores_backward": [_POINTER, _POINTER] + [_POINTER, _INT] * 5 + [_INT] * 4 + [ctypes.c_float],
@@ -133,16 +134,22 @@ def _cpu_identity() -> str:
     return "\n".join(sorted({line for line in lines if line.startswith(("model name", "flags"))}))
 
 
-def _applies(*tensors: torch.Tensor | None) -> bool:
-    """Whether the kernels can stand in for the PyTorch expression on these tensors."""
+def usable(*tensors: torch.Tensor | None) -> bool:
+    """Whether the kernels can compute on these tensors: float32 on the CPU, outside torch.compile and autocast."""
     present = [t for t in tensors if t is not None]
     if _disabled or torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
         return False
     if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in present):
         return False
-    if torch.is_grad_enabled() and any(t.requires_grad for t in present):
-        return False
     return library() is not None
+
+
+def _applies(*tensors: torch.Tensor | None) -> bool:
+    """Whether the kernels can stand in for the PyTorch expression on these tensors: :func:`usable`, and no
+    gradient to record (the kernels are invisible to autograd)."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return False
+    return usable(*tensors)
 
 
 def _pointer(t: torch.Tensor | None) -> int | None:
@@ -354,3 +361,22 @@ def _headwise_backward(x, grad, weight, dx, accumulate: bool) -> tuple[torch.Ten
         weight_grad.data_ptr(), bias_grad.data_ptr(), batch, seq_len, heads, head_dim, int(accumulate),
     )  # fmt: skip
     return weight_grad.view(4, dim // 4, 4).permute(1, 2, 0).contiguous(), bias_grad
+
+
+def conv2d_silu_backward(
+    x: torch.Tensor, grid: tuple[int, int], weight: torch.Tensor, bias: torch.Tensor | None, d_out: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The backward pass of :func:`conv2d_silu`: dL/d x, dL/d weight (C, 1, k, k), dL/d bias, for dL/d out ``d_out``.
+    Only where :func:`conv2d_silu` applies to (x, weight, bias) with gradients off."""
+    batch, num_tokens, channels = x.shape
+    kernel = weight.shape[-1]
+    arranged = weight.reshape(channels, kernel * kernel).t().contiguous()  # (k*k, C)
+    x, d_out, bias = x.contiguous(), d_out.contiguous(), None if bias is None else bias.contiguous()
+    d_pre, dx = torch.empty_like(x), torch.empty_like(x)
+    d_weight = x.new_zeros(kernel * kernel, channels)
+    d_bias = None if bias is None else torch.zeros_like(bias)
+    library().vil_conv2d_silu_backward(
+        *map(_pointer, (x, arranged, bias, d_out, d_pre, dx, d_weight, d_bias)),
+        batch, grid[0], grid[1], channels, kernel,
+    )  # fmt: skip
+    return dx, d_weight.t().reshape(weight.shape), d_bias

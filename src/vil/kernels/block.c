@@ -472,3 +472,83 @@ void vil_gated_branch_output_backward(const float *h, const float *c, const floa
         }
     }
 }
+
+/* ---- the backward pass of vil_conv2d_silu ------------------------------------------------------------------------
+ * For g = dL/d out (B, H, W, C): d_pre = g silu'(conv(x)) (into the scratch buffer d_pre), dx (B, H, W, C) = the
+ * transposed depthwise conv of d_pre, and d_weight (k*k, C), d_bias (C,) (may be NULL) increased by their sums. */
+void vil_conv2d_silu_backward(const float *x, const float *weight, const float *bias, const float *g, float *d_pre,
+                              float *dx, float *d_weight, float *d_bias, int64_t batch, int64_t height, int64_t width,
+                              int64_t channels, int64_t kernel) {
+    const int64_t pad = kernel / 2;
+    float pre[4096];
+    for (int64_t b = 0; b < batch; ++b) {
+        for (int64_t i = 0; i < height; ++i) {
+            for (int64_t j = 0; j < width; ++j) {
+                const int64_t pixel = ((b * height + i) * width + j) * channels;
+                for (int64_t ch = 0; ch < channels; ++ch) pre[ch] = bias ? bias[ch] : 0.0f;
+                for (int64_t di = 0; di < kernel; ++di) {
+                    const int64_t ii = i + di - pad;
+                    if (ii < 0 || ii >= height) continue;
+                    for (int64_t dj = 0; dj < kernel; ++dj) {
+                        const int64_t jj = j + dj - pad;
+                        if (jj < 0 || jj >= width) continue;
+                        const float *w = weight + (di * kernel + dj) * channels;
+                        const float *xp = x + ((b * height + ii) * width + jj) * channels;
+#pragma omp simd
+                        for (int64_t ch = 0; ch < channels; ++ch) pre[ch] += w[ch] * xp[ch];
+                    }
+                }
+                float *dp = d_pre + pixel;
+                int64_t ch = 0;
+#ifdef VEC
+                for (; ch + VW <= channels; ch += VW) {
+                    const vec p = vload(pre + ch);
+                    const vec sig = vdiv(vset1(1.0f), vadd(vset1(1.0f), vexp(vsub(vzero(), p))));
+                    vstore(dp + ch, vmul(vload(g + pixel + ch), vmul(sig, vfmadd(p, vsub(vset1(1.0f), sig), vset1(1.0f)))));
+                }
+#endif
+                for (; ch < channels; ++ch) {
+                    const float sig = 1.0f / (1.0f + expf(-pre[ch]));
+                    dp[ch] = g[pixel + ch] * sig * (1.0f + pre[ch] * (1.0f - sig));
+                }
+                if (d_bias) {
+#pragma omp simd
+                    for (int64_t c2 = 0; c2 < channels; ++c2) d_bias[c2] += dp[c2];
+                }
+                for (int64_t di = 0; di < kernel; ++di) {
+                    const int64_t ii = i + di - pad;
+                    if (ii < 0 || ii >= height) continue;
+                    for (int64_t dj = 0; dj < kernel; ++dj) {
+                        const int64_t jj = j + dj - pad;
+                        if (jj < 0 || jj >= width) continue;
+                        float *dw = d_weight + (di * kernel + dj) * channels;
+                        const float *xp = x + ((b * height + ii) * width + jj) * channels;
+#pragma omp simd
+                        for (int64_t c2 = 0; c2 < channels; ++c2) dw[c2] += dp[c2] * xp[c2];
+                    }
+                }
+            }
+        }
+    }
+    /* dx[i, j] = sum over taps of weight[di, dj] d_pre[i - di + pad, j - dj + pad] */
+    for (int64_t b = 0; b < batch; ++b) {
+        for (int64_t i = 0; i < height; ++i) {
+            for (int64_t j = 0; j < width; ++j) {
+                float *o = dx + ((b * height + i) * width + j) * channels;
+                for (int64_t ch = 0; ch < channels; ++ch) o[ch] = 0.0f;
+                for (int64_t di = 0; di < kernel; ++di) {
+                    const int64_t ii = i - di + pad;
+                    if (ii < 0 || ii >= height) continue;
+                    for (int64_t dj = 0; dj < kernel; ++dj) {
+                        const int64_t jj = j - dj + pad;
+                        if (jj < 0 || jj >= width) continue;
+                        const float *w = weight + (di * kernel + dj) * channels;
+                        const float *dp = d_pre + ((b * height + ii) * width + jj) * channels;
+#pragma omp simd
+                        for (int64_t ch = 0; ch < channels; ++ch) o[ch] += w[ch] * dp[ch];
+                    }
+                }
+            }
+        }
+    }
+}

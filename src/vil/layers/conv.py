@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
+
+from .. import kernels
 
 
 class SequenceConv2d(nn.Conv2d):
@@ -31,12 +34,35 @@ class SequenceConv2d(nn.Conv2d):
             return torch.cat([patches[:, :middle], cls, patches[:, middle:]], dim=1)
         return self._conv_grid(x, grid)
 
+    def fused_silu(self, x: torch.Tensor, grid: tuple[int, int], has_cls: bool = False) -> torch.Tensor | None:
+        """silu(self(x, grid)) by the fused CPU kernels, forward and backward (keeping only x, like checkpointing);
+        None where they do not apply (then compute the PyTorch expression)."""
+        if has_cls or self.in_channels > 4096 or not kernels.usable(x, self.weight, self.bias):
+            return None
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, self.weight, self.bias)):
+            return _FusedConvSilu.apply(x, self.weight, self.bias, grid)
+        return kernels.conv2d_silu(x, grid, self.weight, self.bias)
+
     def _conv_grid(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         batch, num_tokens, channels = x.shape
         # (B, H*W, C) -> (B, C, H, W) as a channels-last view: no copy, and the depthwise conv runs channels-last
         image = x.view(batch, grid[0], grid[1], channels).permute(0, 3, 1, 2)
         out = super().forward(image)  # (B, C, H, W)
         return out.permute(0, 2, 3, 1).reshape(batch, num_tokens, channels)
+
+
+class _FusedConvSilu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, grid):
+        ctx.save_for_backward(x, weight, bias)
+        ctx.grid = grid
+        return kernels.conv2d_silu(x, grid, weight, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out):
+        x, weight, bias = ctx.saved_tensors
+        return *kernels.conv2d_silu_backward(x, ctx.grid, weight, bias, d_out), None
 
 
 class CausalConv1d(nn.Module):

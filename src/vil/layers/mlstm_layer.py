@@ -143,6 +143,9 @@ class MLSTMBranch(nn.Module):
         return [h, c, self.learnable_skip, norm.weight] + ([] if norm.bias is None else [norm.bias])
 
     def _conv_silu(self, x: torch.Tensor, grid: tuple[int, int], has_cls: bool) -> torch.Tensor:
+        fused = self.conv.fused_silu(x, grid, has_cls) if isinstance(self.conv, SequenceConv2d) else None
+        if fused is not None:
+            return fused
         if x.requires_grad and recompute_pays_off(x):
             # recomputed in the backward pass: keeps the E-wide conv output out of the saved activations
             return checkpoint(_conv_silu, self.conv, x, grid, has_cls, use_reentrant=False)
@@ -150,10 +153,6 @@ class MLSTMBranch(nn.Module):
 
 
 def _conv_silu(conv: nn.Module, x: torch.Tensor, grid: tuple[int, int], has_cls: bool) -> torch.Tensor:
-    if isinstance(conv, SequenceConv2d) and not has_cls:
-        fused = kernels.conv2d_silu(x, grid, conv.weight, conv.bias)
-        if fused is not None:
-            return fused
     return F.silu(conv(x, grid, has_cls))
 
 
