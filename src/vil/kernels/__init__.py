@@ -203,11 +203,9 @@ def gated_branch_output(
 ) -> torch.Tensor | None:
     """(LayerNorm per head(h) * (1 + norm_weight) + norm_bias + c * skip) * silu(z): h (B, NH, S, DH), c and z
     (B, S, E) -> (B, S, E)."""
-    if not _applies(z, h, c, skip, norm_weight, norm_bias):
+    if not _applies(z, h, c, skip, norm_weight, norm_bias) or not _branch_shapes_match(h, c, z):
         return None
     batch, heads, seq_len, head_dim = h.shape
-    if c.shape != (batch, seq_len, heads * head_dim) or z.shape != c.shape:
-        return None
     # every tensor the kernel reads is bound to a name: a temporary would be freed before the call
     h, c, z, skip, norm_weight = (t.contiguous() for t in (h, c, z, skip, norm_weight))
     norm_bias = None if norm_bias is None else norm_bias.contiguous()
@@ -232,9 +230,9 @@ def gated_branch_output_backward(
     gradients for (z, h, c, skip, norm_weight, norm_bias). None where the kernel does not apply."""
     if torch.is_grad_enabled() or not _applies(z, h, c, skip, norm_weight, norm_bias, d_out):
         return None
-    batch, heads, seq_len, head_dim = h.shape
-    if c.shape != (batch, seq_len, heads * head_dim) or z.shape != c.shape or d_out.shape != c.shape or head_dim > 4096:
+    if not _branch_shapes_match(h, c, z, d_out) or h.shape[-1] > 4096:  # the kernel's row buffer
         return None
+    batch, heads, seq_len, head_dim = h.shape
     h, c, z, skip, norm_weight, d_out = (t.contiguous() for t in (h, c, z, skip, norm_weight, d_out))
     norm_bias = None if norm_bias is None else norm_bias.contiguous()
     out, dz, dc, dh = torch.empty_like(c), torch.empty_like(z), torch.empty_like(c), torch.empty_like(h)
@@ -243,6 +241,12 @@ def gated_branch_output_backward(
     tensors = (h, c, z, norm_weight, norm_bias, skip, d_out, out, dh, dc, dz, d_weight, d_bias, d_skip)
     library().vil_gated_branch_output_backward(*map(_pointer, tensors), batch, seq_len, heads, head_dim, eps)
     return out, [dz, dh, dc, d_skip, d_weight, d_bias]
+
+
+def _branch_shapes_match(h: torch.Tensor, *token_tensors: torch.Tensor) -> bool:
+    """h (B, NH, S, DH) and every other tensor (B, S, NH * DH)."""
+    batch, heads, seq_len, head_dim = h.shape
+    return all(t.shape == (batch, seq_len, heads * head_dim) for t in token_tensors)
 
 
 def conv2d_silu(x: torch.Tensor, grid: tuple[int, int], weight: torch.Tensor, bias: torch.Tensor | None):

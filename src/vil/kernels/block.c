@@ -150,6 +150,18 @@ void vil_headwise_qkv(const float *qk_in, const float *v_in, const float *wq, co
     }
 }
 
+/* mean and 1 / sqrt(variance + eps) of one head's n values (LayerNorm statistics, two passes) */
+static void head_stats(const float *x, int64_t n, float eps, float *mean, float *rstd) {
+    float sum = 0.0f, sum_sq = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < n; ++j) sum += x[j];
+    const float m = sum / (float)n;
+#pragma omp simd reduction(+ : sum_sq)
+    for (int64_t j = 0; j < n; ++j) sum_sq += (x[j] - m) * (x[j] - m);
+    *mean = m;
+    *rstd = 1.0f / sqrtf(sum_sq / (float)n + eps);
+}
+
 /* ---- the branch output and the output gate -------------------------------------------------------------------
  * out = (LayerNorm_per_head(h) * (1 + w) + base + c * skip) * silu(z): h (B, NH, S, DH); c, z, out (B, S, E);
  * norm_weight, skip (E,); base (E,) or NULL. This is the mLSTM branch's output (per-head norm of the cell output
@@ -163,13 +175,8 @@ void vil_gated_branch_output(const float *h, const float *c, const float *z, con
             const int64_t row = (b * seq_len + s) * dim;
             for (int64_t hd = 0; hd < heads; ++hd) {
                 const float *x = h + ((b * heads + hd) * seq_len + s) * head_dim;
-                float sum = 0.0f, sum_sq = 0.0f;
-#pragma omp simd reduction(+ : sum)
-                for (int64_t j = 0; j < head_dim; ++j) sum += x[j];
-                const float mean = sum / (float)head_dim;
-#pragma omp simd reduction(+ : sum_sq)
-                for (int64_t j = 0; j < head_dim; ++j) sum_sq += (x[j] - mean) * (x[j] - mean);
-                const float rstd = 1.0f / sqrtf(sum_sq / (float)head_dim + eps);
+                float mean, rstd;
+                head_stats(x, head_dim, eps, &mean, &rstd);
                 const int64_t off = row + hd * head_dim, ch = hd * head_dim;
                 int64_t j = 0;
 #ifdef VEC
@@ -194,44 +201,37 @@ void vil_gated_branch_output(const float *h, const float *c, const float *z, con
 
 /* ---- depthwise k x k convolution with 'same' zero padding, then SiLU ------------------------------------------
  * x, out (B, H, W, C) (a token sequence read as an image, channels last); weight pre-arranged as (k*k, C). */
+static void conv_pixel(const float *x, const float *weight, const float *bias, float *pre, int64_t b, int64_t i,
+                       int64_t j, int64_t height, int64_t width, int64_t channels, int64_t kernel) {
+    /* pre[ch] = bias[ch] + sum over the k x k taps inside the image of weight[tap][ch] x[pixel + tap][ch] */
+    const int64_t pad = kernel / 2;
+    for (int64_t ch = 0; ch < channels; ++ch) pre[ch] = bias ? bias[ch] : 0.0f;
+    for (int64_t di = 0; di < kernel; ++di) {
+        const int64_t ii = i + di - pad;
+        if (ii < 0 || ii >= height) continue;
+        for (int64_t dj = 0; dj < kernel; ++dj) {
+            const int64_t jj = j + dj - pad;
+            if (jj < 0 || jj >= width) continue;
+            const float *w = weight + (di * kernel + dj) * channels;
+            const float *xp = x + ((b * height + ii) * width + jj) * channels;
+#pragma omp simd
+            for (int64_t ch = 0; ch < channels; ++ch) pre[ch] += w[ch] * xp[ch];
+        }
+    }
+}
+
 void vil_conv2d_silu(const float *x, const float *weight, const float *bias, float *out, int64_t batch,
                      int64_t height, int64_t width, int64_t channels, int64_t kernel) {
-    const int64_t pad = kernel / 2;
     for (int64_t b = 0; b < batch; ++b) {
         for (int64_t i = 0; i < height; ++i) {
             for (int64_t j = 0; j < width; ++j) {
                 float *o = out + ((b * height + i) * width + j) * channels;
+                conv_pixel(x, weight, bias, o, b, i, j, height, width, channels, kernel);
                 int64_t ch = 0;
 #ifdef VEC
-                for (; ch + VW <= channels; ch += VW) {
-                    vec acc = bias ? vload(bias + ch) : vzero();
-                    for (int64_t di = 0; di < kernel; ++di) {
-                        const int64_t ii = i + di - pad;
-                        if (ii < 0 || ii >= height) continue;
-                        for (int64_t dj = 0; dj < kernel; ++dj) {
-                            const int64_t jj = j + dj - pad;
-                            if (jj < 0 || jj >= width) continue;
-                            const float *xp = x + ((b * height + ii) * width + jj) * channels + ch;
-                            acc = vfmadd(vload(weight + (di * kernel + dj) * channels + ch), vload(xp), acc);
-                        }
-                    }
-                    vstore(o + ch, vsilu(acc));
-                }
+                for (; ch + VW <= channels; ch += VW) vstore(o + ch, vsilu(vload(o + ch)));
 #endif
-                for (; ch < channels; ++ch) {
-                    float acc = bias ? bias[ch] : 0.0f;
-                    for (int64_t di = 0; di < kernel; ++di) {
-                        const int64_t ii = i + di - pad;
-                        if (ii < 0 || ii >= height) continue;
-                        for (int64_t dj = 0; dj < kernel; ++dj) {
-                            const int64_t jj = j + dj - pad;
-                            if (jj < 0 || jj >= width) continue;
-                            acc += weight[(di * kernel + dj) * channels + ch] *
-                                   x[((b * height + ii) * width + jj) * channels + ch];
-                        }
-                    }
-                    o[ch] = silu1(acc);
-                }
+                for (; ch < channels; ++ch) o[ch] = silu1(o[ch]);
             }
         }
     }
@@ -410,13 +410,8 @@ void vil_gated_branch_output_backward(const float *h, const float *c, const floa
             for (int64_t hd = 0; hd < heads; ++hd) {
                 const int64_t head_row = ((b * heads + hd) * seq_len + s) * head_dim;
                 const float *x = h + head_row;
-                float sum = 0.0f, sum_sq = 0.0f;
-#pragma omp simd reduction(+ : sum)
-                for (int64_t j = 0; j < head_dim; ++j) sum += x[j];
-                const float mean = sum / (float)head_dim;
-#pragma omp simd reduction(+ : sum_sq)
-                for (int64_t j = 0; j < head_dim; ++j) sum_sq += (x[j] - mean) * (x[j] - mean);
-                const float rstd = 1.0f / sqrtf(sum_sq / (float)head_dim + eps);
+                float mean, rstd;
+                head_stats(x, head_dim, eps, &mean, &rstd);
                 const int64_t off = row + hd * head_dim, ch = hd * head_dim;
                 float dy_sum = 0.0f, dy_y_sum = 0.0f;
                 int64_t j = 0;
@@ -485,19 +480,7 @@ void vil_conv2d_silu_backward(const float *x, const float *weight, const float *
         for (int64_t i = 0; i < height; ++i) {
             for (int64_t j = 0; j < width; ++j) {
                 const int64_t pixel = ((b * height + i) * width + j) * channels;
-                for (int64_t ch = 0; ch < channels; ++ch) pre[ch] = bias ? bias[ch] : 0.0f;
-                for (int64_t di = 0; di < kernel; ++di) {
-                    const int64_t ii = i + di - pad;
-                    if (ii < 0 || ii >= height) continue;
-                    for (int64_t dj = 0; dj < kernel; ++dj) {
-                        const int64_t jj = j + dj - pad;
-                        if (jj < 0 || jj >= width) continue;
-                        const float *w = weight + (di * kernel + dj) * channels;
-                        const float *xp = x + ((b * height + ii) * width + jj) * channels;
-#pragma omp simd
-                        for (int64_t ch = 0; ch < channels; ++ch) pre[ch] += w[ch] * xp[ch];
-                    }
-                }
+                conv_pixel(x, weight, bias, pre, b, i, j, height, width, channels, kernel);
                 float *dp = d_pre + pixel;
                 int64_t ch = 0;
 #ifdef VEC
