@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .. import precision
+from .. import kernels, precision
 from ..models.config import patch_grid
 from .measure import peak_memory, time_interleaved
 
@@ -214,6 +214,7 @@ def context(device: str, threads: int, dtype: str, compile_models: bool, allocat
         dtype=dtype,
         compile=compile_models,
         malloc_tuned=allocator_tuned,
+        fused_cpu_kernels=device == "cpu" and kernels.library() is not None,  # vil.kernels: built and switched on
     )
 
 
