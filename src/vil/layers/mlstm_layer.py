@@ -98,8 +98,8 @@ class _HeadwiseQKV:
         return kernels.headwise_backward_applies(qk_input, v_input, list(weights_and_biases[:3]))
 
     @staticmethod
-    def backward(inputs, grads) -> list[torch.Tensor | None]:
-        """dL/d inputs for dL/d (q, k, v) ``grads``."""
+    def hand_backward(inputs, grads) -> list[torch.Tensor | None]:
+        """dL/d inputs for dL/d (q, k, v) ``grads`` (where :meth:`hand_backward_applies`)."""
         qk_input, v_input, *weights = inputs[:5]
         d_inputs = kernels.headwise_qkv_backward(qk_input, v_input, weights, list(grads))
         return d_inputs[: len(inputs)]  # without the bias gradients when there are no biases

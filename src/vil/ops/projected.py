@@ -61,8 +61,8 @@ def mlstm_projected(
     """``mlstm(*project(*inputs), igate, fgate, backend, chunk_size)``, keeping ``inputs`` rather than q, k, v.
 
     ``project(*inputs)`` must return q, k, v of shape (B, NH, S, DH) and be a pure function of its inputs. It may
-    have its own backward: ``project.hand_backward_applies(*inputs)`` and ``project.backward(inputs, (dq, dk, dv))``
-    -> dL/d inputs; otherwise autograd differentiates its recomputation.
+    have its own backward: ``project.hand_backward_applies(*inputs)`` and ``project.hand_backward(inputs, (dq, dk,
+    dv))`` -> dL/d inputs; otherwise autograd differentiates its recomputation.
     Falls back to the plain call where the saving does not apply or cannot be made safely: without gradients,
     for small inputs (RECOMPUTE_MIN_ELEMENTS), under autocast (the recomputation would have to replay it), while
     compiling, for the recurrent form and for half-precision inputs.
@@ -103,10 +103,10 @@ class _ProjectedMLSTM(torch.autograd.Function):
         igate, fgate, *rest = ctx.saved_tensors
         saved, inputs = rest[: ctx.num_saved], rest[ctx.num_saved :]
         # the projection's own backward where it has one (the fused kernels), else autograd of its recomputation
-        by_hand = getattr(ctx.project, "hand_backward_applies", None)
-        if by_hand is not None and by_hand(*inputs):
-            qkv = ctx.project(*inputs)
-            plain_qkv = qkv
+        applies = getattr(ctx.project, "hand_backward_applies", None)
+        by_hand = applies is not None and applies(*inputs)
+        if by_hand:
+            qkv = plain_qkv = ctx.project(*inputs)
         else:
             with torch.enable_grad():
                 inputs = grad_leaves(inputs)
@@ -116,8 +116,6 @@ class _ProjectedMLSTM(torch.autograd.Function):
             dq, dk, dv, d_igate, d_fgate = parallel_backward(*plain_qkv, igate, fgate, saved, dh, eps)
         else:
             dq, dk, dv, d_igate, d_fgate, *_ = chunkwise_backward(*plain_qkv, igate, fgate, saved, dh, chunk_size, eps)
-        if plain_qkv is qkv:
-            d_inputs = ctx.project.backward(inputs, (dq, dk, dv))
-        else:
-            d_inputs = leaf_grads(qkv, inputs, (dq, dk, dv))
+        grads = (dq, dk, dv)
+        d_inputs = ctx.project.hand_backward(inputs, grads) if by_hand else leaf_grads(qkv, inputs, grads)
         return None, None, None, d_igate, d_fgate, *d_inputs
