@@ -1,13 +1,15 @@
 """Fused CPU kernels for the elementwise parts of the ViL block, compiled from ``block.c`` at first use.
 
 PyTorch runs the block's cheap parts (the 4x4 headwise q/k/v projections and their reordering into heads, the
-per-head norm + skip + output gate, the depthwise conv + SiLU) as many passes over E-wide tensors; at ViL-T's
-sizes these cost more than the mLSTM cell. Each kernel here is one pass.
+gates, the per-head norm + skip + output gate, the depthwise conv + SiLU, the cell's stabilised decay) as many
+passes over E-wide (or S x S) tensors; at ViL-T's sizes these cost more than the mLSTM cell's products. Each
+kernel here, forward or backward, is one pass.
 
 The C source is compiled once per machine with its own compiler and ``-march=native`` (a few tenths of a second)
-into a cache directory, and loaded with ctypes: no build step at install time and no Python headers needed.
-Where no compiler is found, or the build fails, or ``VIL_KERNELS=0`` is set, every caller falls back to its
-PyTorch expression (same results up to float rounding), and a warning says why once.
+into a cache directory, and loaded with ctypes (:mod:`vil.kernels.build`): no build step at install time and no
+Python headers needed. Where no compiler is found, or the build fails, or ``VIL_KERNELS=0`` is set, every caller
+falls back to its PyTorch expression (same results up to float rounding); a missing compiler or a failed build is
+logged as a warning once.
 
 Each wrapper returns None when it does not apply (not float32 CPU tensors, gradients needed, autocast or
 torch.compile active, an unsupported shape); callers then compute the PyTorch expression.
@@ -15,129 +17,21 @@ torch.compile active, an unsupported shape); callers then compute the PyTorch ex
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import hashlib
-import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
-
 import torch
 
-logger = logging.getLogger(__name__)
+from .build import CACHE, SWITCH, disabled, is_disabled, library, reset
 
-SOURCE = Path(__file__).with_name("block.c")
-FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC")
-SWITCH = "VIL_KERNELS"  # "0" turns the kernels off
-CACHE = "VIL_CACHE_DIR"  # where the compiled library is kept (default: ~/.cache/vil)
-
-_library: ctypes.CDLL | None = None
-_loaded = False
-_disabled = False
-_POINTER, _INT = ctypes.c_void_p, ctypes.c_int64
-_SIGNATURES = {
-    "vil_headwise_qkv": [_POINTER] * 15 + [_INT] * 5,
-    "vil_gated_branch_output": [_POINTER] * 7 + [_INT] * 4 + [ctypes.c_float],
-    "vil_gated_branch_output_backward": [_POINTER] * 14 + [_INT] * 4 + [ctypes.c_float],
-    "vil_conv2d_silu": [_POINTER] * 4 + [_INT] * 5,
-    "vil_conv2d_silu_backward": [_POINTER] * 8 + [_INT] * 5,
-    "vil_decay_scores": [_POINTER, _POINTER, _INT, _POINTER, _INT, _POINTER] + [_INT] * 5 + [ctypes.c_float],
-    "vil_headwise_backward": [_POINTER, _POINTER, _INT, _INT] + [_POINTER] * 4 + [_INT] * 5,
-    "vil_decay_scores_backward": [_POINTER, _POINTER] + [_POINTER, _INT] * 5 + [_INT] * 4 + [ctypes.c_float],
-}
-
-
-def library() -> ctypes.CDLL | None:
-    """The compiled kernels, or None where they are switched off or cannot be built (warned once)."""
-    global _library, _loaded
-    if not _loaded:
-        _loaded = True
-        if os.environ.get(SWITCH, "1") == "0":
-            logger.info("fused CPU kernels switched off by %s=0", SWITCH)
-        else:
-            _library = _load()
-    return _library
-
-
-@contextlib.contextmanager
-def disabled():
-    """Within this context every caller computes the PyTorch expression (e.g. to count its work or compare)."""
-    global _disabled
-    previous, _disabled = _disabled, True
-    try:
-        yield
-    finally:
-        _disabled = previous
-
-
-def reset() -> None:
-    """Forget the loaded library, so that the next call looks at ``VIL_KERNELS`` and the cache again."""
-    global _library, _loaded
-    _library, _loaded = None, False
-
-
-def _load() -> ctypes.CDLL | None:
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        logger.warning("no C compiler found (set CC): the ViL block runs without its fused CPU kernels")
-        return None
-    key = hashlib.sha256(
-        b"\0".join([SOURCE.read_bytes(), " ".join(FLAGS).encode(), compiler.encode(), _cpu_identity().encode()])
-    ).hexdigest()[:16]
-    target = _cache_dir() / f"vil_block_{key}.so"
-    if not target.exists():
-        try:
-            _compile(compiler, target)
-        except (OSError, subprocess.SubprocessError) as error:
-            logger.warning("building the fused CPU kernels failed, running without them: %s", error)
-            return None
-    lib = ctypes.CDLL(str(target))
-    for name, arguments in _SIGNATURES.items():
-        getattr(lib, name).argtypes = arguments
-        getattr(lib, name).restype = None
-    return lib
-
-
-def _compile(compiler: str, target: Path) -> None:
-    """Compile into a temporary file next to ``target`` and rename it: a build interrupted or run by two processes
-    at once never leaves a half-written library behind."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(handle)
-    try:
-        command = [compiler, *FLAGS, "-o", partial, str(SOURCE), "-lm"]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-        if result.returncode != 0:
-            raise subprocess.SubprocessError(f"{' '.join(command)} exited with {result.returncode}:\n{result.stderr}")
-        os.replace(partial, target)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
-
-
-def _cache_dir() -> Path:
-    if os.environ.get(CACHE):
-        return Path(os.environ[CACHE])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vil"
-
-
-def _cpu_identity() -> str:
-    """What -march=native depends on: the CPU model and its feature flags (Linux), else the platform's words."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.machine() + platform.processor()
-    return "\n".join(sorted({line for line in lines if line.startswith(("model name", "flags"))}))
+__all__ = [
+    "CACHE", "SWITCH", "conv2d_silu", "conv2d_silu_backward", "decay_scores", "decay_scores_backward", "disabled",
+    "gated_branch_output", "gated_branch_output_backward", "headwise_backward_applies", "headwise_qkv",
+    "headwise_qkv_backward", "library", "reset", "usable",
+]  # fmt: skip
 
 
 def usable(*tensors: torch.Tensor | None) -> bool:
     """Whether the kernels can compute on these tensors: float32 on the CPU, outside torch.compile and autocast."""
     present = [t for t in tensors if t is not None]
-    if _disabled or torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
+    if is_disabled() or torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
         return False
     if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in present):
         return False

@@ -1,0 +1,129 @@
+"""Building and loading the fused CPU kernels: ``block.c`` compiled once per machine, cached, loaded with ctypes.
+
+The C source is compiled with the machine's own compiler and ``-march=native`` (a few tenths of a second) into a
+cache directory keyed by the source, the flags, the compiler and the CPU; a build writes a temporary file and
+renames it, so an interrupted build or two processes building at once never leave a half-written library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("block.c")
+FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC")
+SWITCH = "VIL_KERNELS"  # "0" turns the kernels off
+CACHE = "VIL_CACHE_DIR"  # where the compiled library is kept (default: ~/.cache/vil)
+
+_library: ctypes.CDLL | None = None
+_loaded = False
+_disabled = False
+_POINTER, _INT = ctypes.c_void_p, ctypes.c_int64
+_SIGNATURES = {
+    "vil_headwise_qkv": [_POINTER] * 15 + [_INT] * 5,
+    "vil_gated_branch_output": [_POINTER] * 7 + [_INT] * 4 + [ctypes.c_float],
+    "vil_gated_branch_output_backward": [_POINTER] * 14 + [_INT] * 4 + [ctypes.c_float],
+    "vil_conv2d_silu": [_POINTER] * 4 + [_INT] * 5,
+    "vil_conv2d_silu_backward": [_POINTER] * 8 + [_INT] * 5,
+    "vil_decay_scores": [_POINTER, _POINTER, _INT, _POINTER, _INT, _POINTER] + [_INT] * 5 + [ctypes.c_float],
+    "vil_headwise_backward": [_POINTER, _POINTER, _INT, _INT] + [_POINTER] * 4 + [_INT] * 5,
+    "vil_decay_scores_backward": [_POINTER, _POINTER] + [_POINTER, _INT] * 5 + [_INT] * 4 + [ctypes.c_float],
+}
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, or None where they are switched off or cannot be built (warned once)."""
+    global _library, _loaded
+    if not _loaded:
+        _loaded = True
+        if os.environ.get(SWITCH, "1") == "0":
+            logger.info("fused CPU kernels switched off by %s=0", SWITCH)
+        else:
+            _library = _load()
+    return _library
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within this context every caller computes the PyTorch expression (e.g. to count its work or compare)."""
+    global _disabled
+    previous, _disabled = _disabled, True
+    try:
+        yield
+    finally:
+        _disabled = previous
+
+
+def reset() -> None:
+    """Forget the loaded library, so that the next call looks at ``VIL_KERNELS`` and the cache again."""
+    global _library, _loaded
+    _library, _loaded = None, False
+
+
+def is_disabled() -> bool:
+    """Whether a :func:`disabled` context is active."""
+    return _disabled
+
+
+def _load() -> ctypes.CDLL | None:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        logger.warning("no C compiler found (set CC): the ViL block runs without its fused CPU kernels")
+        return None
+    key = hashlib.sha256(
+        b"\0".join([SOURCE.read_bytes(), " ".join(FLAGS).encode(), compiler.encode(), _cpu_identity().encode()])
+    ).hexdigest()[:16]
+    target = _cache_dir() / f"vil_block_{key}.so"
+    if not target.exists():
+        try:
+            _compile(compiler, target)
+        except (OSError, subprocess.SubprocessError) as error:
+            logger.warning("building the fused CPU kernels failed, running without them: %s", error)
+            return None
+    lib = ctypes.CDLL(str(target))
+    for name, arguments in _SIGNATURES.items():
+        getattr(lib, name).argtypes = arguments
+        getattr(lib, name).restype = None
+    return lib
+
+
+def _compile(compiler: str, target: Path) -> None:
+    """Compile into a temporary file next to ``target`` and rename it: a build interrupted or run by two processes
+    at once never leaves a half-written library behind."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(handle)
+    try:
+        command = [compiler, *FLAGS, "-o", partial, str(SOURCE), "-lm"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        if result.returncode != 0:
+            raise subprocess.SubprocessError(f"{' '.join(command)} exited with {result.returncode}:\n{result.stderr}")
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def _cache_dir() -> Path:
+    if os.environ.get(CACHE):
+        return Path(os.environ[CACHE])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vil"
+
+
+def _cpu_identity() -> str:
+    """What -march=native depends on: the CPU model and its feature flags (Linux), else the platform's words."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.machine() + platform.processor()
+    return "\n".join(sorted({line for line in lines if line.startswith(("model name", "flags"))}))
