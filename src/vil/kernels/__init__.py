@@ -21,10 +21,12 @@ import torch
 
 from .build import CACHE, SWITCH, disabled, is_disabled, library, reset
 
+ROW_BUFFER = 4096  # the widest row (channels, or a head) a kernel keeps on its stack: ROW_BUFFER in block.c
+
 __all__ = [
-    "CACHE", "SWITCH", "conv2d_silu", "conv2d_silu_backward", "decay_scores", "decay_scores_backward", "disabled",
-    "gated_branch_output", "gated_branch_output_backward", "headwise_backward_applies", "headwise_qkv",
-    "headwise_qkv_backward", "library", "reset", "usable",
+    "CACHE", "ROW_BUFFER", "SWITCH", "conv2d_silu", "conv2d_silu_backward", "conv2d_silu_supported",
+    "decay_scores", "decay_scores_backward", "disabled", "gated_branch_output", "gated_branch_output_backward",
+    "headwise_backward_applies", "headwise_qkv", "headwise_qkv_backward", "library", "reset", "usable",
 ]  # fmt: skip
 
 
@@ -50,6 +52,12 @@ def _pointer(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+def _contiguous(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """The tensors as the kernels read them (None stays None). Bind the results to names before a call: a temporary
+    passed as a pointer would be freed before the kernel runs."""
+    return tuple(None if t is None else t.contiguous() for t in tensors)
+
+
 def headwise_qkv(
     qk_input: torch.Tensor,
     v_input: torch.Tensor,
@@ -70,13 +78,12 @@ def headwise_qkv(
         return None
     # wt[d, 4b + o] = w[b, o, d]: the layout the kernel reads (see block.c)
     arranged = [w.permute(2, 0, 1).reshape(4, dim).contiguous() for w in weights]
-    biases = [None if b is None else b.contiguous() for b in biases]
-    qk_input, v_input = qk_input.contiguous(), v_input.contiguous()
+    qk_input, v_input, *biases = _contiguous(qk_input, v_input, *biases)
     head_dim = dim // num_heads
     q, k, v = (qk_input.new_empty(batch, num_heads, seq_len, head_dim) for _ in range(3))
     gate_tensors, gate_out, num_gates = [None] * 3, None, 0
     if gates is not None:
-        gate_tensors = [t.contiguous() for t in gates]
+        gate_tensors = _contiguous(*gates)
         num_gates = gate_tensors[2].shape[0]
         gate_out = qk_input.new_empty(batch, num_gates, seq_len)
     library().vil_headwise_qkv(
@@ -100,9 +107,7 @@ def gated_branch_output(
     if not _applies(z, h, c, skip, norm_weight, norm_bias) or not _branch_shapes_match(h, c, z):
         return None
     batch, heads, seq_len, head_dim = h.shape
-    # every tensor the kernel reads is bound to a name: a temporary would be freed before the call
-    h, c, z, skip, norm_weight = (t.contiguous() for t in (h, c, z, skip, norm_weight))
-    norm_bias = None if norm_bias is None else norm_bias.contiguous()
+    h, c, z, skip, norm_weight, norm_bias = _contiguous(h, c, z, skip, norm_weight, norm_bias)
     out = torch.empty_like(c)
     library().vil_gated_branch_output(
         *map(_pointer, (h, c, z, norm_weight, norm_bias, skip, out)), batch, seq_len, heads, head_dim, eps
@@ -124,11 +129,10 @@ def gated_branch_output_backward(
     gradients for (z, h, c, skip, norm_weight, norm_bias). None where the kernel does not apply."""
     if torch.is_grad_enabled() or not _applies(z, h, c, skip, norm_weight, norm_bias, d_out):
         return None
-    if not _branch_shapes_match(h, c, z, d_out) or h.shape[-1] > 4096:  # the kernel's row buffer
+    if not _branch_shapes_match(h, c, z, d_out) or h.shape[-1] > ROW_BUFFER:
         return None
     batch, heads, seq_len, head_dim = h.shape
-    h, c, z, skip, norm_weight, d_out = (t.contiguous() for t in (h, c, z, skip, norm_weight, d_out))
-    norm_bias = None if norm_bias is None else norm_bias.contiguous()
+    h, c, z, skip, norm_weight, norm_bias, d_out = _contiguous(h, c, z, skip, norm_weight, norm_bias, d_out)
     out, dz, dc, dh = torch.empty_like(c), torch.empty_like(z), torch.empty_like(c), torch.empty_like(h)
     d_skip, d_weight = torch.zeros_like(skip), torch.zeros_like(norm_weight)
     d_bias = None if norm_bias is None else torch.zeros_like(norm_bias)
@@ -143,18 +147,34 @@ def _branch_shapes_match(h: torch.Tensor, *token_tensors: torch.Tensor) -> bool:
     return all(t.shape == (batch, seq_len, heads * head_dim) for t in token_tensors)
 
 
-def conv2d_silu(x: torch.Tensor, grid: tuple[int, int], weight: torch.Tensor, bias: torch.Tensor | None):
-    """silu(depthwise k x k conv with 'same' zero padding) of x (B, H*W, C) read as an image of ``grid``."""
-    if not _applies(x, weight, bias):
-        return None
+def _conv_shapes_match(x: torch.Tensor, grid: tuple[int, int], weight: torch.Tensor) -> bool:
+    """x (B, H*W, C) on ``grid`` and a depthwise weight (C, 1, k, k) with k odd."""
     batch, num_tokens, channels = x.shape
     kernel = weight.shape[-1]
-    if weight.shape != (channels, 1, kernel, kernel) or kernel % 2 == 0 or num_tokens != grid[0] * grid[1]:
+    return weight.shape == (channels, 1, kernel, kernel) and kernel % 2 == 1 and num_tokens == grid[0] * grid[1]
+
+
+def conv2d_silu_supported(x: torch.Tensor, grid: tuple[int, int], weight: torch.Tensor, bias: torch.Tensor | None):
+    """Whether :func:`conv2d_silu` and :func:`conv2d_silu_backward` can run on these tensors, gradients aside (for
+    an autograd Function that calls both)."""
+    return usable(x, weight, bias) and _conv_shapes_match(x, grid, weight) and x.shape[-1] <= ROW_BUFFER
+
+
+def _taps_first(weight: torch.Tensor) -> torch.Tensor:
+    """A depthwise weight (C, 1, k, k) as the kernels read it: (k*k, C)."""
+    return weight.reshape(weight.shape[0], -1).t().contiguous()
+
+
+def conv2d_silu(x: torch.Tensor, grid: tuple[int, int], weight: torch.Tensor, bias: torch.Tensor | None):
+    """silu(depthwise k x k conv with 'same' zero padding) of x (B, H*W, C) read as an image of ``grid``."""
+    if not _applies(x, weight, bias) or not _conv_shapes_match(x, grid, weight):
         return None
-    arranged = weight.reshape(channels, kernel * kernel).t().contiguous()  # (k*k, C)
-    x, bias = x.contiguous(), None if bias is None else bias.contiguous()
+    batch, _, channels = x.shape
+    arranged, (x, bias) = _taps_first(weight), _contiguous(x, bias)
     out = torch.empty_like(x)
-    library().vil_conv2d_silu(*map(_pointer, (x, arranged, bias, out)), batch, grid[0], grid[1], channels, kernel)
+    library().vil_conv2d_silu(
+        *map(_pointer, (x, arranged, bias, out)), batch, grid[0], grid[1], channels, weight.shape[-1]
+    )
     return out
 
 
@@ -174,8 +194,7 @@ def decay_scores(
     rows, cols = scores.shape[-2:]
     mats = scores.numel() // (rows * cols)
     # the gate rows are small (no S x S): copied where their layout does not flatten; the sums are written in place
-    a, a_stride = _as_rows(write_log, mats, cols) or _as_rows(write_log.contiguous(), mats, cols)
-    r, r_stride = _as_rows(row_max, mats, rows) or _as_rows(row_max.contiguous(), mats, rows)
+    (a, a_stride), (r, r_stride) = _rows_of(write_log, mats, cols), _rows_of(row_max, mats, rows)
     flat_sums = _as_rows(row_sum, mats, rows)
     if flat_sums is None:
         return False
@@ -196,6 +215,12 @@ def _as_rows(t: torch.Tensor, rows: int, width: int) -> tuple[torch.Tensor, int]
     return (view, view.stride(0)) if width == 1 or view.stride(1) == 1 else None
 
 
+def _rows_of(t: torch.Tensor, rows: int, width: int) -> tuple[torch.Tensor, int]:
+    """An input as (rows, width) rows and their stride, copied where its layout does not flatten (inputs only: a
+    copy of an output would not be written back)."""
+    return _as_rows(t, rows, width) or _as_rows(t.contiguous(), rows, width)
+
+
 def decay_scores_backward(
     qk: torch.Tensor, d_scores: torch.Tensor, d_den: torch.Tensor, write_log: torch.Tensor, row_max: torch.Tensor,
     row_sum: torch.Tensor, col_sum: torch.Tensor, offset: int, min_log: float,
@@ -209,8 +234,7 @@ def decay_scores_backward(
         return False
     rows, cols = qk.shape[-2:]
     mats = qk.numel() // (rows * cols)
-    inputs = [_as_rows(t, mats, n) or _as_rows(t.contiguous(), mats, n) for t, n in
-              ((d_den, rows), (write_log, cols), (row_max, rows))]  # fmt: skip
+    inputs = [_rows_of(d_den, mats, rows), _rows_of(write_log, mats, cols), _rows_of(row_max, mats, rows)]
     outputs = [_as_rows(row_sum, mats, rows), _as_rows(col_sum, mats, cols)]
     if any(o is None for o in outputs):
         return False
@@ -226,7 +250,7 @@ def headwise_backward_applies(qk_input: torch.Tensor, v_input: torch.Tensor, wei
     return (
         not torch.is_grad_enabled()
         and _applies(qk_input, v_input, *weights)
-        and dim <= 4096  # the kernel's row buffer
+        and dim <= ROW_BUFFER
         and v_input.shape == qk_input.shape
         and all(w.shape == (dim // 4, 4, 4) for w in weights)
     )
@@ -265,11 +289,10 @@ def conv2d_silu_backward(
     x: torch.Tensor, grid: tuple[int, int], weight: torch.Tensor, bias: torch.Tensor | None, d_out: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The backward pass of :func:`conv2d_silu`: dL/d x, dL/d weight (C, 1, k, k), dL/d bias, for dL/d out ``d_out``.
-    Only where :func:`conv2d_silu` applies to (x, weight, bias) with gradients off."""
-    batch, num_tokens, channels = x.shape
+    Only where :func:`conv2d_silu_supported`."""
+    batch, _, channels = x.shape
     kernel = weight.shape[-1]
-    arranged = weight.reshape(channels, kernel * kernel).t().contiguous()  # (k*k, C)
-    x, d_out, bias = x.contiguous(), d_out.contiguous(), None if bias is None else bias.contiguous()
+    arranged, (x, d_out, bias) = _taps_first(weight), _contiguous(x, d_out, bias)
     d_pre, dx = torch.empty_like(x), torch.empty_like(x)
     d_weight = x.new_zeros(kernel * kernel, channels)
     d_bias = None if bias is None else torch.zeros_like(bias)

@@ -13,6 +13,9 @@
 #include <immintrin.h>
 #endif
 
+/* the widest row (channels, or one head) a kernel keeps on its stack; the Python side checks it (ROW_BUFFER) */
+#define ROW_BUFFER 4096
+
 /* ---- one vector type for both instruction sets: VW floats, written once below ---------------------------------- */
 #if defined(__AVX512F__)
 #define VEC 1
@@ -353,7 +356,7 @@ void vil_headwise_backward(const float *x, const float *dy, int64_t dy_batch, in
                            float *dx, float *dwt, float *db, int64_t batch, int64_t seq_len, int64_t heads,
                            int64_t head_dim, int64_t accumulate) {
     const int64_t dim = heads * head_dim;
-    float row[4096];
+    float row[ROW_BUFFER];
     for (int64_t b = 0; b < batch; ++b) {
         for (int64_t s = 0; s < seq_len; ++s) {
             const float *xr = x + (b * seq_len + s) * dim;
@@ -382,7 +385,7 @@ void vil_headwise_backward(const float *x, const float *dy, int64_t dy_batch, in
                 }
             }
             if (accumulate) {
-                float out[4096];
+                float out[ROW_BUFFER];
                 headwise_row(row, wt_in, NULL, out, 0, dim, dim);
                 for (int64_t c = 0; c < dim; ++c) dxr[c] += out[c];
             } else {
@@ -403,7 +406,7 @@ void vil_gated_branch_output_backward(const float *h, const float *c, const floa
                                       float *dc, float *dz, float *d_weight, float *d_base, float *d_skip,
                                       int64_t batch, int64_t seq_len, int64_t heads, int64_t head_dim, float eps) {
     const int64_t dim = heads * head_dim;
-    float dy[4096];
+    float dy[ROW_BUFFER];
     for (int64_t b = 0; b < batch; ++b) {
         for (int64_t s = 0; s < seq_len; ++s) {
             const int64_t row = (b * seq_len + s) * dim;
@@ -475,7 +478,7 @@ void vil_conv2d_silu_backward(const float *x, const float *weight, const float *
                               float *dx, float *d_weight, float *d_bias, int64_t batch, int64_t height, int64_t width,
                               int64_t channels, int64_t kernel) {
     const int64_t pad = kernel / 2;
-    float pre[4096];
+    float pre[ROW_BUFFER];
     for (int64_t b = 0; b < batch; ++b) {
         for (int64_t i = 0; i < height; ++i) {
             for (int64_t j = 0; j < width; ++j) {

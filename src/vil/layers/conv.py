@@ -37,7 +37,7 @@ class SequenceConv2d(nn.Conv2d):
     def fused_silu(self, x: torch.Tensor, grid: tuple[int, int], has_cls: bool = False) -> torch.Tensor | None:
         """silu(self(x, grid)) by the fused CPU kernels, forward and backward (keeping only x, like checkpointing);
         None where they do not apply (then compute the PyTorch expression)."""
-        if has_cls or self.in_channels > 4096 or not kernels.usable(x, self.weight, self.bias):
+        if has_cls or not kernels.conv2d_silu_supported(x, grid, self.weight, self.bias):
             return None
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, self.weight, self.bias)):
             return _FusedConvSilu.apply(x, self.weight, self.bias, grid)
