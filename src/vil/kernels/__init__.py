@@ -26,7 +26,8 @@ ROW_BUFFER = 4096  # the widest row (channels, or a head) a kernel keeps on its 
 __all__ = [
     "CACHE", "ROW_BUFFER", "SWITCH", "conv2d_silu", "conv2d_silu_backward", "conv2d_silu_supported",
     "decay_scores", "decay_scores_backward", "disabled", "gated_branch_output", "gated_branch_output_backward",
-    "headwise_backward_applies", "headwise_qkv", "headwise_qkv_backward", "library", "reset", "usable",
+    "headwise_backward_applies", "headwise_qkv", "headwise_qkv_backward", "library", "mlstm_parallel",
+    "mlstm_parallel_backward", "reset", "usable",
 ]  # fmt: skip
 
 
@@ -241,6 +242,46 @@ def decay_scores_backward(
     flat = [x for t, stride in inputs + outputs for x in (t.data_ptr(), stride)]
     library().vil_decay_scores_backward(qk.data_ptr(), d_scores.data_ptr(), *flat, mats, rows, cols, offset, min_log)
     return True
+
+
+def mlstm_parallel(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, write_log: torch.Tensor, row_max: torch.Tensor,
+    log_m_row: torch.Tensor, eps: float, min_log: float,
+) -> tuple[torch.Tensor, torch.Tensor] | None:  # fmt: skip
+    """The parallel form of the cell in strips of rows (see cell.c): q, k (B, NH, S, DH), v (B, NH, S, DHV), the gate
+    rows a, r = cummax(a) and M = b + r (B, NH, S) -> h (B, NH, S, DHV) and the readout's denominator (B, NH, S).
+    None where it does not apply."""
+    if not _applies(q, k, v, write_log, row_max, log_m_row) or q.numel() == 0 or v.numel() == 0:
+        return None
+    q, k, v, write_log, row_max, log_m_row = _contiguous(q, k, v, write_log, row_max, log_m_row)
+    *lead, seq_len, head_dim = q.shape
+    h, denominator = torch.empty_like(v), q.new_empty(*lead, seq_len)
+    status = library().vil_mlstm_parallel(
+        *map(_pointer, (q, k, v, write_log, row_max, log_m_row, h, denominator)),
+        q.numel() // (seq_len * head_dim), seq_len, head_dim, v.shape[-1], eps, min_log,
+    )  # fmt: skip
+    return (h, denominator) if status == 0 else None
+
+
+def mlstm_parallel_backward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, d_num: torch.Tensor, d_den: torch.Tensor,
+    write_log: torch.Tensor, row_max: torch.Tensor, min_log: float,
+) -> tuple[torch.Tensor, ...] | None:  # fmt: skip
+    """Backward of :func:`mlstm_parallel` given dL/d of the readout's numerator (B, NH, S, DHV) and denominator
+    (B, NH, S): -> dq, dk, dv, and the row and column sums of dL/d log decay (B, NH, S). None where it does not
+    apply."""
+    tensors = (q, k, v, d_num, d_den, write_log, row_max)
+    if not _applies(*tensors) or q.numel() == 0 or v.numel() == 0:
+        return None
+    q, k, v, d_num, d_den, write_log, row_max = _contiguous(*tensors)
+    *lead, seq_len, head_dim = q.shape
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    row_sum, col_sum = q.new_empty(*lead, seq_len), q.new_zeros(*lead, seq_len)
+    status = library().vil_mlstm_parallel_backward(
+        *map(_pointer, (q, k, v, d_num, d_den, write_log, row_max, dq, dk, dv, row_sum, col_sum)),
+        q.numel() // (seq_len * head_dim), seq_len, head_dim, v.shape[-1], min_log,
+    )  # fmt: skip
+    return (dq, dk, dv, row_sum, col_sum) if status == 0 else None
 
 
 def headwise_backward_applies(qk_input: torch.Tensor, v_input: torch.Tensor, weights: list[torch.Tensor]) -> bool:

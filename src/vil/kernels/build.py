@@ -1,6 +1,7 @@
-"""Building and loading the fused CPU kernels: ``block.c`` compiled once per machine, cached, loaded with ctypes.
+"""Building and loading the fused CPU kernels: the C sources here compiled once per machine into one library,
+cached, loaded with ctypes.
 
-The C source is compiled with the machine's own compiler and ``-march=native`` (a few tenths of a second) into a
+The C sources are compiled with the machine's own compiler and ``-march=native`` (a few tenths of a second) into a
 cache directory keyed by the source, the flags, the compiler and the CPU; a build writes a temporary file and
 renames it, so an interrupted build or two processes building at once never leave a half-written library.
 """
@@ -20,7 +21,9 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("block.c")
+HERE = Path(__file__).parent
+SOURCES = (HERE / "block.c", HERE / "cell.c")  # with their shared header vector.h
+HEADERS = (HERE / "vector.h",)
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC")
 SWITCH = "VIL_KERNELS"  # "0" turns the kernels off
 CACHE = "VIL_CACHE_DIR"  # where the compiled library is kept (default: ~/.cache/vil)
@@ -38,7 +41,10 @@ _SIGNATURES = {
     "vil_decay_scores": [_POINTER, _POINTER, _INT, _POINTER, _INT, _POINTER] + [_INT] * 5 + [ctypes.c_float],
     "vil_headwise_backward": [_POINTER, _POINTER, _INT, _INT] + [_POINTER] * 4 + [_INT] * 5,
     "vil_decay_scores_backward": [_POINTER, _POINTER] + [_POINTER, _INT] * 5 + [_INT] * 4 + [ctypes.c_float],
+    "vil_mlstm_parallel": [_POINTER] * 8 + [_INT] * 4 + [ctypes.c_float] * 2,
+    "vil_mlstm_parallel_backward": [_POINTER] * 12 + [_INT] * 4 + [ctypes.c_float],
 }
+_RETURNS_STATUS = ("vil_mlstm_parallel", "vil_mlstm_parallel_backward")  # 0, or -1 when out of memory
 
 
 def library() -> ctypes.CDLL | None:
@@ -80,8 +86,9 @@ def _load() -> ctypes.CDLL | None:
     if compiler is None:
         logger.warning("no C compiler found (set CC): the ViL block runs without its fused CPU kernels")
         return None
+    sources = [f.read_bytes() for f in SOURCES + HEADERS]
     key = hashlib.sha256(
-        b"\0".join([SOURCE.read_bytes(), " ".join(FLAGS).encode(), compiler.encode(), _cpu_identity().encode()])
+        b"\0".join([*sources, " ".join(FLAGS).encode(), compiler.encode(), _cpu_identity().encode()])
     ).hexdigest()[:16]
     target = _cache_dir() / f"vil_block_{key}.so"
     if not target.exists():
@@ -93,7 +100,7 @@ def _load() -> ctypes.CDLL | None:
     lib = ctypes.CDLL(str(target))
     for name, arguments in _SIGNATURES.items():
         getattr(lib, name).argtypes = arguments
-        getattr(lib, name).restype = None
+        getattr(lib, name).restype = ctypes.c_int if name in _RETURNS_STATUS else None
     return lib
 
 
@@ -104,7 +111,7 @@ def _compile(compiler: str, target: Path) -> None:
     handle, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(handle)
     try:
-        command = [compiler, *FLAGS, "-o", partial, str(SOURCE), "-lm"]
+        command = [compiler, *FLAGS, "-o", partial, *map(str, SOURCES), "-lm"]
         result = subprocess.run(command, capture_output=True, text=True, timeout=300)
         if result.returncode != 0:
             raise subprocess.SubprocessError(f"{' '.join(command)} exited with {result.returncode}:\n{result.stderr}")

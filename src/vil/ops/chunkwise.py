@@ -32,6 +32,7 @@ from .common import (
     gate_backward,
     normalised_readout,
     readout_backward,
+    stabilised_exp,
 )
 from .state import MLSTMState, empty_state
 
@@ -104,7 +105,7 @@ class _Chunked:
     def weighted_keys(self, chunk_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """w[s] = exp(a[s] - max_s a[s]) / sqrt(DH) (how much token s writes into the state, stabilised per chunk,
         with the q.k scaling), times ``chunk_scale`` (B, NH, NC) if given, and w*k."""
-        write_weight = torch.exp(self.scaled_a - self.a_last.unsqueeze(-1))  # (B, NH, NC, L)
+        write_weight = stabilised_exp(self.scaled_a - self.a_last.unsqueeze(-1))  # (B, NH, NC, L)
         if chunk_scale is not None:
             write_weight.mul_(chunk_scale.unsqueeze(-1))
         return write_weight, self.k * write_weight.unsqueeze(-1)  # (B, NH, NC, L, DH)
@@ -132,7 +133,7 @@ def _stabilisers(chunked: _Chunked, m_initial: torch.Tensor) -> torch.Tensor:
 def _chunk_state_weights(m_prev: torch.Tensor, a_last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """C_j = alpha_j C_{j-1} + beta_j U_j with alpha = exp(m_prev - r), beta = exp(a_last - r), r = max(both)."""
     r = torch.maximum(m_prev, a_last)
-    return torch.exp(m_prev - r), torch.exp(a_last - r)  # exp(-inf) = 0: no past before the first chunk
+    return stabilised_exp(m_prev - r), stabilised_exp(a_last - r)  # 0 for m_prev = -inf: no past before chunk 1
 
 
 def _inter_readout(q, c_prev, n_prev):
@@ -158,7 +159,7 @@ def _forward(chunked: _Chunked, c0: torch.Tensor, n0: torch.Tensor, m0: torch.Te
     scores = chunked.q @ chunked.k.transpose(-2, -1)  # (B, NH, NC, L, L)
     denominator = r.new_empty(r.shape)  # (B, NH, NC, L)
     decay_scores(scores, chunked.scaled_a, r, denominator)
-    inter_weight = torch.exp(m_prev.unsqueeze(-1) - r)  # (B, NH, NC, L); 0 when there is no past
+    inter_weight = stabilised_exp(m_prev.unsqueeze(-1) - r)  # (B, NH, NC, L); 0 when there is no past
     q_c, q_n = _inter_readout(chunked.q, c_prev, n_prev)
     numerator = (scores @ chunked.v).addcmul_(inter_weight.unsqueeze(-1), q_c)  # (B, NH, NC, L, DHV)
     denominator.addcmul_(inter_weight, q_n)
@@ -204,14 +205,12 @@ def chunkwise_backward(q, k, v, igate, fgate, saved, dh, chunk_size: int, eps: f
     # --- recompute what the outputs were made of
     r = torch.maximum(m_prev.unsqueeze(-1), amax)  # (B, NH, NC, L)
     scores = q @ k.transpose(-2, -1)  # (B, NH, NC, L, L), times the decay below
-    inter_weight = torch.exp(m_prev.unsqueeze(-1) - r)  # (B, NH, NC, L)
+    inter_weight = stabilised_exp(m_prev.unsqueeze(-1) - r)  # (B, NH, NC, L)
     log_m_row = chunked.b + r
-    h = chunked.chunks(h)
-    normalizer = torch.maximum(denominator.abs(), torch.exp(-log_m_row)) + eps
-    numerator = h * normalizer.unsqueeze(-1)  # (B, NH, NC, L, DHV), as in the forward pass
+    h, dh = chunked.chunks(h), chunked.chunks(dh)
 
     # --- h = num / (max(|den|, exp(-M)) + eps), M = b + r
-    d_num, d_den, d_log_m_row = readout_backward(chunked.chunks(dh), h, denominator, log_m_row, eps)
+    d_num, d_den, d_log_m_row = readout_backward(dh, h, denominator, log_m_row, eps)
 
     # --- num = scores @ v + e * (q @ C),  den = scores.sum(-1) + e * (q . n),  e = inter_weight
     # scores = (q @ k^T) * decay, log decay = a[s] - r[t] (includes 1/sqrt(DH)): the decay is recomputed and
@@ -228,8 +227,9 @@ def chunkwise_backward(q, k, v, igate, fgate, saved, dh, chunk_size: int, eps: f
     _add_product(dq, d_scores, k)
     dk = d_scores.transpose(-2, -1) @ q  # (B, NH, NC, L, DH)
     # dL/d log e: the state's share of num and den is (num, den) minus the chunk's share, so
-    # sum_c d_num (e q C) + d_den (e q.n) = <d_num, num> + d_den den - sum_s d_scores[t, s] scores[t, s]
-    d_log_inter = (d_num * numerator).sum(dim=-1) + d_den * denominator - d_log_decay_rows
+    # sum_c d_num (e q C) + d_den (e q.n) = <d_num, num> + d_den den - sum_s d_scores[t, s] scores[t, s], and
+    # <d_num, num> = <dh, h> (d_num = dh / normaliser, num = h * normaliser; also finite where exp(-M) overflows)
+    d_log_inter = _dot(dh, h) + d_den * denominator - d_log_decay_rows
     dr = d_log_m_row - d_log_decay_rows - d_log_inter  # M = b + r; e = exp(m_prev - r)
     dm_prev_out = d_log_inter.sum(dim=-1)  # (B, NH, NC)
     from_amax = amax > m_prev.unsqueeze(-1)  # r = max(m_prev, amax)

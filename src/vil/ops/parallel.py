@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .. import kernels
 from .common import (
     EPS,
+    MIN_LOG_DECAY,
     decay_scores,
     decay_scores_backward,
     gate_backward,
@@ -86,6 +88,10 @@ class _ParallelMLSTM(torch.autograd.Function):
 def parallel_forward(q, k, v, igate, fgate, eps: float = EPS):
     """-> h (B, NH, S, DHV), and what :func:`parallel_backward` needs besides the inputs."""
     gates = _Gates(igate, fgate, q.shape[-1])
+    fused = kernels.mlstm_parallel(q, k, v, gates.scaled_a, gates.amax, gates.log_m_row, eps, MIN_LOG_DECAY)
+    if fused is not None:
+        h, denominator = fused
+        return h, (h, denominator)
     batch, heads, seq_len, value_dim = v.shape
     h = v.new_empty(batch, heads, seq_len, value_dim)
     denominator = v.new_empty(batch, heads, seq_len)
@@ -103,12 +109,21 @@ def parallel_backward(q, k, v, igate, fgate, saved, dh, eps: float = EPS):
     h, denominator = saved
     gates = _Gates(igate, fgate, q.shape[-1])
     d_num, d_den, d_log_m_row = readout_backward(dh, h, denominator, gates.log_m_row, eps)
+    grads = kernels.mlstm_parallel_backward(q, k, v, d_num, d_den, gates.scaled_a, gates.amax, MIN_LOG_DECAY)
+    dq, dk, dv, d_log_decay_rows, d_a = grads if grads is not None else _tiled_backward(q, k, v, gates, d_num, d_den)
 
+    d_amax = d_log_m_row - d_log_decay_rows  # M = b + amax; the decay exp(a[s] - amax[t]) sees amax with a minus
+    d_a.scatter_add_(-1, gates.amax_index, d_amax)  # amax = cummax(a)
+    d_igate, d_log_f = gate_backward(d_a, d_log_m_row)
+    return dq, dk, dv, d_igate, d_log_f * torch.sigmoid(-fgate)
+
+
+def _tiled_backward(q, k, v, gates: _Gates, d_num, d_den):
+    """dq, dk, dv and the row and column sums of dL/d log decay, tile by tile with batched matrix products."""
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.zeros_like(k, memory_format=torch.contiguous_format)
     dv = torch.zeros_like(v, memory_format=torch.contiguous_format)
     d_a = gates.a.new_zeros(gates.a.shape)  # contiguous (the gates may be strided views), as the kernels need
-    d_amax = d_log_m_row.clone()  # M = b + amax
     d_log_decay_rows = d_a.new_empty(d_a.shape)
     for start, end in _tiles(q.shape[2]):
         rows = slice(start, end)
@@ -121,8 +136,4 @@ def parallel_backward(q, k, v, igate, fgate, saved, dh, eps: float = EPS):
         dv[:, :, :end] += scores.transpose(-2, -1) @ d_num[:, :, rows]
         dq[:, :, rows] = d_scores @ k[:, :, :end]
         dk[:, :, :end] += d_scores.transpose(-2, -1) @ q[:, :, rows]
-    d_amax -= d_log_decay_rows
-
-    d_a.scatter_add_(-1, gates.amax_index, d_amax)  # amax = cummax(a)
-    d_igate, d_log_f = gate_backward(d_a, d_log_m_row)
-    return dq, dk, dv, d_igate, d_log_f * torch.sigmoid(-fgate)
+    return dq, dk, dv, d_log_decay_rows, d_a

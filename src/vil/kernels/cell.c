@@ -1,0 +1,314 @@
+/* CPU kernels for the mLSTM cell (float32, one thread per call): its stabilised decay applied to q.k scores, and
+ * the whole parallel form, forward and backward, computed in strips of rows.
+ *
+ * The parallel form with batched matrix products (vil.ops.parallel) computes each row tile against every column
+ * up to the tile's end, then applies the decay in a separate pass; at ViL's sizes (S = 196, DH = 96) the products
+ * are small, so per-call overhead and the wasted upper triangle cost a third of the cell. Here a strip of
+ * STRIP_ROWS rows is computed against the columns it sees, the decay applied while the strip is in cache, and the
+ * strip's products run through one register-blocked kernel (gemm below). Layouts: q, k (mats, S, DH) and v
+ * (mats, S, DHV) contiguous; the gate rows a, r (mats, S). */
+#include <stdlib.h>
+
+#include "vector.h"
+
+#define STRIP_ROWS 16 /* rows of the S x S matrices computed at once: 16 x S floats stay in L1/L2 */
+
+/* ---- the stabilised decay of one row --------------------------------------------------------------------------
+ * D[s] = exp(clamp(a[s] - rt, min_log, 0)) for s < limit; the row's entries from limit to width are zeroed. */
+#ifdef VEC
+static inline vec decay_vec(vec a, float rt, float min_log) {
+    return vexp(vmin(vmax(vsub(a, vset1(rt)), vset1(min_log)), vzero()));
+}
+#endif
+static inline float decay1(float a, float rt, float min_log) {
+    const float log_decay = a - rt;
+    return expf(log_decay < min_log ? min_log : (log_decay > 0.0f ? 0.0f : log_decay));
+}
+
+/* row[s] *= D[s]; returns the sum of the new row */
+static float decay_row(float *row, const float *a, float rt, int64_t limit, int64_t width, float min_log) {
+    float total = 0.0f;
+    int64_t s = 0;
+#ifdef VEC
+    vec acc = vzero();
+    for (; s + VW <= limit; s += VW) {
+        const vec value = vmul(vload(row + s), decay_vec(vload(a + s), rt, min_log));
+        vstore(row + s, value);
+        acc = vadd(acc, value);
+    }
+#if defined(__AVX512F__)
+    if (s < limit) { /* the diagonal's ragged end, masked */
+        const __mmask16 mask = (__mmask16)((1u << (limit - s)) - 1u);
+        const vec decay = decay_vec(_mm512_maskz_loadu_ps(mask, a + s), rt, min_log);
+        const vec value = vmul(_mm512_maskz_loadu_ps(mask, row + s), decay);
+        _mm512_mask_storeu_ps(row + s, mask, value);
+        acc = vadd(acc, value); /* masked-off lanes hold 0 * exp(...) = 0 */
+        s = limit;
+    }
+#endif
+    total = vsum(acc);
+#endif
+    for (; s < limit; ++s) {
+        row[s] *= decay1(a[s], rt, min_log);
+        total += row[s];
+    }
+    if (limit < width) memset(row + limit, 0, (size_t)(width - limit) * sizeof(float));
+    return total;
+}
+
+/* The backward pass of decay_row with the readout's denominator: p (raw q.k) becomes P = p D and ds (raw dL/dP)
+ * becomes dL/d(q.k) = (ds + dd) D; with g = (ds + dd) P, the gradient of the log decay, col_sum[s] += g[s] and the
+ * row's sum of g is returned. */
+static float decay_row_backward(float *p, float *ds, const float *a, float rt, float dd, float *col_sum, int64_t limit,
+                                int64_t width, float min_log) {
+    float total = 0.0f;
+    int64_t s = 0;
+#ifdef VEC
+    vec acc = vzero();
+    for (; s + VW <= limit; s += VW) {
+        const vec decay = decay_vec(vload(a + s), rt, min_log);
+        const vec pv = vmul(vload(p + s), decay), dsv = vadd(vload(ds + s), vset1(dd)), g = vmul(dsv, pv);
+        vstore(p + s, pv);
+        vstore(ds + s, vmul(dsv, decay));
+        vstore(col_sum + s, vadd(vload(col_sum + s), g));
+        acc = vadd(acc, g);
+    }
+#if defined(__AVX512F__)
+    if (s < limit) {
+        const __mmask16 mask = (__mmask16)((1u << (limit - s)) - 1u);
+        const vec decay = decay_vec(_mm512_maskz_loadu_ps(mask, a + s), rt, min_log);
+        const vec pv = vmul(_mm512_maskz_loadu_ps(mask, p + s), decay);
+        const vec dsv = vadd(_mm512_maskz_loadu_ps(mask, ds + s), vset1(dd));
+        const vec g = _mm512_maskz_mul_ps(mask, dsv, pv);
+        _mm512_mask_storeu_ps(p + s, mask, pv);
+        _mm512_mask_storeu_ps(ds + s, mask, vmul(dsv, decay));
+        _mm512_mask_storeu_ps(col_sum + s, mask, vadd(_mm512_maskz_loadu_ps(mask, col_sum + s), g));
+        acc = vadd(acc, g);
+        s = limit;
+    }
+#endif
+    total = vsum(acc);
+#endif
+    for (; s < limit; ++s) {
+        const float decay = decay1(a[s], rt, min_log);
+        const float pv = p[s] * decay, dsv = ds[s] + dd, g = dsv * pv;
+        p[s] = pv;
+        ds[s] = dsv * decay;
+        col_sum[s] += g;
+        total += g;
+    }
+    if (limit < width) {
+        memset(p + limit, 0, (size_t)(width - limit) * sizeof(float));
+        memset(ds + limit, 0, (size_t)(width - limit) * sizeof(float));
+    }
+    return total;
+}
+
+/* ---- the stabilised decay applied to matrices of q.k scores (the chunkwise form, and the parallel form's
+ * fallback when the strip kernels cannot allocate) ----------------------------------------------------------------
+ * For each of `mats` matrices of `rows` x `cols` scores (contiguous): scores[t][s] *= D[s] with rt = r[t] and
+ * limit t + offset + 1; row_sum[t] = the sum of the new row. a, r and row_sum are rows of their own strides (a_stride,
+ * r_stride, sum_stride per matrix). One pass instead of building the decay matrix (subtract, clamp, exp, mask) and
+ * multiplying and summing it (vil.ops.common.stabilised_decay). */
+static int64_t row_limit(int64_t t, int64_t offset, int64_t cols) {
+    const int64_t limit = t + offset + 1;
+    return limit > cols ? cols : (limit < 0 ? 0 : limit);
+}
+
+void vil_decay_scores(float *scores, const float *a, int64_t a_stride, const float *r, int64_t r_stride,
+                      float *row_sum, int64_t sum_stride, int64_t mats, int64_t rows, int64_t cols, int64_t offset,
+                      float min_log) {
+    for (int64_t m = 0; m < mats; ++m) {
+        for (int64_t t = 0; t < rows; ++t) {
+            row_sum[m * sum_stride + t] = decay_row(scores + (m * rows + t) * cols, a + m * a_stride,
+                                                    r[m * r_stride + t], row_limit(t, offset, cols), cols, min_log);
+        }
+    }
+}
+
+/* The backward pass of vil_decay_scores, fused with what the cell's backward does next: in place for each matrix,
+ * decay_row_backward on every row, with d_den[t] the readout denominator's gradient; row_sum[t] = the row's sum of
+ * the log decay's gradient, col_sum[s] += its column sums. */
+void vil_decay_scores_backward(float *qk, float *d_scores, const float *d_den, int64_t den_stride, const float *a,
+                               int64_t a_stride, const float *r, int64_t r_stride, float *row_sum,
+                               int64_t sum_stride, float *col_sum, int64_t col_stride, int64_t mats, int64_t rows,
+                               int64_t cols, int64_t offset, float min_log) {
+    for (int64_t m = 0; m < mats; ++m) {
+        for (int64_t t = 0; t < rows; ++t) {
+            const int64_t row = (m * rows + t) * cols;
+            row_sum[m * sum_stride + t] = decay_row_backward(
+                qk + row, d_scores + row, a + m * a_stride, r[m * r_stride + t], d_den[m * den_stride + t],
+                col_sum + m * col_stride, row_limit(t, offset, cols), cols, min_log);
+        }
+    }
+}
+
+/* ---- small matrix products ------------------------------------------------------------------------------------
+ * c (m x n, row stride ldc) = (or +=) sum_k A(i, k) b[k][j], with A(i, k) = a[i * a_row + k * a_col]: any of the
+ * strip's products, with a or its transpose read in place. A register tile of TILE_ROWS x TILE_VECS vectors of c
+ * is kept while k runs; b's rows are read as vectors, A's elements broadcast. */
+#ifdef VEC
+#define TILE_ROWS 4
+#if VW == 16
+#define TILE_VECS 6 /* 24 accumulators + 6 of b + 1 of a: 31 of the 32 registers */
+#else
+#define TILE_VECS 3 /* AVX2: 12 + 3 + 1 of 16 */
+#endif
+
+static inline __attribute__((always_inline)) void tile(const int rows, const int vecs, int64_t depth, const float *a,
+                                                       int64_t a_row, int64_t a_col, const float *b, int64_t ldb,
+                                                       float *c, int64_t ldc, int accumulate) {
+    vec acc[TILE_ROWS][TILE_VECS];
+    for (int i = 0; i < rows; ++i)
+        for (int j = 0; j < vecs; ++j) acc[i][j] = accumulate ? vload(c + i * ldc + j * VW) : vzero();
+    for (int64_t k = 0; k < depth; ++k) {
+        vec bk[TILE_VECS];
+        for (int j = 0; j < vecs; ++j) {
+            bk[j] = vload(b + k * ldb + j * VW);
+            __asm__("" : "+v"(bk[j])); /* keep b's row in registers: read once, not once per row of the tile */
+        }
+        for (int i = 0; i < rows; ++i) {
+            const vec ai = vset1(a[i * a_row + k * a_col]);
+            for (int j = 0; j < vecs; ++j) acc[i][j] = vfmadd(ai, bk[j], acc[i][j]);
+        }
+    }
+    for (int i = 0; i < rows; ++i)
+        for (int j = 0; j < vecs; ++j) vstore(c + i * ldc + j * VW, acc[i][j]);
+}
+
+/* tile() with its sizes as constants, so that the compiler keeps the accumulators in registers */
+static void tile_of(int rows, int vecs, int64_t depth, const float *a, int64_t a_row, int64_t a_col, const float *b,
+                    int64_t ldb, float *c, int64_t ldc, int accumulate) {
+#define TILE_CASE(R, V) \
+    case (R) * 8 + (V): tile(R, V, depth, a, a_row, a_col, b, ldb, c, ldc, accumulate); return;
+#if TILE_VECS == 6
+#define TILE_WIDTHS(R) TILE_CASE(R, 1) TILE_CASE(R, 2) TILE_CASE(R, 3) TILE_CASE(R, 4) TILE_CASE(R, 5) TILE_CASE(R, 6)
+#else
+#define TILE_WIDTHS(R) TILE_CASE(R, 1) TILE_CASE(R, 2) TILE_CASE(R, 3)
+#endif
+    switch (rows * 8 + vecs) { TILE_WIDTHS(1) TILE_WIDTHS(2) TILE_WIDTHS(3) TILE_WIDTHS(4) }
+#undef TILE_CASE
+#undef TILE_WIDTHS
+}
+#endif
+
+static void gemm(int64_t m_total, int64_t n_total, int64_t depth, const float *a, int64_t a_row, int64_t a_col,
+                 const float *b, int64_t ldb, float *c, int64_t ldc, int accumulate) {
+    int64_t n = 0;
+#ifdef VEC
+    while (n + VW <= n_total) {
+        const int vecs = (n_total - n) / VW > TILE_VECS ? TILE_VECS : (int)((n_total - n) / VW);
+        for (int64_t m = 0; m < m_total; m += TILE_ROWS) {
+            const int rows = m_total - m < TILE_ROWS ? (int)(m_total - m) : TILE_ROWS;
+            tile_of(rows, vecs, depth, a + m * a_row, a_row, a_col, b + n, ldb, c + m * ldc + n, ldc, accumulate);
+        }
+        n += vecs * VW;
+    }
+#endif
+    for (; n < n_total; ++n) { /* columns left over from the vectors */
+        for (int64_t i = 0; i < m_total; ++i) {
+            float total = accumulate ? c[i * ldc + n] : 0.0f;
+            for (int64_t k = 0; k < depth; ++k) total += a[i * a_row + k * a_col] * b[k * ldb + n];
+            c[i * ldc + n] = total;
+        }
+    }
+}
+
+/* ---- the parallel form in strips ------------------------------------------------------------------------------ */
+#ifdef VEC
+#define PAD VW
+#else
+#define PAD 1
+#endif
+
+static int64_t padded(int64_t n) { return (n + PAD - 1) / PAD * PAD; }
+
+static float *buffer(int64_t floats) {
+    return aligned_alloc(64, (size_t)((floats * (int64_t)sizeof(float) + 63) / 64 * 64));
+}
+
+/* xt (cols x ld) = the transpose of x (rows x cols), zero in the columns from rows to ld */
+static void transpose(const float *x, int64_t rows, int64_t cols, float *xt, int64_t ld) {
+    for (int64_t c = 0; c < cols; ++c) memset(xt + c * ld + rows, 0, (size_t)(ld - rows) * sizeof(float));
+    for (int64_t r0 = 0; r0 < rows; r0 += 16) { /* blocks of 16 rows: both sides stay in cache */
+        const int64_t r1 = r0 + 16 < rows ? r0 + 16 : rows;
+        for (int64_t c = 0; c < cols; ++c)
+            for (int64_t r = r0; r < r1; ++r) xt[c * ld + r] = x[r * cols + c];
+    }
+}
+
+/* h = num / (max(|den|, exp(-log_m)) + eps) for one row, den = its decayed scores' sum */
+static void normalise_row(float *h, int64_t width, float den, float log_m, float eps) {
+    const float floor = expf(-log_m), scale = 1.0f / ((fabsf(den) > floor ? fabsf(den) : floor) + eps);
+    for (int64_t j = 0; j < width; ++j) h[j] *= scale;
+}
+
+/* The parallel form's forward pass (vil.ops.parallel.parallel_forward): for each matrix, h (S, DHV) and the
+ * readout's denominator den (S). a = i - b - log sqrt(DH) (the q.k scaling folded in), r its running maximum,
+ * log_m = b + r the rows' stabilisers. Returns 0, or -1 if the strip buffers could not be allocated. */
+int vil_mlstm_parallel(const float *q, const float *k, const float *v, const float *a, const float *r,
+                       const float *log_m, float *h, float *den, int64_t mats, int64_t seq_len, int64_t head_dim,
+                       int64_t value_dim, float eps, float min_log) {
+    const int64_t ld = padded(seq_len);
+    float *kt = buffer(head_dim * ld), *strip = buffer(STRIP_ROWS * ld);
+    int status = kt && strip ? 0 : -1;
+    for (int64_t m = 0; status == 0 && m < mats; ++m) {
+        const int64_t row0 = m * seq_len;
+        transpose(k + row0 * head_dim, seq_len, head_dim, kt, ld);
+        for (int64_t start = 0; start < seq_len; start += STRIP_ROWS) {
+            const int64_t end = start + STRIP_ROWS < seq_len ? start + STRIP_ROWS : seq_len, rows = end - start;
+            const int64_t width = padded(end); /* rows [start, end) see columns [0, end) */
+            const int64_t t0 = row0 + start;
+            gemm(rows, width, head_dim, q + t0 * head_dim, head_dim, 1, kt, ld, strip, ld, 0); /* q.k^T */
+            for (int64_t i = 0; i < rows; ++i)
+                den[t0 + i] = decay_row(strip + i * ld, a + row0, r[t0 + i], start + i + 1, width, min_log);
+            gemm(rows, value_dim, end, strip, ld, 1, v + row0 * value_dim, value_dim, h + t0 * value_dim, value_dim,
+                 0); /* P v */
+            for (int64_t i = 0; i < rows; ++i)
+                normalise_row(h + (t0 + i) * value_dim, value_dim, den[t0 + i], log_m[t0 + i], eps);
+        }
+    }
+    free(kt);
+    free(strip);
+    return status;
+}
+
+/* The parallel form's backward pass (vil.ops.parallel.parallel_backward) for each matrix, given d_num (S, DHV) and
+ * d_den (S), the gradients of the readout's numerator and denominator: dq, dk (S, DH) and dv (S, DHV) are set;
+ * row_sum[t] = sum_s and col_sum[s] += sum_t of dL/d log decay[t, s]. Returns 0, or -1 as vil_mlstm_parallel. */
+int vil_mlstm_parallel_backward(const float *q, const float *k, const float *v, const float *d_num, const float *d_den,
+                                const float *a, const float *r, float *dq, float *dk, float *dv, float *row_sum,
+                                float *col_sum, int64_t mats, int64_t seq_len, int64_t head_dim, int64_t value_dim,
+                                float min_log) {
+    const int64_t ld = padded(seq_len);
+    float *kt = buffer(head_dim * ld), *vt = buffer(value_dim * ld);
+    float *p = buffer(STRIP_ROWS * ld), *ds = buffer(STRIP_ROWS * ld);
+    int status = kt && vt && p && ds ? 0 : -1;
+    for (int64_t m = 0; status == 0 && m < mats; ++m) {
+        const int64_t row0 = m * seq_len;
+        const float *km = k + row0 * head_dim, *vm = v + row0 * value_dim;
+        float *dkm = dk + row0 * head_dim, *dvm = dv + row0 * value_dim;
+        transpose(km, seq_len, head_dim, kt, ld);
+        transpose(vm, seq_len, value_dim, vt, ld);
+        memset(dkm, 0, (size_t)(seq_len * head_dim) * sizeof(float));
+        memset(dvm, 0, (size_t)(seq_len * value_dim) * sizeof(float));
+        for (int64_t start = 0; start < seq_len; start += STRIP_ROWS) {
+            const int64_t end = start + STRIP_ROWS < seq_len ? start + STRIP_ROWS : seq_len, rows = end - start;
+            const int64_t width = padded(end), t0 = row0 + start;
+            const float *qs = q + t0 * head_dim, *d_num_s = d_num + t0 * value_dim;
+            gemm(rows, width, head_dim, qs, head_dim, 1, kt, ld, p, ld, 0);          /* q.k^T */
+            gemm(rows, width, value_dim, d_num_s, value_dim, 1, vt, ld, ds, ld, 0); /* dL/dP = d_num v^T */
+            for (int64_t i = 0; i < rows; ++i)
+                row_sum[t0 + i] = decay_row_backward(p + i * ld, ds + i * ld, a + row0, r[t0 + i], d_den[t0 + i],
+                                                     col_sum + row0, start + i + 1, width, min_log);
+            gemm(rows, head_dim, end, ds, ld, 1, km, head_dim, dq + t0 * head_dim, head_dim, 0); /* dq = dS k */
+            gemm(end, value_dim, rows, p, 1, ld, d_num_s, value_dim, dvm, value_dim, 1);       /* dv += P^T d_num */
+            gemm(end, head_dim, rows, ds, 1, ld, qs, head_dim, dkm, head_dim, 1);              /* dk += dS^T q */
+        }
+    }
+    free(kt);
+    free(vt);
+    free(p);
+    free(ds);
+    return status;
+}
