@@ -10,7 +10,7 @@ from vil import ViLConfig, VisionLSTM, kernels
 from vil.layers.conv import SequenceConv2d
 from vil.layers.headwise import headwise_linear
 from vil.layers.norm import multi_head_norm
-from vil.ops import mlstm
+from vil.ops import MLSTMState, mlstm
 
 # (B, H, W, NH, DH): ViL-T's head size; and one whose widths leave a remainder after the vector loops
 SHAPES = [(2, 4, 5, 4, 96), (3, 3, 3, 2, 20)]
@@ -157,6 +157,23 @@ def test_cell_kernels_match_torch(backend, gate_scale, shape):
         with kernels.disabled():
             want = mlstm(*inputs, backend=backend, chunk_size=16)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", CELL_SHAPES)
+def test_chunkwise_kernel_carries_the_state_as_torch_does(shape):
+    q, k, v, igate, fgate = _cell_inputs(*shape, 3.0)
+    batch, heads, _, head_dim = q.shape
+    state = MLSTMState(
+        c=torch.randn(batch, heads, head_dim, v.shape[-1]), n=torch.randn(batch, heads, head_dim),
+        m=torch.randn(batch, heads),
+    )  # fmt: skip
+    with torch.no_grad():
+        got = mlstm(q, k, v, igate, fgate, backend="chunkwise", chunk_size=16, initial_state=state, return_state=True)
+        with kernels.disabled():
+            want = mlstm(q, k, v, igate, fgate, "chunkwise", chunk_size=16, initial_state=state, return_state=True)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
+    for g, w in zip(got[1], want[1], strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("backend", ["parallel", "chunkwise"])

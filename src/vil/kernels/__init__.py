@@ -26,8 +26,8 @@ ROW_BUFFER = 4096  # the widest row (channels, or a head) a kernel keeps on its 
 __all__ = [
     "CACHE", "ROW_BUFFER", "SWITCH", "conv2d_silu", "conv2d_silu_backward", "conv2d_silu_supported",
     "decay_scores", "decay_scores_backward", "disabled", "gated_branch_output", "gated_branch_output_backward",
-    "headwise_backward_applies", "headwise_qkv", "headwise_qkv_backward", "library", "mlstm_parallel",
-    "mlstm_parallel_backward", "reset", "usable",
+    "headwise_backward_applies", "headwise_qkv", "headwise_qkv_backward", "library", "mlstm_chunkwise",
+    "mlstm_parallel", "mlstm_parallel_backward", "reset", "usable",
 ]  # fmt: skip
 
 
@@ -282,6 +282,32 @@ def mlstm_parallel_backward(
         q.numel() // (seq_len * head_dim), seq_len, head_dim, v.shape[-1], min_log,
     )  # fmt: skip
     return (dq, dk, dv, row_sum, col_sum) if status == 0 else None
+
+
+def mlstm_chunkwise(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate_rows: tuple[torch.Tensor, ...], alpha: torch.Tensor,
+    c0: torch.Tensor, n0: torch.Tensor, chunk: int, keep_states: bool, eps: float, min_log: float,
+) -> tuple[torch.Tensor | None, ...] | None:  # fmt: skip
+    """The chunkwise form's forward pass, chunk after chunk (see cell.c): q, k (B, NH, S, DH), v (B, NH, S, DHV)
+    unpadded; ``gate_rows`` = (a, r, inter, log_m, write), each (B, NH, NC, L); alpha (B, NH, NC); the initial state
+    c0 (B, NH, DH, DHV), n0 (B, NH, DH). -> h (B, NH, S, DHV), the denominators (B, NH, NC, L), the states before
+    each chunk (B, NH, NC, DH, DHV) and (B, NH, NC, DH) if ``keep_states`` (else None), and the final state.
+    None where it does not apply."""
+    tensors = (q, k, v, *gate_rows, alpha, c0, n0)
+    if not _applies(*tensors) or q.numel() == 0 or v.numel() == 0:
+        return None
+    q, k, v, *gate_rows, alpha, c0, n0 = _contiguous(*tensors)
+    batch, heads, seq_len, head_dim = q.shape
+    chunks, value_dim = alpha.shape[-1], v.shape[-1]
+    h, denominator = torch.empty_like(v), q.new_empty(batch, heads, chunks, chunk)
+    c_last, n_last = torch.empty_like(c0), torch.empty_like(n0)
+    c_prev = q.new_empty(batch, heads, chunks, head_dim, value_dim) if keep_states else None
+    n_prev = q.new_empty(batch, heads, chunks, head_dim) if keep_states else None
+    status = library().vil_mlstm_chunkwise(
+        *map(_pointer, (q, k, v, *gate_rows, alpha, c0, n0, h, denominator, c_prev, n_prev, c_last, n_last)),
+        batch * heads, seq_len, chunk, head_dim, value_dim, eps, min_log,
+    )  # fmt: skip
+    return (h, denominator, c_prev, n_prev, c_last, n_last) if status == 0 else None
 
 
 def headwise_backward_applies(qk_input: torch.Tensor, v_input: torch.Tensor, weights: list[torch.Tensor]) -> bool:

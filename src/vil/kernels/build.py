@@ -43,8 +43,10 @@ _SIGNATURES = {
     "vil_decay_scores_backward": [_POINTER, _POINTER] + [_POINTER, _INT] * 5 + [_INT] * 4 + [ctypes.c_float],
     "vil_mlstm_parallel": [_POINTER] * 8 + [_INT] * 4 + [ctypes.c_float] * 2,
     "vil_mlstm_parallel_backward": [_POINTER] * 12 + [_INT] * 4 + [ctypes.c_float],
+    "vil_mlstm_chunkwise": [_POINTER] * 17 + [_INT] * 5 + [ctypes.c_float] * 2,
 }
-_RETURNS_STATUS = ("vil_mlstm_parallel", "vil_mlstm_parallel_backward")  # 0, or -1 when out of memory
+# these return 0, or -1 when their buffers could not be allocated
+_RETURNS_STATUS = ("vil_mlstm_parallel", "vil_mlstm_parallel_backward", "vil_mlstm_chunkwise")
 
 
 def library() -> ctypes.CDLL | None:

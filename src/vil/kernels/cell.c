@@ -312,3 +312,77 @@ int vil_mlstm_parallel_backward(const float *q, const float *k, const float *v, 
     free(ds);
     return status;
 }
+
+/* ---- the chunkwise form's forward pass, one chunk after another ------------------------------------------------
+ * vil.ops.chunkwise._forward for each matrix, with the gates' share computed by the caller. Chunks are L tokens;
+ * q, k (S, DH) and v, h (S, DHV) unpadded, the last chunk ragged; the per-token gate rows are laid out in chunks,
+ * (NC * L): a = i - b + log_scale, r = the row stabiliser, inter = the weight of the state read, log_m = b + r,
+ * write = the weight of each token's write into the state; alpha (NC) the decay of the state over each chunk.
+ * The state C (DH x DHV), n (DH) starts at c0, n0 and ends in c_last, n_last; c_prev and n_prev, the state before
+ * every chunk (NC x DH x DHV, NC x DH), are written where not NULL (training keeps them for the backward pass).
+ * den (NC * L) receives the readout's denominators. Returns 0, or -1 if the buffers could not be allocated. */
+int vil_mlstm_chunkwise(const float *q, const float *k, const float *v, const float *a, const float *r,
+                        const float *inter, const float *log_m, const float *write, const float *alpha,
+                        const float *c0, const float *n0, float *h, float *den, float *c_prev, float *n_prev,
+                        float *c_last, float *n_last, int64_t mats, int64_t seq_len, int64_t chunk, int64_t head_dim,
+                        int64_t value_dim, float eps, float min_log) {
+    const int64_t chunks = (seq_len + chunk - 1) / chunk, ld = padded(chunk), state = head_dim * value_dim;
+    float *kt = buffer(head_dim * ld), *strip = buffer(STRIP_ROWS * ld), *scaled = buffer(chunk * head_dim);
+    int status = kt && strip && scaled ? 0 : -1;
+    for (int64_t m = 0; status == 0 && m < mats; ++m) {
+        float *c = c_last + m * state, *n = n_last + m * head_dim;
+        memcpy(c, c0 + m * state, (size_t)state * sizeof(float));
+        memcpy(n, n0 + m * head_dim, (size_t)head_dim * sizeof(float));
+        for (int64_t j = 0; j < chunks; ++j) {
+            const int64_t s0 = j * chunk, rows = seq_len - s0 < chunk ? seq_len - s0 : chunk;
+            const int64_t t0 = m * seq_len + s0, g0 = (m * chunks + j) * chunk; /* token row, gate row */
+            const float *qc = q + t0 * head_dim, *kc = k + t0 * head_dim, *vc = v + t0 * value_dim;
+            float *hc = h + t0 * value_dim;
+            if (c_prev) memcpy(c_prev + (m * chunks + j) * state, c, (size_t)state * sizeof(float));
+            if (n_prev) memcpy(n_prev + (m * chunks + j) * head_dim, n, (size_t)head_dim * sizeof(float));
+
+            /* inside the chunk: the parallel form in strips */
+            transpose(kc, rows, head_dim, kt, ld);
+            for (int64_t start = 0; start < rows; start += STRIP_ROWS) {
+                const int64_t end = start + STRIP_ROWS < rows ? start + STRIP_ROWS : rows, height = end - start;
+                const int64_t width = padded(end);
+                gemm(height, width, head_dim, qc + start * head_dim, head_dim, 1, kt, ld, strip, ld, 0);
+                for (int64_t i = 0; i < height; ++i)
+                    den[g0 + start + i] =
+                        decay_row(strip + i * ld, a + g0, r[g0 + start + i], start + i + 1, width, min_log);
+                gemm(height, value_dim, end, strip, ld, 1, vc, value_dim, hc + start * value_dim, value_dim, 0);
+            }
+            /* the state's share: h += inter (q C), den += inter (q . n); then the readout */
+            for (int64_t t = 0; t < rows; ++t) {
+                const float weight = inter[g0 + t];
+                float dot = 0.0f;
+                for (int64_t e = 0; e < head_dim; ++e) {
+                    scaled[t * head_dim + e] = weight * qc[t * head_dim + e];
+                    dot += scaled[t * head_dim + e] * n[e];
+                }
+                den[g0 + t] += dot;
+            }
+            gemm(rows, value_dim, head_dim, scaled, head_dim, 1, c, value_dim, hc, value_dim, 1);
+            for (int64_t t = 0; t < rows; ++t)
+                normalise_row(hc + t * value_dim, value_dim, den[g0 + t], log_m[g0 + t], eps);
+            for (int64_t t = rows; t < chunk; ++t) den[g0 + t] = 0.0f; /* the padding of the last chunk */
+
+            /* the state after the chunk: C = alpha C + sum_s write[s] k[s] v[s]^T, n = alpha n + sum_s write[s] k[s] */
+            const float decay = alpha[m * chunks + j];
+            for (int64_t e = 0; e < state; ++e) c[e] *= decay;
+            for (int64_t e = 0; e < head_dim; ++e) n[e] *= decay;
+            for (int64_t t = 0; t < rows; ++t) {
+                const float weight = write[g0 + t];
+                for (int64_t e = 0; e < head_dim; ++e) {
+                    scaled[t * head_dim + e] = weight * kc[t * head_dim + e];
+                    n[e] += scaled[t * head_dim + e];
+                }
+            }
+            gemm(head_dim, value_dim, rows, scaled, 1, head_dim, vc, value_dim, c, value_dim, 1);
+        }
+    }
+    free(kt);
+    free(strip);
+    free(scaled);
+    return status;
+}

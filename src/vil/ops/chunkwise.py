@@ -19,14 +19,17 @@ and h, and recomputes the L x L matrices, so that training memory stays linear i
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .. import kernels
 from .common import (
     EPS,
+    MIN_LOG_DECAY,
     decay_scores,
     decay_scores_backward,
     gate_backward,
@@ -79,8 +82,7 @@ class _Chunked:
         # state writes, as log_scale, instead of costing a pass over k
         self.log_scale = -0.5 * math.log(head_dim)
 
-        # (B, NH, NC, L, ...) contiguous (batched products on strided views would copy every time)
-        self.q, self.k, self.v = (self.chunks(x).contiguous() for x in (q, k, v))
+        self.inputs = (q, k, v)  # (B, NH, S, ...) as given; chunked (and copied) only where the torch path needs it
 
         log_f = F.pad(F.logsigmoid(fgate), (0, self.pad), value=0.0)  # padded tokens do not decay the state ...
         i = F.pad(igate, (0, self.pad), value=float("-inf"))  # ... and write nothing into it
@@ -90,6 +92,19 @@ class _Chunked:
         self.g = self.b[..., -1]  # (B, NH, NC): log forget of the whole chunk
         self.a_last = self.amax[..., -1]  # (B, NH, NC): max_s a[s] over the chunk
         self.scaled_a = self.a + self.log_scale
+
+    @functools.cached_property
+    def q(self) -> torch.Tensor:
+        """(B, NH, NC, L, DH) contiguous (batched products on strided views would copy every time); k, v alike."""
+        return self.chunks(self.inputs[0]).contiguous()
+
+    @functools.cached_property
+    def k(self) -> torch.Tensor:
+        return self.chunks(self.inputs[1]).contiguous()
+
+    @functools.cached_property
+    def v(self) -> torch.Tensor:
+        return self.chunks(self.inputs[2]).contiguous()
 
     def chunks(self, x: torch.Tensor) -> torch.Tensor:
         """(B, NH, S, X) -> (B, NH, NC, L, X), zero-padded."""
@@ -102,13 +117,16 @@ class _Chunked:
         batch, heads, seq_len = self.shape[:3]
         return x.reshape(batch, heads, self.num_chunks * self.chunk, x.shape[-1])[:, :, :seq_len]
 
-    def weighted_keys(self, chunk_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def write_weights(self, chunk_scale: torch.Tensor | None = None) -> torch.Tensor:
         """w[s] = exp(a[s] - max_s a[s]) / sqrt(DH) (how much token s writes into the state, stabilised per chunk,
-        with the q.k scaling), times ``chunk_scale`` (B, NH, NC) if given, and w*k."""
-        write_weight = stabilised_exp(self.scaled_a - self.a_last.unsqueeze(-1))  # (B, NH, NC, L)
-        if chunk_scale is not None:
-            write_weight.mul_(chunk_scale.unsqueeze(-1))
-        return write_weight, self.k * write_weight.unsqueeze(-1)  # (B, NH, NC, L, DH)
+        with the q.k scaling), times ``chunk_scale`` (B, NH, NC) if given: (B, NH, NC, L)."""
+        write_weight = stabilised_exp(self.scaled_a - self.a_last.unsqueeze(-1))
+        return write_weight if chunk_scale is None else write_weight.mul_(chunk_scale.unsqueeze(-1))
+
+    def weighted_keys(self, chunk_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`write_weights` and w*k (B, NH, NC, L, DH)."""
+        write_weight = self.write_weights(chunk_scale)
+        return write_weight, self.k * write_weight.unsqueeze(-1)
 
     def chunk_updates(self, weighted_keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """What each chunk writes: U = sum_s w[s] k[s] v[s]^T (B, NH, NC, DH, DHV), u = sum_s w[s] k[s]."""
@@ -141,12 +159,24 @@ def _inter_readout(q, c_prev, n_prev):
     return q @ c_prev, torch.einsum("...ld,...d->...l", q, n_prev)  # einsum: ~10x faster than a batched q @ n
 
 
-def _forward(chunked: _Chunked, c0: torch.Tensor, n0: torch.Tensor, m0: torch.Tensor, eps: float):
+def _forward(chunked: _Chunked, c0, n0, m0, eps: float, keep_states: bool = True):
     m_all = _stabilisers(chunked, m0)  # (B, NH, NC+1)
     m_prev = m_all[..., :-1]
     alpha, beta = _chunk_state_weights(m_prev, chunked.a_last)  # (B, NH, NC)
-    updates, update_n = chunked.chunk_updates(chunked.weighted_keys(beta)[1])  # beta U, beta u: beta scales the keys
+    r = torch.maximum(m_prev.unsqueeze(-1), chunked.amax)  # (B, NH, NC, L)
+    inter_weight = stabilised_exp(m_prev.unsqueeze(-1) - r)  # (B, NH, NC, L); 0 when there is no past
+    log_m_row = chunked.b + r
 
+    # one chunk after another in the fused CPU kernel: no chunk copies of q, k, v and no stacked states in inference
+    gate_rows = (chunked.scaled_a, r, inter_weight, log_m_row, chunked.write_weights(beta))
+    fused = kernels.mlstm_chunkwise(
+        *chunked.inputs, gate_rows, alpha, c0, n0, chunked.chunk, keep_states, eps, MIN_LOG_DECAY
+    )
+    if fused is not None:
+        h, denominator, *states = fused
+        return h, tuple(states), m_all, denominator
+
+    updates, update_n = chunked.chunk_updates(chunked.weighted_keys(beta)[1])  # beta U, beta u: beta scales the keys
     # the state before each chunk (B, NH, NC, DH, DHV) and (B, NH, NC, DH), and after the last one
     c_states, n_states = [c0], [n0]
     for j in range(chunked.num_chunks):
@@ -155,15 +185,13 @@ def _forward(chunked: _Chunked, c0: torch.Tensor, n0: torch.Tensor, m0: torch.Te
     c_last, n_last = c_states.pop(), n_states.pop()
     c_prev, n_prev = torch.stack(c_states, dim=2), torch.stack(n_states, dim=2)
 
-    r = torch.maximum(m_prev.unsqueeze(-1), chunked.amax)  # (B, NH, NC, L)
     scores = chunked.q @ chunked.k.transpose(-2, -1)  # (B, NH, NC, L, L)
     denominator = r.new_empty(r.shape)  # (B, NH, NC, L)
     decay_scores(scores, chunked.scaled_a, r, denominator)
-    inter_weight = stabilised_exp(m_prev.unsqueeze(-1) - r)  # (B, NH, NC, L); 0 when there is no past
     q_c, q_n = _inter_readout(chunked.q, c_prev, n_prev)
     numerator = (scores @ chunked.v).addcmul_(inter_weight.unsqueeze(-1), q_c)  # (B, NH, NC, L, DHV)
     denominator.addcmul_(inter_weight, q_n)
-    h_chunks = normalised_readout(numerator, denominator, chunked.b + r, eps)
+    h_chunks = normalised_readout(numerator, denominator, log_m_row, eps)
     h = chunked.unchunk(h_chunks).contiguous()  # (B, NH, S, DHV); copies only when the last chunk was padded
     return h, (c_prev, n_prev, c_last, n_last), m_all, denominator
 
@@ -171,7 +199,8 @@ def _forward(chunked: _Chunked, c0: torch.Tensor, n0: torch.Tensor, m0: torch.Te
 class _ChunkwiseMLSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, igate, fgate, c0, n0, m0, chunk_size, eps):
-        outputs, saved = chunkwise_forward(q, k, v, igate, fgate, c0, n0, m0, chunk_size, eps)
+        keep_states = any(ctx.needs_input_grad)  # the states before each chunk are kept only for a backward pass
+        outputs, saved = chunkwise_forward(q, k, v, igate, fgate, c0, n0, m0, chunk_size, eps, keep_states)
         ctx.save_for_backward(q, k, v, igate, fgate, *saved)
         ctx.chunk_size, ctx.eps = chunk_size, eps
         return outputs
@@ -184,11 +213,12 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
         return *grads, None, None
 
 
-def chunkwise_forward(q, k, v, igate, fgate, c0, n0, m0, chunk_size: int, eps: float = EPS):
-    """-> (h, c_last, n_last, m_last), and what :func:`chunkwise_backward` needs besides the inputs."""
+def chunkwise_forward(q, k, v, igate, fgate, c0, n0, m0, chunk_size: int, eps: float = EPS, keep_states=True):
+    """-> (h, c_last, n_last, m_last), and what :func:`chunkwise_backward` needs besides the inputs (without the
+    states before each chunk, None, unless ``keep_states``)."""
     chunked = _Chunked(q, k, v, igate, fgate, chunk_size)
     h, (c_prev, n_prev, c_last, n_last), m_all, denominator = _forward(
-        chunked, c0.to(q.dtype), n0.to(q.dtype), m0.to(q.dtype), eps
+        chunked, c0.to(q.dtype), n0.to(q.dtype), m0.to(q.dtype), eps, keep_states
     )
     return (h, c_last, n_last, m_all[..., -1]), (c_prev, n_prev, c_last, n_last, m_all, denominator, h)
 
