@@ -34,14 +34,17 @@ def choose_backend(seq_len: int, head_dim: int, needs_grad: bool, stateful: bool
 
     Per token and head the tiled parallel form costs about S*d multiply-adds and the chunkwise form 2*L*d +
     2*d^2, so the parallel form wins below S = 2 (L' + d) for some L' of the order of the chunk size. The
-    constants come from one-thread timings of the cell (forward, and forward + backward) on this project's CPU:
-    chunks of 64 tokens are fastest for heads up to 128 (ViL-T: d = 96; 10 % faster than 128 in training) and
-    of 128 for larger heads (d = 192, 384), in inference and training alike; at d = 96 the two forms cost the
-    same at ~400-480 tokens (L' = 128); larger heads keep the parallel form longer when training (L' = 256).
+    constants come from one-thread timings of the cell on this project's CPU with the fused kernels
+    (vil.kernels): in inference, chunks of 64 tokens are fastest for every head size (d = 96, 192, 384) and the
+    forms cost the same at about 2 (64 + d) tokens. When training, chunks of 64 are fastest for heads up to 128
+    (ViL-T: d = 96) and of 128 for larger heads; the crossover is at about 2 (128 + d) tokens (ViL-T: ~450), and
+    larger heads keep the parallel form longer (L' = 256).
     """
     large_head = head_dim > 128
-    chunk_size = 128 if large_head else 64
-    crossover = 2 * ((256 if needs_grad and large_head else 128) + head_dim)
+    if needs_grad:
+        chunk_size, crossover = (128, 2 * (256 + head_dim)) if large_head else (64, 2 * (128 + head_dim))
+    else:
+        chunk_size, crossover = 64, 2 * (64 + head_dim)
     if stateful or seq_len > crossover:
         return "chunkwise", chunk_size
     return "parallel", chunk_size
