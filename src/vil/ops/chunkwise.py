@@ -19,7 +19,6 @@ and h, and recomputes the L x L matrices, so that training memory stays linear i
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -83,6 +82,7 @@ class _Chunked:
         self.log_scale = -0.5 * math.log(head_dim)
 
         self.inputs = (q, k, v)  # (B, NH, S, ...) as given; chunked (and copied) only where the torch path needs it
+        self._chunked: tuple[torch.Tensor, ...] | None = None
 
         log_f = F.pad(F.logsigmoid(fgate), (0, self.pad), value=0.0)  # padded tokens do not decay the state ...
         i = F.pad(igate, (0, self.pad), value=float("-inf"))  # ... and write nothing into it
@@ -93,18 +93,24 @@ class _Chunked:
         self.a_last = self.amax[..., -1]  # (B, NH, NC): max_s a[s] over the chunk
         self.scaled_a = self.a + self.log_scale
 
-    @functools.cached_property
+    @property
     def q(self) -> torch.Tensor:
         """(B, NH, NC, L, DH) contiguous (batched products on strided views would copy every time); k, v alike."""
-        return self.chunks(self.inputs[0]).contiguous()
+        return self._chunked_inputs()[0]
 
-    @functools.cached_property
+    @property
     def k(self) -> torch.Tensor:
-        return self.chunks(self.inputs[1]).contiguous()
+        return self._chunked_inputs()[1]
 
-    @functools.cached_property
+    @property
     def v(self) -> torch.Tensor:
-        return self.chunks(self.inputs[2]).contiguous()
+        return self._chunked_inputs()[2]
+
+    def _chunked_inputs(self) -> tuple[torch.Tensor, ...]:
+        # cached by hand: torch.compile computed wrong results with functools.cached_property here (torch 2.14)
+        if self._chunked is None:
+            self._chunked = tuple(self.chunks(x).contiguous() for x in self.inputs)
+        return self._chunked
 
     def chunks(self, x: torch.Tensor) -> torch.Tensor:
         """(B, NH, S, X) -> (B, NH, NC, L, X), zero-padded."""
