@@ -1,11 +1,13 @@
-"""Fused CPU kernels for the elementwise parts of the ViL block, compiled from ``block.c`` at first use.
+"""Fused CPU kernels for the ViL block and its mLSTM cell, compiled from ``block.c`` and ``cell.c`` at first use.
 
 PyTorch runs the block's cheap parts (the 4x4 headwise q/k/v projections and their reordering into heads, the
 gates, the per-head norm + skip + output gate, the depthwise conv + SiLU, the cell's stabilised decay) as many
 passes over E-wide (or S x S) tensors; at ViL-T's sizes these cost more than the mLSTM cell's products. Each
-kernel here, forward or backward, is one pass.
+kernel in ``block.c``, forward or backward, is one pass. ``cell.c`` computes the cell itself: the parallel form
+(forward and backward) in strips of rows and the chunkwise form's forward pass chunk after chunk, with
+register-tiled products instead of many small batched GEMMs.
 
-The C source is compiled once per machine with its own compiler and ``-march=native`` (a few tenths of a second)
+The C sources are compiled once per machine with its own compiler and ``-march=native`` (a few tenths of a second)
 into a cache directory, and loaded with ctypes (:mod:`vil.kernels.build`): no build step at install time and no
 Python headers needed. Where no compiler is found, or the build fails, or ``VIL_KERNELS=0`` is set, every caller
 falls back to its PyTorch expression (same results up to float rounding); a missing compiler or a failed build is
