@@ -29,7 +29,7 @@ __all__ = [
     "CACHE", "ROW_BUFFER", "SWITCH", "conv2d_silu", "conv2d_silu_backward", "conv2d_silu_supported",
     "decay_scores", "decay_scores_backward", "disabled", "gated_branch_output", "gated_branch_output_backward",
     "headwise_backward_applies", "headwise_qkv", "headwise_qkv_backward", "library", "mlstm_chunkwise",
-    "mlstm_parallel", "mlstm_parallel_backward", "reset", "usable",
+    "mlstm_chunkwise_backward", "mlstm_parallel", "mlstm_parallel_backward", "reset", "usable",
 ]  # fmt: skip
 
 
@@ -310,6 +310,33 @@ def mlstm_chunkwise(
         batch * heads, seq_len, chunk, head_dim, value_dim, eps, min_log,
     )  # fmt: skip
     return (h, denominator, c_prev, n_prev, c_last, n_last) if status == 0 else None
+
+
+def mlstm_chunkwise_backward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, d_num: torch.Tensor, d_den: torch.Tensor,
+    gate_rows: tuple[torch.Tensor, ...], c_prev: torch.Tensor, n_prev: torch.Tensor, min_log: float,
+) -> tuple[torch.Tensor, ...] | None:  # fmt: skip
+    """The chunkwise backward pass through each chunk's outputs (see cell.c): q, k (B, NH, S, DH), v (B, NH, S, DHV)
+    unpadded; d_num (B, NH, NC, L, DHV) and d_den (B, NH, NC, L) the readout's gradients; ``gate_rows`` = (a, r,
+    inter), each (B, NH, NC, L); the states before each chunk c_prev (B, NH, NC, DH, DHV), n_prev (B, NH, NC, DH).
+    -> dq, dk, dv in chunks (B, NH, NC, L, ...), the row and column sums of dL/d log decay (B, NH, NC, L), and dL/d
+    c_prev, n_prev through the chunks' outputs. None where it does not apply."""
+    tensors = (q, k, v, d_num, d_den, *gate_rows, c_prev, n_prev)
+    if not _applies(*tensors) or q.numel() == 0 or v.numel() == 0:
+        return None
+    q, k, v, d_num, d_den, *gate_rows, c_prev, n_prev = _contiguous(*tensors)
+    batch, heads, chunks, chunk, value_dim = d_num.shape
+    seq_len, head_dim = q.shape[-2:]
+    dq, dk = (q.new_empty(batch, heads, chunks, chunk, head_dim) for _ in range(2))
+    dv = torch.empty_like(d_num)
+    row_sum, col_sum = torch.empty_like(d_den), torch.empty_like(d_den)
+    dc_out, dn_out = torch.empty_like(c_prev), torch.empty_like(n_prev)
+    outputs = (dq, dk, dv, row_sum, col_sum, dc_out, dn_out)
+    status = library().vil_mlstm_chunkwise_backward(
+        *map(_pointer, (q, k, v, d_num, d_den, *gate_rows, c_prev, n_prev, *outputs)),
+        batch * heads, seq_len, chunk, head_dim, value_dim, min_log,
+    )  # fmt: skip
+    return outputs if status == 0 else None
 
 
 def headwise_backward_applies(qk_input: torch.Tensor, v_input: torch.Tensor, weights: list[torch.Tensor]) -> bool:

@@ -44,9 +44,12 @@ _SIGNATURES = {
     "vil_mlstm_parallel": [_POINTER] * 8 + [_INT] * 4 + [ctypes.c_float] * 2,
     "vil_mlstm_parallel_backward": [_POINTER] * 12 + [_INT] * 4 + [ctypes.c_float],
     "vil_mlstm_chunkwise": [_POINTER] * 17 + [_INT] * 5 + [ctypes.c_float] * 2,
+    "vil_mlstm_chunkwise_backward": [_POINTER] * 17 + [_INT] * 5 + [ctypes.c_float],
 }
 # these return 0, or -1 when their buffers could not be allocated
-_RETURNS_STATUS = ("vil_mlstm_parallel", "vil_mlstm_parallel_backward", "vil_mlstm_chunkwise")
+_RETURNS_STATUS = (
+    "vil_mlstm_parallel", "vil_mlstm_parallel_backward", "vil_mlstm_chunkwise", "vil_mlstm_chunkwise_backward",
+)  # fmt: skip
 
 
 def library() -> ctypes.CDLL | None:

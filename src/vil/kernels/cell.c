@@ -386,3 +386,80 @@ int vil_mlstm_chunkwise(const float *q, const float *k, const float *v, const fl
     free(scaled);
     return status;
 }
+
+/* ---- the chunkwise form's backward pass through each chunk's outputs -------------------------------------------
+ * What vil.ops.chunkwise.chunkwise_backward computes from the gradients of the readout, chunk by chunk: given
+ * d_num (NC * L, DHV) and d_den (NC * L), the gradients of each token's numerator and denominator, and the gate
+ * rows of vil_mlstm_chunkwise (a, r, inter), with the states before each chunk c_prev (NC, DH, DHV) and n_prev
+ * (NC, DH): dq, dk, dv (NC * L rows, zero in the padding) through the chunk's outputs (dk and dv without the
+ * state writes, which the caller adds), row_sum and col_sum (NC * L) the row and column sums of dL/d log decay
+ * inside each chunk, and dc_out (NC, DH, DHV), dn_out (NC, DH): dL/d of the state before each chunk through that
+ * chunk's outputs. q, k, v are unpadded (S rows). Returns 0, or -1 if the buffers could not be allocated. */
+int vil_mlstm_chunkwise_backward(const float *q, const float *k, const float *v, const float *d_num,
+                                 const float *d_den, const float *a, const float *r, const float *inter,
+                                 const float *c_prev, const float *n_prev, float *dq, float *dk, float *dv,
+                                 float *row_sum, float *col_sum, float *dc_out, float *dn_out, int64_t mats,
+                                 int64_t seq_len, int64_t chunk, int64_t head_dim, int64_t value_dim, float min_log) {
+    const int64_t chunks = (seq_len + chunk - 1) / chunk, ld = padded(chunk), state = head_dim * value_dim;
+    float *kt = buffer(head_dim * ld), *vt = buffer(value_dim * ld), *ct = buffer(state);
+    float *p = buffer(STRIP_ROWS * ld), *ds = buffer(STRIP_ROWS * ld), *scaled = buffer(chunk * value_dim);
+    int status = kt && vt && ct && p && ds && scaled ? 0 : -1;
+    for (int64_t m = 0; status == 0 && m < mats; ++m) {
+        for (int64_t j = 0; j < chunks; ++j) {
+            const int64_t s0 = j * chunk, rows = seq_len - s0 < chunk ? seq_len - s0 : chunk;
+            const int64_t t0 = m * seq_len + s0, g0 = (m * chunks + j) * chunk, state0 = (m * chunks + j);
+            const float *qc = q + t0 * head_dim, *kc = k + t0 * head_dim, *vc = v + t0 * value_dim;
+            const float *d_num_c = d_num + g0 * value_dim, *c = c_prev + state0 * state, *n = n_prev + state0 * head_dim;
+            float *dqc = dq + g0 * head_dim, *dkc = dk + g0 * head_dim, *dvc = dv + g0 * value_dim;
+            memset(dkc, 0, (size_t)(chunk * head_dim) * sizeof(float));
+            memset(dvc, 0, (size_t)(chunk * value_dim) * sizeof(float));
+            memset(dqc + rows * head_dim, 0, (size_t)((chunk - rows) * head_dim) * sizeof(float));
+            memset(col_sum + g0, 0, (size_t)chunk * sizeof(float));
+            for (int64_t t = rows; t < chunk; ++t) row_sum[g0 + t] = 0.0f;
+
+            /* inside the chunk: the parallel form's backward pass in strips */
+            transpose(kc, rows, head_dim, kt, ld);
+            transpose(vc, rows, value_dim, vt, ld);
+            for (int64_t start = 0; start < rows; start += STRIP_ROWS) {
+                const int64_t end = start + STRIP_ROWS < rows ? start + STRIP_ROWS : rows, height = end - start;
+                const int64_t width = padded(end);
+                const float *qs = qc + start * head_dim, *d_num_s = d_num_c + start * value_dim;
+                gemm(height, width, head_dim, qs, head_dim, 1, kt, ld, p, ld, 0);          /* q.k^T */
+                gemm(height, width, value_dim, d_num_s, value_dim, 1, vt, ld, ds, ld, 0); /* d_num v^T */
+                for (int64_t i = 0; i < height; ++i) {
+                    const int64_t g = g0 + start + i;
+                    row_sum[g] = decay_row_backward(p + i * ld, ds + i * ld, a + g0, r[g], d_den[g], col_sum + g0,
+                                                    start + i + 1, width, min_log);
+                }
+                gemm(height, head_dim, end, ds, ld, 1, kc, head_dim, dqc + start * head_dim, head_dim, 0);
+                gemm(end, value_dim, height, p, 1, ld, d_num_s, value_dim, dvc, value_dim, 1); /* dv += P^T d_num */
+                gemm(end, head_dim, height, ds, 1, ld, qs, head_dim, dkc, head_dim, 1);        /* dk += dS^T q */
+            }
+
+            /* the state's share, h += inter (q C), den += inter (q . n): with g = inter d_num,
+             * dq += g C^T + inter d_den n, dC = q^T g, dn = q^T (inter d_den) */
+            for (int64_t t = 0; t < rows; ++t)
+                for (int64_t e = 0; e < value_dim; ++e)
+                    scaled[t * value_dim + e] = inter[g0 + t] * d_num_c[t * value_dim + e];
+            transpose(c, head_dim, value_dim, ct, head_dim);
+            gemm(rows, head_dim, value_dim, scaled, value_dim, 1, ct, head_dim, dqc, head_dim, 1);
+            float *dnc = dn_out + state0 * head_dim;
+            memset(dnc, 0, (size_t)head_dim * sizeof(float));
+            for (int64_t t = 0; t < rows; ++t) {
+                const float weight = inter[g0 + t] * d_den[g0 + t];
+                for (int64_t e = 0; e < head_dim; ++e) {
+                    dqc[t * head_dim + e] += weight * n[e];
+                    dnc[e] += weight * qc[t * head_dim + e];
+                }
+            }
+            gemm(head_dim, value_dim, rows, qc, 1, head_dim, scaled, value_dim, dc_out + state0 * state, value_dim, 0);
+        }
+    }
+    free(kt);
+    free(vt);
+    free(ct);
+    free(p);
+    free(ds);
+    free(scaled);
+    return status;
+}

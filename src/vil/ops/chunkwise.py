@@ -235,12 +235,11 @@ def chunkwise_backward(q, k, v, igate, fgate, saved, dh, chunk_size: int, eps: f
     c_prev, n_prev, c_last, n_last, m_all, denominator, h = saved
     chunked = _Chunked(q, k, v, igate, fgate, chunk_size)
     batch, heads, seq_len = chunked.shape[:3]
-    q, k, v, amax = chunked.q, chunked.k, chunked.v, chunked.amax
+    amax = chunked.amax
     m_prev = m_all[..., :-1]  # (B, NH, NC)
 
     # --- recompute what the outputs were made of
     r = torch.maximum(m_prev.unsqueeze(-1), amax)  # (B, NH, NC, L)
-    scores = q @ k.transpose(-2, -1)  # (B, NH, NC, L, L), times the decay below
     inter_weight = stabilised_exp(m_prev.unsqueeze(-1) - r)  # (B, NH, NC, L)
     log_m_row = chunked.b + r
     h, dh = chunked.chunks(h), chunked.chunks(dh)
@@ -248,20 +247,18 @@ def chunkwise_backward(q, k, v, igate, fgate, saved, dh, chunk_size: int, eps: f
     # --- h = num / (max(|den|, exp(-M)) + eps), M = b + r
     d_num, d_den, d_log_m_row = readout_backward(dh, h, denominator, log_m_row, eps)
 
-    # --- num = scores @ v + e * (q @ C),  den = scores.sum(-1) + e * (q . n),  e = inter_weight
-    # scores = (q @ k^T) * decay, log decay = a[s] - r[t] (includes 1/sqrt(DH)): the decay is recomputed and
-    # applied in one pass, which turns d_scores into dL/d(q @ k^T) and sums dL/d log decay over rows and columns
-    d_scores = d_num @ v.transpose(-2, -1)  # (B, NH, NC, L, L), the numerator's part
-    d_log_decay_rows, da = r.new_empty(r.shape), torch.zeros_like(r)  # (B, NH, NC, L)
-    decay_scores_backward(scores, d_scores, d_den, chunked.scaled_a, r, d_log_decay_rows, da)
-    dv = scores.transpose(-2, -1) @ d_num  # (B, NH, NC, L, DHV)
-    d_num_inter, d_den_inter = d_num * inter_weight.unsqueeze(-1), d_den * inter_weight
-    dq = (d_num_inter @ c_prev.transpose(-2, -1)).addcmul_(d_den_inter.unsqueeze(-1), n_prev.unsqueeze(-2))
-    d_c_prev_out = q.transpose(-2, -1) @ d_num_inter  # (B, NH, NC, DH, DHV)
-    d_n_prev_out = torch.einsum("...ld,...l->...d", q, d_den_inter)  # (B, NH, NC, DH)
+    # --- num = scores @ v + e * (q @ C),  den = scores.sum(-1) + e * (q . n),  e = inter_weight: chunk by chunk in
+    # the CPU kernel, else all chunks at once
+    fused = kernels.mlstm_chunkwise_backward(
+        *chunked.inputs, d_num, d_den, (chunked.scaled_a, r, inter_weight), c_prev, n_prev, MIN_LOG_DECAY
+    )
+    if fused is not None:
+        dq, dk, dv, d_log_decay_rows, da, d_c_prev_out, d_n_prev_out = fused
+    else:
+        dq, dk, dv, d_log_decay_rows, da, d_c_prev_out, d_n_prev_out = _outputs_backward(
+            chunked, d_num, d_den, r, inter_weight, c_prev, n_prev
+        )
 
-    _add_product(dq, d_scores, k)
-    dk = d_scores.transpose(-2, -1) @ q  # (B, NH, NC, L, DH)
     # dL/d log e: the state's share of num and den is (num, den) minus the chunk's share, so
     # sum_c d_num (e q C) + d_den (e q.n) = <d_num, num> + d_den den - sum_s d_scores[t, s] scores[t, s], and
     # <d_num, num> = <dh, h> (d_num = dh / normaliser, num = h * normaliser; also finite where exp(-M) overflows)
@@ -283,9 +280,9 @@ def chunkwise_backward(q, k, v, igate, fgate, saved, dh, chunk_size: int, eps: f
 
     # U = (w k)^T v, u = sum_s w k
     write_weight, weighted_keys = chunked.weighted_keys()
-    d_weighted_keys = (v @ d_updates.transpose(-2, -1)).add_(d_update_n.unsqueeze(-2))  # (B, NH, NC, L, DH)
+    d_weighted_keys = (chunked.v @ d_updates.transpose(-2, -1)).add_(d_update_n.unsqueeze(-2))  # (B, NH, NC, L, DH)
     _add_product(dv, weighted_keys, d_updates)
-    d_log_w = _dot(d_weighted_keys, k) * write_weight
+    d_log_w = _dot(d_weighted_keys, chunked.k) * write_weight
     dk.addcmul_(d_weighted_keys, write_weight.unsqueeze(-1))
     da += d_log_w
     d_amax[..., -1] += d_a_last - d_log_w.sum(dim=-1)  # w = exp(a - a_last) / sqrt(DH), a_last = amax[last]
@@ -299,6 +296,26 @@ def chunkwise_backward(q, k, v, igate, fgate, saved, dh, chunk_size: int, eps: f
     d_fgate = d_log_f.reshape(batch, heads, -1)[..., :seq_len] * torch.sigmoid(-fgate)
     return (chunked.unchunk(dq), chunked.unchunk(dk), chunked.unchunk(dv), d_igate, d_fgate,
             dc0, dn0, dm0)  # fmt: skip
+
+
+def _outputs_backward(chunked: _Chunked, d_num, d_den, r, inter_weight, c_prev, n_prev):
+    """dq, dk, dv through each chunk's outputs, the row and column sums of dL/d log decay inside the chunks, and
+    dL/d of the state before each chunk through that chunk's outputs (all chunks at once, batched products)."""
+    q, k, v = chunked.q, chunked.k, chunked.v
+    # scores = (q @ k^T) * decay, log decay = a[s] - r[t] (includes 1/sqrt(DH)): the decay is recomputed and
+    # applied in one pass, which turns d_scores into dL/d(q @ k^T) and sums dL/d log decay over rows and columns
+    scores = q @ k.transpose(-2, -1)  # (B, NH, NC, L, L), times the decay below
+    d_scores = d_num @ v.transpose(-2, -1)  # (B, NH, NC, L, L), the numerator's part
+    d_log_decay_rows, da = r.new_empty(r.shape), torch.zeros_like(r)  # (B, NH, NC, L)
+    decay_scores_backward(scores, d_scores, d_den, chunked.scaled_a, r, d_log_decay_rows, da)
+    dv = scores.transpose(-2, -1) @ d_num  # (B, NH, NC, L, DHV)
+    d_num_inter, d_den_inter = d_num * inter_weight.unsqueeze(-1), d_den * inter_weight
+    dq = (d_num_inter @ c_prev.transpose(-2, -1)).addcmul_(d_den_inter.unsqueeze(-1), n_prev.unsqueeze(-2))
+    d_c_prev_out = q.transpose(-2, -1) @ d_num_inter  # (B, NH, NC, DH, DHV)
+    d_n_prev_out = torch.einsum("...ld,...l->...d", q, d_den_inter)  # (B, NH, NC, DH)
+    _add_product(dq, d_scores, k)
+    dk = d_scores.transpose(-2, -1) @ q  # (B, NH, NC, L, DH)
+    return dq, dk, dv, d_log_decay_rows, da, d_c_prev_out, d_n_prev_out
 
 
 def _scan_backward(states_prev, states_after, alpha, beta, from_a_last, d_states_out, dm_prev_out, d_last):
