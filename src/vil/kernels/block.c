@@ -125,20 +125,36 @@ void vil_gated_branch_output(const float *h, const float *c, const float *z, con
  * x, out (B, H, W, C) (a token sequence read as an image, channels last); weight pre-arranged as (k*k, C). */
 static void conv_pixel(const float *x, const float *weight, const float *bias, float *pre, int64_t b, int64_t i,
                        int64_t j, int64_t height, int64_t width, int64_t channels, int64_t kernel) {
-    /* pre[ch] = bias[ch] + sum over the k x k taps inside the image of weight[tap][ch] x[pixel + tap][ch] */
+    /* pre[ch] = bias[ch] + sum over the k x k taps inside the image of weight[tap][ch] x[pixel + tap][ch], a block
+     * of CONV_VECS vectors of channels at a time kept in registers across the taps */
     const int64_t pad = kernel / 2;
-    for (int64_t ch = 0; ch < channels; ++ch) pre[ch] = bias ? bias[ch] : 0.0f;
-    for (int64_t di = 0; di < kernel; ++di) {
-        const int64_t ii = i + di - pad;
-        if (ii < 0 || ii >= height) continue;
-        for (int64_t dj = 0; dj < kernel; ++dj) {
-            const int64_t jj = j + dj - pad;
-            if (jj < 0 || jj >= width) continue;
-            const float *w = weight + (di * kernel + dj) * channels;
-            const float *xp = x + ((b * height + ii) * width + jj) * channels;
-#pragma omp simd
-            for (int64_t ch = 0; ch < channels; ++ch) pre[ch] += w[ch] * xp[ch];
+    const int64_t di0 = pad - i > 0 ? pad - i : 0, di1 = height + pad - i < kernel ? height + pad - i : kernel;
+    const int64_t dj0 = pad - j > 0 ? pad - j : 0, dj1 = width + pad - j < kernel ? width + pad - j : kernel;
+    int64_t ch = 0;
+#ifdef VEC
+#define CONV_VECS 4
+    for (; ch + VW <= channels;) {
+        const int vecs = (channels - ch) / VW >= CONV_VECS ? CONV_VECS : 1;
+        vec acc[CONV_VECS];
+        for (int v = 0; v < vecs; ++v) acc[v] = bias ? vload(bias + ch + v * VW) : vzero();
+        for (int64_t di = di0; di < di1; ++di) {
+            for (int64_t dj = dj0; dj < dj1; ++dj) {
+                const float *w = weight + (di * kernel + dj) * channels + ch;
+                const float *xp = x + ((b * height + i + di - pad) * width + j + dj - pad) * channels + ch;
+                for (int v = 0; v < vecs; ++v) acc[v] = vfmadd(vload(w + v * VW), vload(xp + v * VW), acc[v]);
+            }
         }
+        for (int v = 0; v < vecs; ++v) vstore(pre + ch + v * VW, acc[v]);
+        ch += vecs * VW;
+    }
+#endif
+    for (; ch < channels; ++ch) {
+        float acc = bias ? bias[ch] : 0.0f;
+        for (int64_t di = di0; di < di1; ++di)
+            for (int64_t dj = dj0; dj < dj1; ++dj)
+                acc += weight[(di * kernel + dj) * channels + ch] *
+                       x[((b * height + i + di - pad) * width + j + dj - pad) * channels + ch];
+        pre[ch] = acc;
     }
 }
 
