@@ -1,6 +1,7 @@
 """The fused CPU kernels (vil.kernels): same numbers as the PyTorch expressions they replace, and a clean fallback."""
 
 import logging
+import platform
 
 import pytest
 import torch
@@ -91,6 +92,10 @@ def test_kernels_step_aside_where_they_do_not_apply():
 
 @pytest.mark.parametrize("version", [1, 2])
 def test_model_gives_the_same_outputs_and_gradients_with_and_without_kernels(version, recompute_mode):
+    _check_model_with_and_without_kernels(version)
+
+
+def _check_model_with_and_without_kernels(version: int) -> None:
     config = ViLConfig(dim=32, depth=2, img_size=32, patch_size=8, num_classes=5, version=version)
     model = VisionLSTM(config)
     images = torch.randn(2, 3, 32, 32)
@@ -167,6 +172,20 @@ def test_cell_kernels_are_as_accurate_as_torch(backend, gate_scale, shape):
         with kernels.disabled():
             want = mlstm(*inputs, backend=backend, chunk_size=16)
     _assert_as_accurate(got, want, exact)
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 instruction sets")
+@pytest.mark.parametrize("isa_flags", [("-mavx2", "-mfma"), ("-mno-avx",)], ids=["avx2", "plain-c"])
+def test_narrower_instruction_sets_compute_the_same(fresh_kernels, monkeypatch, isa_flags):
+    # the AVX2 and the plain C paths of the kernels, built here in place of -march=native's
+    flags = tuple(f for f in kernels.build.FLAGS if f != "-march=native") + isa_flags
+    monkeypatch.setattr(kernels.build, "FLAGS", flags)
+    assert kernels.library() is not None
+    for version in (1, 2):
+        _check_model_with_and_without_kernels(version)
+    for backend in ("parallel", "chunkwise"):
+        test_cell_kernels_are_as_accurate_as_torch(backend, 50.0, CELL_SHAPES[2])
+        test_cell_backward_kernels_are_as_accurate_as_torch(backend, 50.0, CELL_SHAPES[1])
 
 
 @pytest.mark.parametrize("shape", CELL_SHAPES)
