@@ -1,13 +1,13 @@
 """Fused CPU kernels for the ViL block and its mLSTM cell, compiled from ``block.c`` and ``cell.c`` at first use.
 
 PyTorch runs the block's cheap parts (the 4x4 headwise q/k/v projections and their reordering into heads, the
-gates, the per-head norm + skip + output gate, the depthwise conv + SiLU, the cell's stabilised decay) as many
-passes over E-wide (or S x S) tensors; at ViL-T's sizes these cost more than the mLSTM cell's products. Each
-kernel in ``block.c``, forward or backward, is one pass. ``cell.c`` computes the cell itself: the parallel form
-(forward and backward) in strips of rows and the chunkwise form's forward pass chunk after chunk, with
-register-tiled products instead of many small batched GEMMs.
+gates, the per-head norm + skip + output gate, the depthwise conv + SiLU) as many passes over E-wide tensors; at
+ViL-T's sizes these cost more than the mLSTM cell's products. Each kernel in ``block.c``, forward or backward, is
+one pass. ``cell.c`` computes the cell itself: the parallel form (forward and backward) in strips of rows and the
+chunkwise form chunk after chunk (forward, and backward through each chunk's outputs), with register-tiled
+products instead of many small batched GEMMs.
 
-The C sources are compiled once per machine with its own compiler and ``-march=native`` (a few tenths of a second)
+The C sources are compiled once per machine with its own compiler and ``-march=native`` (about 1.5 s)
 into a cache directory, and loaded with ctypes (:mod:`vil.kernels.build`): no build step at install time and no
 Python headers needed. Where no compiler is found, or the build fails, or ``VIL_KERNELS=0`` is set, every caller
 falls back to its PyTorch expression (same results up to float rounding); a missing compiler or a failed build is
@@ -27,7 +27,7 @@ ROW_BUFFER = 4096  # the widest row (channels, or a head) a kernel keeps on its 
 
 __all__ = [
     "CACHE", "ROW_BUFFER", "SWITCH", "conv2d_silu", "conv2d_silu_backward", "conv2d_silu_supported",
-    "decay_scores", "decay_scores_backward", "disabled", "gated_branch_output", "gated_branch_output_backward",
+    "disabled", "gated_branch_output", "gated_branch_output_backward",
     "headwise_backward_applies", "headwise_qkv", "headwise_qkv_backward", "library", "mlstm_chunkwise",
     "mlstm_chunkwise_backward", "mlstm_parallel", "mlstm_parallel_backward", "reset", "usable",
 ]  # fmt: skip
@@ -179,71 +179,6 @@ def conv2d_silu(x: torch.Tensor, grid: tuple[int, int], weight: torch.Tensor, bi
         *map(_pointer, (x, arranged, bias, out)), batch, grid[0], grid[1], channels, weight.shape[-1]
     )
     return out
-
-
-def decay_scores(
-    scores: torch.Tensor, write_log: torch.Tensor, row_max: torch.Tensor, row_sum: torch.Tensor, offset: int,
-    min_log: float,
-) -> bool:  # fmt: skip
-    """In place, the cell's stabilised decay (vil.ops.common.stabilised_decay) times the scores, and their row sums:
-    ``scores *= exp(clamp(a[s] - r[t], min_log, 0))`` for s <= t + offset, 0 above; ``row_sum[t] = sum_s scores``.
-
-    scores (..., T, S') contiguous; write_log a (..., S') and row_max r (..., T) any layout; row_sum (..., T) may be
-    a strided view (e.g. a column slice) whose leading dims flatten. Returns False, changing nothing, where it does
-    not apply.
-    """
-    if not _applies(scores, write_log, row_max, row_sum) or not scores.is_contiguous() or scores.numel() == 0:
-        return False
-    rows, cols = scores.shape[-2:]
-    mats = scores.numel() // (rows * cols)
-    # the gate rows are small (no S x S): copied where their layout does not flatten; the sums are written in place
-    (a, a_stride), (r, r_stride) = _rows_of(write_log, mats, cols), _rows_of(row_max, mats, rows)
-    flat_sums = _as_rows(row_sum, mats, rows)
-    if flat_sums is None:
-        return False
-    sums, sum_stride = flat_sums
-    library().vil_decay_scores(
-        scores.data_ptr(), a.data_ptr(), a_stride, r.data_ptr(), r_stride, sums.data_ptr(), sum_stride,
-        mats, rows, cols, offset, min_log,
-    )  # fmt: skip
-    return True
-
-
-def _as_rows(t: torch.Tensor, rows: int, width: int) -> tuple[torch.Tensor, int] | None:
-    """t as a (rows, width) view with unit column stride, and its row stride; None if it is not one."""
-    try:
-        view = t.view(rows, width)
-    except RuntimeError:
-        return None
-    return (view, view.stride(0)) if width == 1 or view.stride(1) == 1 else None
-
-
-def _rows_of(t: torch.Tensor, rows: int, width: int) -> tuple[torch.Tensor, int]:
-    """An input as (rows, width) rows and their stride, copied where its layout does not flatten (inputs only: a
-    copy of an output would not be written back)."""
-    return _as_rows(t, rows, width) or _as_rows(t.contiguous(), rows, width)
-
-
-def decay_scores_backward(
-    qk: torch.Tensor, d_scores: torch.Tensor, d_den: torch.Tensor, write_log: torch.Tensor, row_max: torch.Tensor,
-    row_sum: torch.Tensor, col_sum: torch.Tensor, offset: int, min_log: float,
-) -> bool:  # fmt: skip
-    """Backward of :func:`decay_scores`, in place (see block.c): qk -> P = qk * decay; d_scores -> (d_scores + d_den)
-    * decay; row_sum = the rows' sums of the log decay's gradient (d_scores + d_den) * P, col_sum += its column
-    sums. qk, d_scores (..., T, S') contiguous; row_sum, col_sum views that flatten. False where it does not apply.
-    """
-    tensors = (qk, d_scores, d_den, write_log, row_max, row_sum, col_sum)
-    if not _applies(*tensors) or not (qk.is_contiguous() and d_scores.is_contiguous()) or qk.numel() == 0:
-        return False
-    rows, cols = qk.shape[-2:]
-    mats = qk.numel() // (rows * cols)
-    inputs = [_rows_of(d_den, mats, rows), _rows_of(write_log, mats, cols), _rows_of(row_max, mats, rows)]
-    outputs = [_as_rows(row_sum, mats, rows), _as_rows(col_sum, mats, cols)]
-    if any(o is None for o in outputs):
-        return False
-    flat = [x for t, stride in inputs + outputs for x in (t.data_ptr(), stride)]
-    library().vil_decay_scores_backward(qk.data_ptr(), d_scores.data_ptr(), *flat, mats, rows, cols, offset, min_log)
-    return True
 
 
 def mlstm_parallel(

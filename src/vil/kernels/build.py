@@ -1,7 +1,7 @@
 """Building and loading the fused CPU kernels: the C sources here compiled once per machine into one library,
 cached, loaded with ctypes.
 
-The C sources are compiled with the machine's own compiler and ``-march=native`` (a few tenths of a second) into a
+The C sources are compiled with the machine's own compiler and ``-march=native`` (about 1.5 s) into a
 cache directory keyed by the source, the flags, the compiler and the CPU; a build writes a temporary file and
 renames it, so an interrupted build or two processes building at once never leave a half-written library.
 """
@@ -38,9 +38,7 @@ _SIGNATURES = {
     "vil_gated_branch_output_backward": [_POINTER] * 14 + [_INT] * 4 + [ctypes.c_float],
     "vil_conv2d_silu": [_POINTER] * 4 + [_INT] * 5,
     "vil_conv2d_silu_backward": [_POINTER] * 8 + [_INT] * 5,
-    "vil_decay_scores": [_POINTER, _POINTER, _INT, _POINTER, _INT, _POINTER] + [_INT] * 5 + [ctypes.c_float],
     "vil_headwise_backward": [_POINTER, _POINTER, _INT, _INT] + [_POINTER] * 4 + [_INT] * 5,
-    "vil_decay_scores_backward": [_POINTER, _POINTER] + [_POINTER, _INT] * 5 + [_INT] * 4 + [ctypes.c_float],
     "vil_mlstm_parallel": [_POINTER] * 8 + [_INT] * 4 + [ctypes.c_float] * 2,
     "vil_mlstm_parallel_backward": [_POINTER] * 12 + [_INT] * 4 + [ctypes.c_float],
     "vil_mlstm_chunkwise": [_POINTER] * 17 + [_INT] * 5 + [ctypes.c_float] * 2,

@@ -1,11 +1,12 @@
-/* CPU kernels for the mLSTM cell (float32, one thread per call): its stabilised decay applied to q.k scores, and
- * the whole parallel form, forward and backward, computed in strips of rows.
+/* CPU kernels for the mLSTM cell (float32, one thread per call): the parallel form, forward and backward, in strips
+ * of rows, and the chunkwise form chunk after chunk (its forward pass, and its backward pass through each chunk's
+ * outputs).
  *
  * The parallel form with batched matrix products (vil.ops.parallel) computes each row tile against every column
  * up to the tile's end, then applies the decay in a separate pass; at ViL's sizes (S = 196, DH = 96) the products
  * are small, so per-call overhead and the wasted upper triangle cost a third of the cell. Here a strip of
  * STRIP_ROWS rows is computed against the columns it sees, the decay applied while the strip is in cache, and the
- * strip's products run through one register-blocked kernel (gemm below). Layouts: q, k (mats, S, DH) and v
+ * strip's products run through one register-tiled kernel (gemm below). Layouts: q, k (mats, S, DH) and v
  * (mats, S, DHV) contiguous; the gate rows a, r (mats, S). */
 #include <stdlib.h>
 
@@ -102,45 +103,6 @@ static float decay_row_backward(float *p, float *ds, const float *a, float rt, f
         memset(ds + limit, 0, (size_t)(width - limit) * sizeof(float));
     }
     return total;
-}
-
-/* ---- the stabilised decay applied to matrices of q.k scores (the chunkwise form, and the parallel form's
- * fallback when the strip kernels cannot allocate) ----------------------------------------------------------------
- * For each of `mats` matrices of `rows` x `cols` scores (contiguous): scores[t][s] *= D[s] with rt = r[t] and
- * limit t + offset + 1; row_sum[t] = the sum of the new row. a, r and row_sum are rows of their own strides (a_stride,
- * r_stride, sum_stride per matrix). One pass instead of building the decay matrix (subtract, clamp, exp, mask) and
- * multiplying and summing it (vil.ops.common.stabilised_decay). */
-static int64_t row_limit(int64_t t, int64_t offset, int64_t cols) {
-    const int64_t limit = t + offset + 1;
-    return limit > cols ? cols : (limit < 0 ? 0 : limit);
-}
-
-void vil_decay_scores(float *scores, const float *a, int64_t a_stride, const float *r, int64_t r_stride,
-                      float *row_sum, int64_t sum_stride, int64_t mats, int64_t rows, int64_t cols, int64_t offset,
-                      float min_log) {
-    for (int64_t m = 0; m < mats; ++m) {
-        for (int64_t t = 0; t < rows; ++t) {
-            row_sum[m * sum_stride + t] = decay_row(scores + (m * rows + t) * cols, a + m * a_stride,
-                                                    r[m * r_stride + t], row_limit(t, offset, cols), cols, min_log);
-        }
-    }
-}
-
-/* The backward pass of vil_decay_scores, fused with what the cell's backward does next: in place for each matrix,
- * decay_row_backward on every row, with d_den[t] the readout denominator's gradient; row_sum[t] = the row's sum of
- * the log decay's gradient, col_sum[s] += its column sums. */
-void vil_decay_scores_backward(float *qk, float *d_scores, const float *d_den, int64_t den_stride, const float *a,
-                               int64_t a_stride, const float *r, int64_t r_stride, float *row_sum,
-                               int64_t sum_stride, float *col_sum, int64_t col_stride, int64_t mats, int64_t rows,
-                               int64_t cols, int64_t offset, float min_log) {
-    for (int64_t m = 0; m < mats; ++m) {
-        for (int64_t t = 0; t < rows; ++t) {
-            const int64_t row = (m * rows + t) * cols;
-            row_sum[m * sum_stride + t] = decay_row_backward(
-                qk + row, d_scores + row, a + m * a_stride, r[m * r_stride + t], d_den[m * den_stride + t],
-                col_sum + m * col_stride, row_limit(t, offset, cols), cols, min_log);
-        }
-    }
 }
 
 /* ---- small matrix products ------------------------------------------------------------------------------------

@@ -11,8 +11,6 @@ import math
 
 import torch
 
-from .. import kernels
-
 EPS = 1e-6
 MIN_LOG_DECAY = -80.0  # exp(-80) = 1.8e-35: still a normal float32
 
@@ -42,10 +40,9 @@ def stabilised_decay(write_log: torch.Tensor, row_max: torch.Tensor, offset: int
 
 def decay_scores(scores: torch.Tensor, write_log, row_max, row_sum: torch.Tensor, offset: int = 0) -> None:
     """In place: scores (..., T, S') *= stabilised_decay(write_log, row_max, offset), and row_sum (..., T) = the
-    new rows' sums. One pass with the fused CPU kernel where it applies (no gradients through scores)."""
-    if not kernels.decay_scores(scores, write_log, row_max, row_sum, offset, MIN_LOG_DECAY):
-        scores.mul_(stabilised_decay(write_log, row_max, offset))
-        row_sum.copy_(scores.sum(dim=-1))
+    new rows' sums (the PyTorch path; the CPU kernels of vil.kernels apply the decay inside their strips)."""
+    scores.mul_(stabilised_decay(write_log, row_max, offset))
+    row_sum.copy_(scores.sum(dim=-1))
 
 
 def decay_scores_backward(qk, d_scores, d_den, write_log, row_max, row_sum, col_sum, offset: int = 0) -> None:
@@ -53,9 +50,6 @@ def decay_scores_backward(qk, d_scores, d_den, write_log, row_max, row_sum, col_
     dL/dP d_scores (..., T, S'): qk becomes P = qk * decay, d_scores becomes dL/d(qk) = (d_scores + d_den) * decay,
     row_sum (..., T) is set to and col_sum (..., S') increased by the row and column sums of dL/d log decay =
     (d_scores + d_den) * P."""
-    args = (qk, d_scores, d_den, write_log, row_max, row_sum, col_sum, offset, MIN_LOG_DECAY)
-    if kernels.decay_scores_backward(*args):
-        return
     decay = stabilised_decay(write_log, row_max, offset)
     qk.mul_(decay)
     d_log_decay = d_scores.add_(d_den.unsqueeze(-1)) * qk
