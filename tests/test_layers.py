@@ -2,6 +2,7 @@
 
 import torch
 
+from vil import ViLConfig, VisionLSTM
 from vil.layers.gated_projection import gated_projection
 from vil.layers.headwise import HeadwiseLinear, headwise_linear
 
@@ -33,3 +34,25 @@ def test_headwise_projection_matches_the_official_einsum():
     heads = headwise_linear(x, [projections[0].weight], [projections[0].bias], num_heads=4)[0]
     torch.testing.assert_close(heads, projections[0](x).view(2, 7, 4, 16).transpose(1, 2))
     assert heads.is_contiguous()
+
+
+def test_inference_follows_parameter_updates_and_loaded_weights():
+    # the folded gate weights are kept between inference calls; any in-place update of a parameter (an optimizer
+    # step, load_state_dict) must be seen by the next call
+    model = VisionLSTM(ViLConfig(dim=32, depth=2, img_size=32, patch_size=8, num_classes=5)).eval()
+    other = VisionLSTM(ViLConfig(dim=32, depth=2, img_size=32, patch_size=8, num_classes=5)).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model(images)
+        torch.testing.assert_close(model(images), before)  # kept: the same numbers
+        cell = model.blocks[0].layer.branches[0].mlstm_cell
+        cell.igate.weight.add_(0.5)
+        cell.fgate.bias.sub_(2.0)
+        updated = model(images)
+    with torch.enable_grad():  # the path that always folds afresh
+        expected = model(images).detach()
+    assert not torch.allclose(updated, before)
+    torch.testing.assert_close(updated, expected, rtol=1e-4, atol=1e-5)
+    model.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), other(images), rtol=1e-5, atol=1e-6)
