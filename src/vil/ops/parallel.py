@@ -123,7 +123,7 @@ def _tiled_backward(q, k, v, gates: _Gates, d_num, d_den):
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.zeros_like(k, memory_format=torch.contiguous_format)
     dv = torch.zeros_like(v, memory_format=torch.contiguous_format)
-    d_a = gates.a.new_zeros(gates.a.shape)  # contiguous (the gates may be strided views), as the kernels need
+    d_a = gates.a.new_zeros(gates.a.shape)  # contiguous, even where the gates are strided views
     d_log_decay_rows = d_a.new_empty(d_a.shape)
     for start, end in _tiles(q.shape[2]):
         rows = slice(start, end)
