@@ -213,7 +213,7 @@ def mlstm_parallel_backward(
     q, k, v, d_num, d_den, write_log, row_max = _contiguous(*tensors)
     *lead, seq_len, head_dim = q.shape
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    row_sum, col_sum = q.new_empty(*lead, seq_len), q.new_zeros(*lead, seq_len)
+    row_sum, col_sum = q.new_empty(*lead, seq_len), q.new_empty(*lead, seq_len)
     status = library().vil_mlstm_parallel_backward(
         *map(_pointer, (q, k, v, d_num, d_den, write_log, row_max, dq, dk, dv, row_sum, col_sum)),
         q.numel() // (seq_len * head_dim), seq_len, head_dim, v.shape[-1], min_log,

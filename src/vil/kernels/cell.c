@@ -205,6 +205,48 @@ static void normalise_row(float *h, int64_t width, float den, float log_m, float
     for (int64_t j = 0; j < width; ++j) h[j] *= scale;
 }
 
+/* The parallel form over one sequence of `seq_len` tokens, before the readout: h[t] = sum_{s <= t} P[t, s] v[s]
+ * (not yet normalised) and den[t] = sum_s P[t, s], with P = (q.k^T) D. a and r are the sequence's gate rows
+ * (a[s], r[t] as in decay_row); kt (DH x ld) and strip (STRIP_ROWS x ld) are scratch buffers, ld >= padded(seq_len).
+ * Shared by the parallel form (the whole sequence) and the chunkwise form (one chunk). */
+static void strips_forward(const float *q, const float *k, const float *v, const float *a, const float *r, float *h,
+                           float *den, float *kt, float *strip, int64_t ld, int64_t seq_len, int64_t head_dim,
+                           int64_t value_dim, float min_log) {
+    transpose(k, seq_len, head_dim, kt, ld);
+    for (int64_t start = 0; start < seq_len; start += STRIP_ROWS) {
+        const int64_t end = start + STRIP_ROWS < seq_len ? start + STRIP_ROWS : seq_len, rows = end - start;
+        const int64_t width = padded(end); /* rows [start, end) see columns [0, end) */
+        gemm(rows, width, head_dim, q + start * head_dim, head_dim, 1, kt, ld, strip, ld, 0); /* q.k^T */
+        for (int64_t i = 0; i < rows; ++i)
+            den[start + i] = decay_row(strip + i * ld, a, r[start + i], start + i + 1, width, min_log);
+        gemm(rows, value_dim, end, strip, ld, 1, v, value_dim, h + start * value_dim, value_dim, 0); /* P v */
+    }
+}
+
+/* The backward pass of strips_forward for one sequence, given d_num (seq_len x DHV) and d_den (seq_len), the
+ * gradients of the readout's numerator and denominator: dq is set, dk and dv are increased, row_sum[t] = sum_s and
+ * col_sum[s] += sum_t of dL/d log decay[t, s]. kt, vt (DH x ld, DHV x ld), p and ds (STRIP_ROWS x ld) are scratch. */
+static void strips_backward(const float *q, const float *k, const float *v, const float *d_num, const float *d_den,
+                            const float *a, const float *r, float *dq, float *dk, float *dv, float *row_sum,
+                            float *col_sum, float *kt, float *vt, float *p, float *ds, int64_t ld, int64_t seq_len,
+                            int64_t head_dim, int64_t value_dim, float min_log) {
+    transpose(k, seq_len, head_dim, kt, ld);
+    transpose(v, seq_len, value_dim, vt, ld);
+    for (int64_t start = 0; start < seq_len; start += STRIP_ROWS) {
+        const int64_t end = start + STRIP_ROWS < seq_len ? start + STRIP_ROWS : seq_len, rows = end - start;
+        const int64_t width = padded(end);
+        const float *qs = q + start * head_dim, *d_num_s = d_num + start * value_dim;
+        gemm(rows, width, head_dim, qs, head_dim, 1, kt, ld, p, ld, 0);          /* q.k^T */
+        gemm(rows, width, value_dim, d_num_s, value_dim, 1, vt, ld, ds, ld, 0); /* dL/dP = d_num v^T */
+        for (int64_t i = 0; i < rows; ++i)
+            row_sum[start + i] = decay_row_backward(p + i * ld, ds + i * ld, a, r[start + i], d_den[start + i],
+                                                    col_sum, start + i + 1, width, min_log);
+        gemm(rows, head_dim, end, ds, ld, 1, k, head_dim, dq + start * head_dim, head_dim, 0); /* dq = dS k */
+        gemm(end, value_dim, rows, p, 1, ld, d_num_s, value_dim, dv, value_dim, 1);          /* dv += P^T d_num */
+        gemm(end, head_dim, rows, ds, 1, ld, qs, head_dim, dk, head_dim, 1);                 /* dk += dS^T q */
+    }
+}
+
 /* The parallel form's forward pass (vil.ops.parallel.parallel_forward): for each matrix, h (S, DHV) and the
  * readout's denominator den (S). a = i - b - log sqrt(DH) (the q.k scaling folded in), r its running maximum,
  * log_m = b + r the rows' stabilisers. Returns 0, or -1 if the strip buffers could not be allocated. */
@@ -215,20 +257,11 @@ int vil_mlstm_parallel(const float *q, const float *k, const float *v, const flo
     float *kt = buffer(head_dim * ld), *strip = buffer(STRIP_ROWS * ld);
     int status = kt && strip ? 0 : -1;
     for (int64_t m = 0; status == 0 && m < mats; ++m) {
-        const int64_t row0 = m * seq_len;
-        transpose(k + row0 * head_dim, seq_len, head_dim, kt, ld);
-        for (int64_t start = 0; start < seq_len; start += STRIP_ROWS) {
-            const int64_t end = start + STRIP_ROWS < seq_len ? start + STRIP_ROWS : seq_len, rows = end - start;
-            const int64_t width = padded(end); /* rows [start, end) see columns [0, end) */
-            const int64_t t0 = row0 + start;
-            gemm(rows, width, head_dim, q + t0 * head_dim, head_dim, 1, kt, ld, strip, ld, 0); /* q.k^T */
-            for (int64_t i = 0; i < rows; ++i)
-                den[t0 + i] = decay_row(strip + i * ld, a + row0, r[t0 + i], start + i + 1, width, min_log);
-            gemm(rows, value_dim, end, strip, ld, 1, v + row0 * value_dim, value_dim, h + t0 * value_dim, value_dim,
-                 0); /* P v */
-            for (int64_t i = 0; i < rows; ++i)
-                normalise_row(h + (t0 + i) * value_dim, value_dim, den[t0 + i], log_m[t0 + i], eps);
-        }
+        const int64_t t0 = m * seq_len;
+        strips_forward(q + t0 * head_dim, k + t0 * head_dim, v + t0 * value_dim, a + t0, r + t0, h + t0 * value_dim,
+                       den + t0, kt, strip, ld, seq_len, head_dim, value_dim, min_log);
+        for (int64_t t = t0; t < t0 + seq_len; ++t)
+            normalise_row(h + t * value_dim, value_dim, den[t], log_m[t], eps);
     }
     free(kt);
     free(strip);
@@ -236,8 +269,8 @@ int vil_mlstm_parallel(const float *q, const float *k, const float *v, const flo
 }
 
 /* The parallel form's backward pass (vil.ops.parallel.parallel_backward) for each matrix, given d_num (S, DHV) and
- * d_den (S), the gradients of the readout's numerator and denominator: dq, dk (S, DH) and dv (S, DHV) are set;
- * row_sum[t] = sum_s and col_sum[s] += sum_t of dL/d log decay[t, s]. Returns 0, or -1 as vil_mlstm_parallel. */
+ * d_den (S), the gradients of the readout's numerator and denominator: dq, dk (S, DH) and dv (S, DHV), and
+ * row_sum[t] = sum_s and col_sum[s] = sum_t of dL/d log decay[t, s]. Returns 0, or -1 as vil_mlstm_parallel. */
 int vil_mlstm_parallel_backward(const float *q, const float *k, const float *v, const float *d_num, const float *d_den,
                                 const float *a, const float *r, float *dq, float *dk, float *dv, float *row_sum,
                                 float *col_sum, int64_t mats, int64_t seq_len, int64_t head_dim, int64_t value_dim,
@@ -246,27 +279,16 @@ int vil_mlstm_parallel_backward(const float *q, const float *k, const float *v, 
     float *kt = buffer(head_dim * ld), *vt = buffer(value_dim * ld);
     float *p = buffer(STRIP_ROWS * ld), *ds = buffer(STRIP_ROWS * ld);
     int status = kt && vt && p && ds ? 0 : -1;
+    if (status == 0) { /* dk, dv and col_sum accumulate */
+        memset(dk, 0, (size_t)(mats * seq_len * head_dim) * sizeof(float));
+        memset(dv, 0, (size_t)(mats * seq_len * value_dim) * sizeof(float));
+        memset(col_sum, 0, (size_t)(mats * seq_len) * sizeof(float));
+    }
     for (int64_t m = 0; status == 0 && m < mats; ++m) {
-        const int64_t row0 = m * seq_len;
-        const float *km = k + row0 * head_dim, *vm = v + row0 * value_dim;
-        float *dkm = dk + row0 * head_dim, *dvm = dv + row0 * value_dim;
-        transpose(km, seq_len, head_dim, kt, ld);
-        transpose(vm, seq_len, value_dim, vt, ld);
-        memset(dkm, 0, (size_t)(seq_len * head_dim) * sizeof(float));
-        memset(dvm, 0, (size_t)(seq_len * value_dim) * sizeof(float));
-        for (int64_t start = 0; start < seq_len; start += STRIP_ROWS) {
-            const int64_t end = start + STRIP_ROWS < seq_len ? start + STRIP_ROWS : seq_len, rows = end - start;
-            const int64_t width = padded(end), t0 = row0 + start;
-            const float *qs = q + t0 * head_dim, *d_num_s = d_num + t0 * value_dim;
-            gemm(rows, width, head_dim, qs, head_dim, 1, kt, ld, p, ld, 0);          /* q.k^T */
-            gemm(rows, width, value_dim, d_num_s, value_dim, 1, vt, ld, ds, ld, 0); /* dL/dP = d_num v^T */
-            for (int64_t i = 0; i < rows; ++i)
-                row_sum[t0 + i] = decay_row_backward(p + i * ld, ds + i * ld, a + row0, r[t0 + i], d_den[t0 + i],
-                                                     col_sum + row0, start + i + 1, width, min_log);
-            gemm(rows, head_dim, end, ds, ld, 1, km, head_dim, dq + t0 * head_dim, head_dim, 0); /* dq = dS k */
-            gemm(end, value_dim, rows, p, 1, ld, d_num_s, value_dim, dvm, value_dim, 1);       /* dv += P^T d_num */
-            gemm(end, head_dim, rows, ds, 1, ld, qs, head_dim, dkm, head_dim, 1);              /* dk += dS^T q */
-        }
+        const int64_t t0 = m * seq_len;
+        strips_backward(q + t0 * head_dim, k + t0 * head_dim, v + t0 * value_dim, d_num + t0 * value_dim, d_den + t0,
+                        a + t0, r + t0, dq + t0 * head_dim, dk + t0 * head_dim, dv + t0 * value_dim, row_sum + t0,
+                        col_sum + t0, kt, vt, p, ds, ld, seq_len, head_dim, value_dim, min_log);
     }
     free(kt);
     free(vt);
@@ -304,16 +326,7 @@ int vil_mlstm_chunkwise(const float *q, const float *k, const float *v, const fl
             if (n_prev) memcpy(n_prev + (m * chunks + j) * head_dim, n, (size_t)head_dim * sizeof(float));
 
             /* inside the chunk: the parallel form in strips */
-            transpose(kc, rows, head_dim, kt, ld);
-            for (int64_t start = 0; start < rows; start += STRIP_ROWS) {
-                const int64_t end = start + STRIP_ROWS < rows ? start + STRIP_ROWS : rows, height = end - start;
-                const int64_t width = padded(end);
-                gemm(height, width, head_dim, qc + start * head_dim, head_dim, 1, kt, ld, strip, ld, 0);
-                for (int64_t i = 0; i < height; ++i)
-                    den[g0 + start + i] =
-                        decay_row(strip + i * ld, a + g0, r[g0 + start + i], start + i + 1, width, min_log);
-                gemm(height, value_dim, end, strip, ld, 1, vc, value_dim, hc + start * value_dim, value_dim, 0);
-            }
+            strips_forward(qc, kc, vc, a + g0, r + g0, hc, den + g0, kt, strip, ld, rows, head_dim, value_dim, min_log);
             /* the state's share: h += inter (q C), den += inter (q . n); then the readout */
             for (int64_t t = 0; t < rows; ++t) {
                 const float weight = inter[g0 + t];
@@ -371,7 +384,8 @@ int vil_mlstm_chunkwise_backward(const float *q, const float *k, const float *v,
             const int64_t s0 = j * chunk, rows = seq_len - s0 < chunk ? seq_len - s0 : chunk;
             const int64_t t0 = m * seq_len + s0, g0 = (m * chunks + j) * chunk, state0 = (m * chunks + j);
             const float *qc = q + t0 * head_dim, *kc = k + t0 * head_dim, *vc = v + t0 * value_dim;
-            const float *d_num_c = d_num + g0 * value_dim, *c = c_prev + state0 * state, *n = n_prev + state0 * head_dim;
+            const float *d_num_c = d_num + g0 * value_dim;
+            const float *c = c_prev + state0 * state, *n = n_prev + state0 * head_dim;
             float *dqc = dq + g0 * head_dim, *dkc = dk + g0 * head_dim, *dvc = dv + g0 * value_dim;
             memset(dkc, 0, (size_t)(chunk * head_dim) * sizeof(float));
             memset(dvc, 0, (size_t)(chunk * value_dim) * sizeof(float));
@@ -380,23 +394,8 @@ int vil_mlstm_chunkwise_backward(const float *q, const float *k, const float *v,
             for (int64_t t = rows; t < chunk; ++t) row_sum[g0 + t] = 0.0f;
 
             /* inside the chunk: the parallel form's backward pass in strips */
-            transpose(kc, rows, head_dim, kt, ld);
-            transpose(vc, rows, value_dim, vt, ld);
-            for (int64_t start = 0; start < rows; start += STRIP_ROWS) {
-                const int64_t end = start + STRIP_ROWS < rows ? start + STRIP_ROWS : rows, height = end - start;
-                const int64_t width = padded(end);
-                const float *qs = qc + start * head_dim, *d_num_s = d_num_c + start * value_dim;
-                gemm(height, width, head_dim, qs, head_dim, 1, kt, ld, p, ld, 0);          /* q.k^T */
-                gemm(height, width, value_dim, d_num_s, value_dim, 1, vt, ld, ds, ld, 0); /* d_num v^T */
-                for (int64_t i = 0; i < height; ++i) {
-                    const int64_t g = g0 + start + i;
-                    row_sum[g] = decay_row_backward(p + i * ld, ds + i * ld, a + g0, r[g], d_den[g], col_sum + g0,
-                                                    start + i + 1, width, min_log);
-                }
-                gemm(height, head_dim, end, ds, ld, 1, kc, head_dim, dqc + start * head_dim, head_dim, 0);
-                gemm(end, value_dim, height, p, 1, ld, d_num_s, value_dim, dvc, value_dim, 1); /* dv += P^T d_num */
-                gemm(end, head_dim, height, ds, 1, ld, qs, head_dim, dkc, head_dim, 1);        /* dk += dS^T q */
-            }
+            strips_backward(qc, kc, vc, d_num_c, d_den + g0, a + g0, r + g0, dqc, dkc, dvc, row_sum + g0, col_sum + g0,
+                            kt, vt, p, ds, ld, rows, head_dim, value_dim, min_log);
 
             /* the state's share, h += inter (q C), den += inter (q . n): with g = inter d_num,
              * dq += g C^T + inter d_den n, dC = q^T g, dn = q^T (inter d_den) */

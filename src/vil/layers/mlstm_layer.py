@@ -52,7 +52,7 @@ class MLSTMCell(nn.Module):
 
         Without gradients (inference) the result is kept until a parameter is replaced or changed in place (its
         version counter, which every in-place update such as an optimizer step or load_state_dict bumps): else a
-        dozen small ops per block and call, measured ~2-4 % of ViL-T's inference time at 224 x 8."""
+        dozen small ops per block and call (234 against 19 us per ViL-T block, ~1.4 % of its inference at 224 x 8)."""
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return self._fold_gate_weights(q_proj, k_proj, v_proj)
         params = [self.igate.weight, self.igate.bias, self.fgate.weight, self.fgate.bias]

@@ -129,10 +129,9 @@ class _Chunked:
         write_weight = stabilised_exp(self.scaled_a - self.a_last.unsqueeze(-1))
         return write_weight if chunk_scale is None else write_weight.mul_(chunk_scale.unsqueeze(-1))
 
-    def weighted_keys(self, chunk_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`write_weights` and w*k (B, NH, NC, L, DH)."""
-        write_weight = self.write_weights(chunk_scale)
-        return write_weight, self.k * write_weight.unsqueeze(-1)
+    def weighted_keys(self, write_weight: torch.Tensor) -> torch.Tensor:
+        """w*k (B, NH, NC, L, DH) for write weights w (B, NH, NC, L) from :meth:`write_weights`."""
+        return self.k * write_weight.unsqueeze(-1)
 
     def chunk_updates(self, weighted_keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """What each chunk writes: U = sum_s w[s] k[s] v[s]^T (B, NH, NC, DH, DHV), u = sum_s w[s] k[s]."""
@@ -174,7 +173,8 @@ def _forward(chunked: _Chunked, c0, n0, m0, eps: float, keep_states: bool = True
     log_m_row = chunked.b + r
 
     # one chunk after another in the fused CPU kernel: no chunk copies of q, k, v and no stacked states in inference
-    gate_rows = (chunked.scaled_a, r, inter_weight, log_m_row, chunked.write_weights(beta))
+    write_weight = chunked.write_weights(beta)  # beta folded in: the chunk updates come out as beta U, beta u
+    gate_rows = (chunked.scaled_a, r, inter_weight, log_m_row, write_weight)
     fused = kernels.mlstm_chunkwise(
         *chunked.inputs, gate_rows, alpha, c0, n0, chunked.chunk, keep_states, eps, MIN_LOG_DECAY
     )
@@ -182,7 +182,7 @@ def _forward(chunked: _Chunked, c0, n0, m0, eps: float, keep_states: bool = True
         h, denominator, *states = fused
         return h, tuple(states), m_all, denominator
 
-    updates, update_n = chunked.chunk_updates(chunked.weighted_keys(beta)[1])  # beta U, beta u: beta scales the keys
+    updates, update_n = chunked.chunk_updates(chunked.weighted_keys(write_weight))  # beta U, beta u
     # the state before each chunk (B, NH, NC, DH, DHV) and (B, NH, NC, DH), and after the last one
     c_states, n_states = [c0], [n0]
     for j in range(chunked.num_chunks):
@@ -279,7 +279,8 @@ def chunkwise_backward(q, k, v, igate, fgate, saved, dh, chunk_size: int, eps: f
     )  # fmt: skip
 
     # U = (w k)^T v, u = sum_s w k
-    write_weight, weighted_keys = chunked.weighted_keys()
+    write_weight = chunked.write_weights()
+    weighted_keys = chunked.weighted_keys(write_weight)
     d_weighted_keys = (chunked.v @ d_updates.transpose(-2, -1)).add_(d_update_n.unsqueeze(-2))  # (B, NH, NC, L, DH)
     _add_product(dv, weighted_keys, d_updates)
     d_log_w = _dot(d_weighted_keys, chunked.k) * write_weight
