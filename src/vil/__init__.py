@@ -4,6 +4,7 @@ from . import ops
 from .errors import CheckpointError, WeightsDownloadError
 from .models import VARIANTS, ViLConfig, VisionLSTM, create_model, list_models
 from .official import load_official
+from .seg import Segmenter, create_segmenter
 from .timm_registry import register_timm_models
 from .weights import load_pretrained, read_config, save_pretrained
 
@@ -16,8 +17,10 @@ __all__ = [
     "CheckpointError",
     "ViLConfig",
     "VisionLSTM",
+    "Segmenter",
     "WeightsDownloadError",
     "create_model",
+    "create_segmenter",
     "list_models",
     "load_official",
     "load_pretrained",

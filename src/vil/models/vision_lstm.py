@@ -181,6 +181,21 @@ class VisionLSTM(nn.Module):
         self.config = self.config.replace(num_classes=num_classes)
         self.head = self._new_head(num_classes).to(self.pos_embed.embed.device)
 
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the blocks after the last of ``indices`` (and the final norm and the head) that a dense model fed by
+        ``forward_intermediates(..., intermediates_only=True)`` never runs (timm's API); returns the kept indices.
+        """
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.fc_norm = nn.Identity()
+            self.reset_classifier(0)
+        return take_indices
+
     def set_mlstm_backend(self, backend: str, chunk_size: int | None = None) -> None:
         """Switch every mLSTM cell to another form (see ``vil.ops.mlstm``); the weights are unchanged."""
         self.config = self.config.replace(mlstm_backend=backend, chunk_size=chunk_size)
