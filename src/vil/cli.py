@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "vil.commands.train",
     "vil.commands.eval",
     "vil.commands.predict",
+    "vil.commands.seg",
 ]
 
 

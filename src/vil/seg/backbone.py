@@ -34,6 +34,7 @@ class Backbone:
     taps: tuple[int, ...]
     dim: int  # channels of every tap
     token_stride: int  # pixels per token step
+    patch: int  # image sides must be multiples of this
 
 
 def is_vil(name: str) -> bool:
@@ -45,16 +46,18 @@ def build_backbone(config: SegmenterConfig, pretrained: bool | str | os.PathLike
     if is_vil(config.backbone):
         module = _build_vil(config, pretrained)
         depth, dim, stride = len(module.blocks), module.embed_dim, module.config.patch_stride[0]
+        patch = module.config.patch_size[0]
     else:
         module = _build_timm(config, pretrained)
         depth, dim = len(module.blocks), module.embed_dim
         stride = module.feature_info[-1]["reduction"]
+        patch = module.patch_embed.patch_size[0]
     taps = config.taps or default_taps(depth)
     if any(not -depth <= t < depth for t in taps):
         raise ValueError(f"taps {taps} are not blocks of {config.backbone} (depth {depth})")
     taps = tuple(t % depth for t in taps)
     module.prune_intermediate_layers(list(taps), prune_norm=True, prune_head=True)
-    return Backbone(module, taps, dim, stride)
+    return Backbone(module, taps, dim, stride, patch)
 
 
 def _build_vil(config: SegmenterConfig, pretrained) -> VisionLSTM:

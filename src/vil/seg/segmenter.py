@@ -13,7 +13,6 @@ from .heads import FCNHead, UperNetHead, resize
 from .neck import SimpleFeaturePyramid
 
 AUX_LEVEL = 2  # the auxiliary FCN head reads pyramid level 2 (stride 16 for 16 px tokens)
-AUX_LOSS_WEIGHT = 0.4
 
 
 class Segmenter(nn.Module):
@@ -28,6 +27,7 @@ class Segmenter(nn.Module):
         self.num_classes = config.num_classes
         backbone = build_backbone(config, pretrained)
         self.backbone, self.taps, self.token_stride = backbone.module, backbone.taps, backbone.token_stride
+        self.size_multiple = backbone.patch  # image sides the backbone tiles
         scales = config.pyramid_scales or default_pyramid_scales(backbone.token_stride)
         channels = config.channels or default_channels(backbone.dim)
         self.neck = SimpleFeaturePyramid(backbone.dim, scales)
