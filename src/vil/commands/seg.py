@@ -16,15 +16,28 @@ from pathlib import Path
 
 # Flags that set one config field each (None: not given, keep the recipe's or the resumed run's value).
 FLAG_FIELDS = {
-    "model": "model", "init": "init", "data": "data", "num_classes": "num_classes", "crop_size": "crop_size",
-    "iters": "iters", "batch_size": "batch_size", "lr": "lr", "seed": "seed", "workers": "workers",
-    "precision": "precision", "device": "device",
-}  # fmt: skip
+    "model": "model",
+    "init": "init",
+    "data": "data",
+    "num_classes": "num_classes",
+    "crop_size": "crop_size",
+    "iters": "iters",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "seed": "seed",
+    "workers": "workers",
+    "precision": "precision",
+    "device": "device",
+}
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("seg", help="semantic segmentation: train, eval, predict", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = subparsers.add_parser(
+        "seg",
+        help="semantic segmentation: train, eval, predict",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="seg_command", metavar="COMMAND", required=True)
     _register_train(commands)
     _register_eval(commands)
@@ -58,7 +71,7 @@ def _register_train(commands) -> None:
     p.add_argument("--stop-after", type=int, metavar="N", help="stop after iteration N (resume later)")
     p.add_argument("--list-recipes", action="store_true", help="list the recipes and exit")
     p.add_argument("--print-config", action="store_true", help="print the resolved settings as JSON and exit")
-    p.set_defaults(func=run_train)  # fmt: skip
+    p.set_defaults(func=run_train)
 
 
 def _register_eval(commands) -> None:
@@ -113,8 +126,10 @@ def resolve_train_config(args: argparse.Namespace):
     flags = {field: getattr(args, flag) for flag, field in FLAG_FIELDS.items() if getattr(args, flag) is not None}
     config = base.with_overrides(args.set, **flags)
     if args.resume and (changed := base.differences(config, ignore=RUNTIME_FIELDS)):
-        raise ValueError(f"--resume continues the saved settings, but these differ: {changed}; "
-                         f"only {', '.join(RUNTIME_FIELDS)} may change")  # fmt: skip
+        raise ValueError(
+            f"--resume continues the saved settings, but these differ: {changed}; "
+            f"only {', '.join(RUNTIME_FIELDS)} may change"
+        )
     return config
 
 
@@ -137,8 +152,9 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"vil seg train: recipe {config.recipe}, run directory {out}")
     started = time.perf_counter()
     try:
-        summary = train_segmenter(config, out, resume=args.resume, progress=SegProgress() if is_main else None,
-                                  stop_after=args.stop_after)  # fmt: skip
+        summary = train_segmenter(
+            config, out, resume=args.resume, progress=SegProgress() if is_main else None, stop_after=args.stop_after
+        )
     except TrainingError as error:
         print(f"vil seg train: error: {error}", file=sys.stderr)
         return 3
@@ -151,8 +167,10 @@ def run_train(args: argparse.Namespace) -> int:
     if summary["finished"] and config.examples:
         _write_examples(out, config.examples)
     state = "finished" if summary["finished"] else f"stopped (continue with: vil seg train --out {out} --resume)"
-    print(f"run {state}: {summary['iters_completed']}/{summary['iters']} iterations, {summary['seconds']:.1f} s of "
-          f"training and validation, {time.perf_counter() - started:.1f} s in all; {out}")  # fmt: skip
+    print(
+        f"run {state}: {summary['iters_completed']}/{summary['iters']} iterations, {summary['seconds']:.1f} s of "
+        f"training and validation, {time.perf_counter() - started:.1f} s in all; {out}"
+    )
     return 0
 
 
@@ -173,8 +191,10 @@ def _list_recipes() -> int:
 
     print(f"{'recipe':30s} {'backbone':26s} {'crop':>4s} {'iters':>7s} {'batch':>5s} {'lr/16':>7s} {'init':>9s}")
     for name, r in RECIPES.items():
-        print(f"{name:30s} {r.model:26s} {r.crop_size:>4d} {r.iters:>7d} {r.batch_size:>5d} {r.lr:>7.1e} "
-              f"{r.init or 'random':>9s}")  # fmt: skip
+        print(
+            f"{name:30s} {r.model:26s} {r.crop_size:>4d} {r.iters:>7d} {r.batch_size:>5d} {r.lr:>7.1e} "
+            f"{r.init or 'random':>9s}"
+        )
     return 0
 
 
@@ -225,15 +245,28 @@ def run_eval(args: argparse.Namespace) -> int:
     loader = DataLoader(dataset, batch_size=1, num_workers=args.workers, collate_fn=collate_samples)
     device = resolve_device(args.device)
     metrics = evaluate(saved.model.to(device), loader, device, None, settings, saved.classes)
-    result = dict(model=str(saved.source), data=str(data), split=args.split, images=len(dataset), mode=settings.mode,
-                  scales=list(settings.scales), flip=settings.flip, miou=metrics["miou"], aacc=metrics["aacc"],
-                  macc=metrics["macc"], iou=metrics["iou"], acc=metrics["acc"],
-                  skipped_files=[b.path for b in dataset.skipped + metrics["skipped"]])  # fmt: skip
+    result = dict(
+        model=str(saved.source),
+        data=str(data),
+        split=args.split,
+        images=len(dataset),
+        mode=settings.mode,
+        scales=list(settings.scales),
+        flip=settings.flip,
+        miou=metrics["miou"],
+        aacc=metrics["aacc"],
+        macc=metrics["macc"],
+        iou=metrics["iou"],
+        acc=metrics["acc"],
+        skipped_files=[b.path for b in dataset.skipped + metrics["skipped"]],
+    )
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
-    print(f"{data} ({args.split}, {len(dataset)} images, {settings.mode}, scales {list(settings.scales)}"
-          f"{', flip' if settings.flip else ''})")  # fmt: skip
+    print(
+        f"{data} ({args.split}, {len(dataset)} images, {settings.mode}, scales {list(settings.scales)}"
+        f"{', flip' if settings.flip else ''})"
+    )
     _print_metrics(result, "")
     for name, iou in result["iou"].items():
         print(f"  {name:24s} IoU {'n/a' if iou is None else f'{100 * iou:6.2f}%'}")
@@ -246,11 +279,14 @@ def _print_metrics(result: dict, what: str) -> None:
     def pct(value):
         return "n/a" if value is None else f"{100 * value:.2f}%"
 
-    print(f"{what + ': ' if what else ''}mIoU {pct(result['miou'])}  aAcc {pct(result['aacc'])}  "
-          f"mAcc {pct(result['macc'])}")  # fmt: skip
+    print(
+        f"{what + ': ' if what else ''}mIoU {pct(result['miou'])}  aAcc {pct(result['aacc'])}  "
+        f"mAcc {pct(result['macc'])}"
+    )
 
 
 def run_predict(args: argparse.Namespace) -> int:
+
     from ..distributed import resolve_device
     from ..seg.files import load_segmenter
 

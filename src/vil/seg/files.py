@@ -43,9 +43,15 @@ def save_segmenter(
     if len(classes) != model.num_classes:
         raise ValueError(f"{len(classes)} class names for a segmenter with {model.num_classes} classes")
     tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
-    meta = dict(format=FORMAT, config=json.dumps(model.config.to_dict()), classes=json.dumps(list(classes)),
-                mean=json.dumps(list(mean)), std=json.dumps(list(std)), dataset=json.dumps(dataset),
-                inference=json.dumps(inference))  # fmt: skip
+    meta = dict(
+        format=FORMAT,
+        config=json.dumps(model.config.to_dict()),
+        classes=json.dumps(list(classes)),
+        mean=json.dumps(list(mean)),
+        std=json.dumps(list(std)),
+        dataset=json.dumps(dataset),
+        inference=json.dumps(inference),
+    )
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
@@ -74,12 +80,20 @@ def load_segmenter(path: str | os.PathLike) -> SavedSegmenter:
         values["config"] = payload["segmenter_config"]
     model = Segmenter(SegmenterConfig.from_dict(values["config"]))
     _load_state(model, tensors, path)
-    return SavedSegmenter(model.eval(), values["classes"], tuple(values["mean"]), tuple(values["std"]), path,
-                          values["dataset"], values["inference"])  # fmt: skip
+    return SavedSegmenter(
+        model.eval(),
+        values["classes"],
+        tuple(values["mean"]),
+        tuple(values["std"]),
+        path,
+        values["dataset"],
+        values["inference"],
+    )
 
 
 def _load_state(model: Segmenter, tensors: dict[str, torch.Tensor], path: Path) -> None:
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{path} does not fit its segmenter config: missing {missing[:5]}, unexpected "
-                              f"{unexpected[:5]}")  # fmt: skip
+        raise CheckpointError(
+            f"{path} does not fit its segmenter config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )

@@ -25,8 +25,10 @@ def backbone_layers(model: Segmenter) -> dict[str, int]:
 
         layers = group_parameters(backbone, backbone.group_matcher(coarse=False), reverse=True)  # name -> layer
     top = max(layers.values()) + 1
-    return {name: (layers[name[len("backbone.") :]] if name.startswith("backbone.") else top)
-            for name, _ in model.named_parameters()}  # fmt: skip
+    return {
+        name: (layers[name[len("backbone.") :]] if name.startswith("backbone.") else top)
+        for name, _ in model.named_parameters()
+    }
 
 
 def parameter_groups(model: Segmenter, weight_decay: float, layer_decay: float | None) -> list[dict]:
@@ -35,8 +37,9 @@ def parameter_groups(model: Segmenter, weight_decay: float, layer_decay: float |
         return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_decay)
     layers = backbone_layers(model)
     # timm asks the model for a matcher; this view answers with the layer ids above
-    view = SimpleNamespace(named_parameters=model.named_parameters,
-                           group_matcher=lambda coarse=False: lambda name: layers[name])  # fmt: skip
+    view = SimpleNamespace(
+        named_parameters=model.named_parameters, group_matcher=lambda coarse=False: lambda name: layers[name]
+    )
     return param_groups_layer_decay(view, weight_decay, no_decay, layer_decay=layer_decay)
 
 

@@ -31,8 +31,9 @@ class Segmenter(nn.Module):
         scales = config.pyramid_scales or default_pyramid_scales(backbone.token_stride)
         channels = config.channels or default_channels(backbone.dim)
         self.neck = SimpleFeaturePyramid(backbone.dim, scales)
-        self.decode_head = UperNetHead([backbone.dim] * 4, channels, config.num_classes, config.pool_scales,
-                                       config.dropout)  # fmt: skip
+        self.decode_head = UperNetHead(
+            [backbone.dim] * 4, channels, config.num_classes, config.pool_scales, config.dropout
+        )
         self.aux_head = (
             FCNHead(backbone.dim, config.aux_channels, config.num_classes, config.dropout)
             if config.aux_channels
@@ -88,12 +89,23 @@ def create_segmenter(
     """
     own = {name: backbone_overrides.pop(name) for name in list(backbone_overrides) if name in _SEGMENTER_FIELDS}
     config = SegmenterConfig(
-        backbone=backbone, num_classes=num_classes, head=head, img_size=img_size, backbone_args=backbone_overrides,
+        backbone=backbone,
+        num_classes=num_classes,
+        head=head,
+        img_size=img_size,
+        backbone_args=backbone_overrides,
         **own,
-    )  # fmt: skip
+    )
     return Segmenter(config, pretrained)
 
 
 _SEGMENTER_FIELDS = (
-    "in_chans", "taps", "pyramid_scales", "channels", "pool_scales", "aux_channels", "dropout", "drop_path_rate",
-)  # fmt: skip
+    "in_chans",
+    "taps",
+    "pyramid_scales",
+    "channels",
+    "pool_scales",
+    "aux_channels",
+    "dropout",
+    "drop_path_rate",
+)

@@ -70,9 +70,14 @@ class SegTrainer:
             self.model, config.scaled_lr(), config.weight_decay, config.betas, config.layer_decay
         )
         self.scheduler = CosineLRScheduler(
-            self.optimizer, t_initial=config.iters - config.warmup_iters, lr_min=config.min_lr,
-            warmup_t=config.warmup_iters, warmup_lr_init=config.warmup_lr, warmup_prefix=True, t_in_epochs=False,
-        )  # fmt: skip
+            self.optimizer,
+            t_initial=config.iters - config.warmup_iters,
+            lr_min=config.min_lr,
+            warmup_t=config.warmup_iters,
+            warmup_lr_init=config.warmup_lr,
+            warmup_prefix=True,
+            t_in_epochs=False,
+        )
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.step, self.seconds = 0, 0.0
         self.nonfinite = self.nonfinite_total = 0  # non-finite losses: in a row, and in all
@@ -100,8 +105,9 @@ class SegTrainer:
     def _build_model(self) -> Segmenter:
         c = self.config
         pretrained = True if c.init == RELEASED else (c.init or False)
-        model = create_segmenter(c.model, len(self.data.classes), pretrained=pretrained, img_size=c.crop_size,
-                                 **c.model_args)  # fmt: skip
+        model = create_segmenter(
+            c.model, len(self.data.classes), pretrained=pretrained, img_size=c.crop_size, **c.model_args
+        )
         return sync_batchnorm(model, self.env)
 
     def _wrap_model(self) -> torch.nn.Module:
@@ -115,16 +121,28 @@ class SegTrainer:
 
     def _loaders(self):
         c, env = self.config, self.env
-        sampler = StepSampler(len(self.data.train), self.plan.global_batch, env.rank, env.world_size, c.seed,
-                              self.step, c.iters)  # fmt: skip
-        train = DataLoader(SeededSamples(self.data.train, c.seed), batch_size=self.plan.device_batch, sampler=sampler,
-                           num_workers=c.workers, collate_fn=collate_samples, pin_memory=self.device.type == "cuda")  # fmt: skip
+        sampler = StepSampler(
+            len(self.data.train), self.plan.global_batch, env.rank, env.world_size, c.seed, self.step, c.iters
+        )
+        train = DataLoader(
+            SeededSamples(self.data.train, c.seed),
+            batch_size=self.plan.device_batch,
+            sampler=sampler,
+            num_workers=c.workers,
+            collate_fn=collate_samples,
+            pin_memory=self.device.type == "cuda",
+        )
         return train
 
     def _val_loader(self) -> DataLoader:
         sampler = ShardedEvalSampler(len(self.data.val), self.env.rank, self.env.world_size)
-        return DataLoader(self.data.val, batch_size=self.config.eval_batch_size, sampler=sampler,
-                          num_workers=self.config.workers, collate_fn=collate_samples)  # fmt: skip
+        return DataLoader(
+            self.data.val,
+            batch_size=self.config.eval_batch_size,
+            sampler=sampler,
+            num_workers=self.config.workers,
+            collate_fn=collate_samples,
+        )
 
     def _open_tensorboard(self, purge_step: int | None):
         if not self.env.is_main:
@@ -135,13 +153,21 @@ class SegTrainer:
 
     def facts(self) -> dict:
         return dict(
-            segmenter_config=self.model.config.to_dict(), params=self.model.count_parameters(),
-            params_with_aux=self.model.count_parameters(aux=True), classes=self.data.classes, dataset=self.data.name,
-            train_images=len(self.data.train), val_images=len(self.data.val), world_size=self.env.world_size,
-            device=str(self.device), amp_dtype=str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype else "float32",
-            peak_lr=self.config.scaled_lr(), batch_plan=self.plan.describe(), torch_version=torch.__version__,
+            segmenter_config=self.model.config.to_dict(),
+            params=self.model.count_parameters(),
+            params_with_aux=self.model.count_parameters(aux=True),
+            classes=self.data.classes,
+            dataset=self.data.name,
+            train_images=len(self.data.train),
+            val_images=len(self.data.val),
+            world_size=self.env.world_size,
+            device=str(self.device),
+            amp_dtype=str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype else "float32",
+            peak_lr=self.config.scaled_lr(),
+            batch_plan=self.plan.describe(),
+            torch_version=torch.__version__,
             threads=torch.get_num_threads(),
-        )  # fmt: skip
+        )
 
     # ----------------------------------------------------------------------------------------------------------
     # resume and checkpoints
@@ -172,14 +198,27 @@ class SegTrainer:
             self.skipped.update(found)
         if not self.env.is_main:
             return
-        save_checkpoint(self.run_dir / CHECKPOINT, dict(
-            step=self.step, seconds=self.seconds, nonfinite=[self.nonfinite, self.nonfinite_total], history=self.history,
-            model=self.model.state_dict(), segmenter_config=self.model.config.to_dict(),
-            optimizer=self.optimizer.state_dict(),
-            grad_scaler=self.scaler.state_dict() if self.scaler is not None else None, rng=rng_states,
-            skipped=[[p, r] for p, r in self.skipped.items()], classes=self.data.classes, mean=self.data.mean,
-            std=self.data.std, dataset=self.data.name, inference=self.inference(), config=self.config.to_dict(),
-        ))  # fmt: skip
+        save_checkpoint(
+            self.run_dir / CHECKPOINT,
+            dict(
+                step=self.step,
+                seconds=self.seconds,
+                nonfinite=[self.nonfinite, self.nonfinite_total],
+                history=self.history,
+                model=self.model.state_dict(),
+                segmenter_config=self.model.config.to_dict(),
+                optimizer=self.optimizer.state_dict(),
+                grad_scaler=self.scaler.state_dict() if self.scaler is not None else None,
+                rng=rng_states,
+                skipped=[[p, r] for p, r in self.skipped.items()],
+                classes=self.data.classes,
+                mean=self.data.mean,
+                std=self.data.std,
+                dataset=self.data.name,
+                inference=self.inference(),
+                config=self.config.to_dict(),
+            ),
+        )
 
     # ----------------------------------------------------------------------------------------------------------
     # training
@@ -205,8 +244,15 @@ class SegTrainer:
                 self.progress.close()
         finished = self.step >= c.iters
         if finished and self.env.is_main:
-            save_segmenter(self.run_dir / MODEL_FINAL, self.model, self.data.classes, self.data.mean, self.data.std,
-                           self.data.name, self.inference())  # fmt: skip
+            save_segmenter(
+                self.run_dir / MODEL_FINAL,
+                self.model,
+                self.data.classes,
+                self.data.mean,
+                self.data.std,
+                self.data.name,
+                self.inference(),
+            )
         summary = self.summary(finished)
         if self.env.is_main:
             write_json(self.run_dir / run_files.SUMMARY, summary)
@@ -230,8 +276,10 @@ class SegTrainer:
             self.nonfinite += 1
             self.nonfinite_total += 1
             if self.nonfinite >= MAX_NONFINITE_IN_A_ROW:
-                raise Diverged(f"{self.nonfinite} non-finite losses in a row at step {self.step + 1}; the last good "
-                               f"state is in {self.run_dir / CHECKPOINT}. Lower the learning rate (--set lr=...).")  # fmt: skip
+                raise Diverged(
+                    f"{self.nonfinite} non-finite losses in a row at step {self.step + 1}; the last good state is in "
+                    f"{self.run_dir / CHECKPOINT}. Lower the learning rate (--set lr=...)."
+                )
         else:
             self.nonfinite = 0
             self._optimizer_step()
@@ -292,8 +340,15 @@ class SegTrainer:
         merged = SegmentationMetric(len(self.data.classes))
         merged.merge(areas.double())
         result = merged.compute(self.data.classes)
-        row = dict(step=self.step, lr=self._lr(), miou=result["miou"], aacc=result["aacc"], macc=result["macc"],
-                   seconds=self.seconds, iou=result["iou"])  # fmt: skip
+        row = dict(
+            step=self.step,
+            lr=self._lr(),
+            miou=result["miou"],
+            aacc=result["aacc"],
+            macc=result["macc"],
+            seconds=self.seconds,
+            iou=result["iou"],
+        )
         self.history.append(row)
         self._save_checkpoint()
         if not self.env.is_main:
@@ -311,11 +366,19 @@ class SegTrainer:
     def summary(self, finished: bool) -> dict:
         last = self.history[-1] if self.history else {}
         summary = dict(
-            miou=last.get("miou"), aacc=last.get("aacc"), macc=last.get("macc"), iou=last.get("iou"),
-            iters=self.config.iters, iters_completed=self.step, seconds=self.seconds, finished=finished,
-            eval_mode=self.config.eval_mode, skipped_files=len(self.skipped), nonfinite_steps_skipped=self.nonfinite_total,
+            miou=last.get("miou"),
+            aacc=last.get("aacc"),
+            macc=last.get("macc"),
+            iou=last.get("iou"),
+            iters=self.config.iters,
+            iters_completed=self.step,
+            seconds=self.seconds,
+            finished=finished,
+            eval_mode=self.config.eval_mode,
+            skipped_files=len(self.skipped),
+            nonfinite_steps_skipped=self.nonfinite_total,
             recipe=self.config.recipe,
-        )  # fmt: skip
+        )
         summary.update(self.facts())
         del summary["classes"]
         return summary
