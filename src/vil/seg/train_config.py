@@ -108,6 +108,8 @@ class SegTrainConfig(DictConfig):
                 raise ValueError(f"expected KEY=VALUE, got {assignment!r}")
             if key.startswith("model_args."):
                 model_args[key.removeprefix("model_args.")] = parse_value(text)
+            elif key == "model_args":
+                model_args = coerce_field(parse_value(text), dict, key)
             elif key in known:
                 changes[key] = parse_value(text)
             else:

@@ -124,6 +124,8 @@ class SegTrainer:
         sampler = StepSampler(
             len(self.data.train), self.plan.global_batch, env.rank, env.world_size, c.seed, self.step, c.iters
         )
+        # the loaders get their own generators: drawing their seeds from the global RNG would make dropout depend on
+        # when loaders were created (a resumed run creates one more)
         train = DataLoader(
             SeededSamples(self.data.train, c.seed),
             batch_size=self.plan.device_batch,
@@ -131,6 +133,7 @@ class SegTrainer:
             num_workers=c.workers,
             collate_fn=collate_samples,
             pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(c.seed),
         )
         return train
 
@@ -142,6 +145,7 @@ class SegTrainer:
             sampler=sampler,
             num_workers=self.config.workers,
             collate_fn=collate_samples,
+            generator=torch.Generator().manual_seed(self.config.seed),
         )
 
     def _open_tensorboard(self, purge_step: int | None):
