@@ -35,6 +35,7 @@ class Contender:
     max_tokens: dict[str, int] | None = None  # per mode: skipped above this many tokens (the quadratic form)
     modes: tuple[str, ...] = MODES
     grad_checkpointing: bool = False
+    freeze_batchnorm: bool = False  # train with BatchNorm statistics frozen (batch 1 has none for a pooled 1 x 1 map)
 
     def tokens(self, size: int) -> int:
         return token_count(size, self.patch, self.stride)
@@ -116,7 +117,9 @@ def token_count(size: int, patch: int = 16, stride: int = 16) -> int:
     return rows * columns
 
 
-def _step(model: nn.Module, x: torch.Tensor, mode: str, autocast_dtype: torch.dtype | None) -> Callable[[], None]:
+def _step(
+    model: nn.Module, x: torch.Tensor, mode: str, autocast_dtype: torch.dtype | None, freeze_batchnorm: bool = False
+) -> Callable[[], None]:
     def autocast():
         return precision.autocast(x.device, autocast_dtype)
 
@@ -129,12 +132,17 @@ def _step(model: nn.Module, x: torch.Tensor, mode: str, autocast_dtype: torch.dt
 
         return infer
     model.train()
+    if freeze_batchnorm:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
 
     def train():
         with autocast():
-            loss = nn.functional.cross_entropy(model(x), labels)
+            output = model(x)  # (B, classes) or, for a segmenter, (B, classes, H, W)
+            labels = torch.zeros(output.shape[:1] + output.shape[2:], dtype=torch.long, device=x.device)
+            loss = nn.functional.cross_entropy(output, labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -173,7 +181,7 @@ def run_speed(
                     model.set_grad_checkpointing(True)
                 if compile_models:
                     model = torch.compile(model)
-                steps[contender.label] = _step(model, x, mode, autocast_dtype)
+                steps[contender.label] = _step(model, x, mode, autocast_dtype, contender.freeze_batchnorm)
             progress(f"{size}px b{batch} {mode}: timing {len(steps)} contenders x {repeats} (interleaved)")
             times = time_interleaved(steps, repeats=repeats, warmup=warmup, device=device_)
             for contender in active:

@@ -29,13 +29,17 @@ DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="time ViL against DeiT and the parallel form", description=__doc__)
+    parser.add_argument(
+        "--task", choices=["cls", "seg"], default="cls",
+        help="cls: classifiers (default); seg: UperNet segmenters, ViL vs DeiT backbone, 512/1024/2048 px batch 1",
+    )  # fmt: skip
     parser.add_argument("--model", action="append", help="ViL variant (repeatable; default vil2_tiny_patch16_224)")
     parser.add_argument(
         "--baseline",
         help="timm model every ViL is compared with (default: the DeiT of the same width, e.g. deit_tiny_patch16_224 "
         "for ViL-T; 'none': ViL only)",
     )
-    parser.add_argument("--sizes", default="224:8,512:1,1024:1", help="image size:batch pairs (default %(default)s)")
+    parser.add_argument("--sizes", help="image size:batch pairs (default 224:8,512:1,1024:1; seg: 512:1,1024:1,2048:1)")
     parser.add_argument("--modes", default="infer,train", help=f"comma list of {MODES} (default %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: see DESIGN.md §4)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per contender (median reported)")
@@ -82,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     modes = tuple(m.strip() for m in args.modes.split(","))
     if unknown := [m for m in modes if m not in MODES]:
         raise ValueError(f"unknown mode(s) {unknown}; allowed: {list(MODES)}")
-    sizes = parse_sizes(args.sizes)
+    sizes = parse_sizes(args.sizes or ("512:1,1024:1,2048:1" if args.task == "seg" else "224:8,512:1,1024:1"))
     torch.set_num_threads(args.threads)
     tuned = False if args.no_malloc_tuning else tune_cpu_allocator()
     limits = {"infer": args.parallel_max_tokens[0], "train": args.parallel_max_tokens[1]}
@@ -90,6 +94,11 @@ def run(args: argparse.Namespace) -> int:
     contenders = []
     for name in models:
         baseline = None if args.baseline == "none" else (args.baseline or default_baseline(name))
+        if args.task == "seg":
+            from ..seg.bench import seg_contenders
+
+            contenders += seg_contenders(name, baseline)
+            continue
         if baseline is not None and baseline not in [c.label for c in contenders]:
             contenders.append(timm_contender(baseline))
         contenders += vil_contenders(name, baseline, limits)
@@ -105,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     print("context: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     print(table)
     for name in models:
-        for line in headline(rows, f"{name} (auto)", f"{name} (parallel)", f"{name} (official code)"):
+        label = f"{name} UperNet" if args.task == "seg" else f"{name} (auto)"
+        for line in headline(rows, label, f"{name} (parallel)", f"{name} (official code)"):
             print("- " + line)
     if args.plot:
         from ..bench.plots import plot_scaling
