@@ -1,7 +1,7 @@
 """Stored weights: reading files, the official checkpoints, our safetensors format, and models built from them.
 
-The modules, each on the ones above it (imports run down this list, never up, and never into vil.models.factory,
-which asks this package for weights):
+The modules, each importing only those listed above it (and never vil.models.factory, which asks this package for
+weights):
 
 - ``errors``: CheckpointError and WeightsDownloadError.
 - ``files``: which format a file is (torch.save or safetensors) and reading it safely (``weights_only=True``).
