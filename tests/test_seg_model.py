@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import vil
-from vil.classifier import load_classifier
 from vil.seg import SegmenterConfig, create_segmenter
 from vil.seg.config import default_taps
 from vil.seg.neck import SimpleFeaturePyramid
+from vil.weights.classifier import load_classifier
 
 OFFICIAL = Path(__file__).parent / "data" / "official"
 TINY = dict(dim=32, depth=4, patch_size=4, taps=(0, 1, 2, 3), pyramid_scales=(4, 2, 1, 0.5), channels=16,

@@ -9,10 +9,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from vil.cli import main
-from vil.distributed import DistEnv
 from vil.seg import create_segmenter
 from vil.seg.optim import parameter_groups
 from vil.seg.trainer import sync_batchnorm
+from vil.train.distributed import DistEnv
 
 TINY_MODEL = dict(dim=16, depth=4, patch_size=4, pyramid_scales=[4, 2, 1, 0.5], channels=8, aux_channels=4)
 TINY = ["--set", f"model_args={json.dumps(TINY_MODEL)}", "--set", "digit_scenes=[48,8]", "--set", "warmup_iters=1",

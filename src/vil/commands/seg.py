@@ -134,7 +134,7 @@ def resolve_train_config(args: argparse.Namespace):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..distributed import is_main_process
+    from ..train.distributed import is_main_process
     from ..train.errors import TrainingError
 
     if args.list_recipes:
@@ -225,12 +225,12 @@ def _settings(args: argparse.Namespace, saved):
 def run_eval(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
-    from ..distributed import resolve_device
     from ..seg.data import SegmentationDataset, collate_samples
     from ..seg.files import load_segmenter
     from ..seg.inference import evaluate
     from ..seg.sources import DIGIT_SCENES, SCENES_DIR
     from ..seg.transforms import eval_transform
+    from ..train.distributed import resolve_device
 
     saved = load_segmenter(args.model)
     if args.data is None:
@@ -287,8 +287,8 @@ def _print_metrics(result: dict, what: str) -> None:
 
 def run_predict(args: argparse.Namespace) -> int:
 
-    from ..distributed import resolve_device
     from ..seg.files import load_segmenter
+    from ..train.distributed import resolve_device
 
     missing = [str(p) for p in args.images if not p.is_file()]
     if missing:

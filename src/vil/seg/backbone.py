@@ -73,8 +73,8 @@ def _build_vil(config: SegmenterConfig, pretrained) -> VisionLSTM:
 
 
 def _vil_from_file(name: str, path: Path, overrides: dict) -> VisionLSTM:
-    from ..classifier import load_classifier
     from ..train.model_setup import adapt_pretrained
+    from ..weights.classifier import load_classifier
 
     source = load_classifier(path).model
     target = resolve_config(name, **overrides)

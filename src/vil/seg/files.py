@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..checkpoint_files import SAFETENSORS, detect_format, read_safetensors, read_torch_checkpoint
-from ..errors import CheckpointError
 from ..io_utils import atomic_write
+from ..weights.errors import CheckpointError
+from ..weights.files import SAFETENSORS, detect_format, read_safetensors, read_torch_checkpoint
 from .config import SegmenterConfig
 from .segmenter import Segmenter
 

@@ -21,11 +21,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..data.folder import BadFile
-from ..distributed import DistEnv, ShardedEvalSampler, all_gather_objects, all_reduce_sum
 from ..io_utils import write_json
 from ..precision import amp_dtype, autocast
 from ..train import run_files
 from ..train.batching import plan_batches
+from ..train.distributed import DistEnv, ShardedEvalSampler, all_gather_objects, all_reduce_sum
 from ..train.errors import Diverged
 from ..train.state import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
 from .data import IGNORE_INDEX, check_bad_samples, collate_samples
@@ -396,7 +396,7 @@ def _cross_entropy(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 def train_segmenter(config: SegTrainConfig, run_dir, resume: bool = False, progress=None, stop_after=None) -> dict:
     """Train a segmentation run in this process, joining torchrun's process group if there is one."""
-    from ..distributed import setup, teardown
+    from ..train.distributed import setup, teardown
 
     threads = torch.get_num_threads()
     if config.threads is not None:
