@@ -28,6 +28,13 @@ def test_logits_at_the_input_resolution_for_any_size_the_patch_tiles():
         model(torch.randn(1, 3, 30, 32))
 
 
+def test_the_linear_head_classifies_each_tokens_pixels():
+    model = create_segmenter("vil2_tiny_patch16_224", 5, head="linear", img_size=32, dim=32, depth=4, patch_size=4)
+    logits, aux = model(torch.randn(2, 3, 32, 48), with_aux=True)
+    assert logits.shape == (2, 5, 32, 48) and aux is None and model.neck is None
+    assert (model.decode_head.proj.in_channels, model.decode_head.proj.out_channels) == (4 * 32, 5 * 4 * 4)
+
+
 def test_a_timm_backbone_gets_the_same_neck_and_head():
     model = create_segmenter("deit_tiny_patch16_224", 7, img_size=64, channels=16, aux_channels=8, depth=4,
                              embed_dim=48, num_heads=3, taps=(0, 1, 2, 3)).eval()  # fmt: skip

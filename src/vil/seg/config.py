@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from ..utils.dict_config import DictConfig
 
-HEADS = ("upernet",)
+HEADS = ("upernet", "linear")  # linear: a per-token linear classifier of its pixels (no neck)
 PYRAMID_SCALES = (4.0, 2.0, 1.0, 0.5, 0.25)  # what the simple feature pyramid can do to the token grid
 
 

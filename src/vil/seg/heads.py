@@ -1,4 +1,5 @@
-"""The UperNet decoder and the auxiliary FCN head, as mmsegmentation's UPerHead and FCNHead (DESIGN.md section 2.6).
+"""The UperNet decoder and the auxiliary FCN head, as mmsegmentation's UPerHead and FCNHead (DESIGN.md section 2.6),
+and a linear head for small tasks.
 
 ConvModule = Conv (no bias) + BatchNorm + ReLU. UperNet: pyramid pooling on the coarsest level, an FPN (1x1
 laterals, top-down bilinear sums, 3x3 convs), every level upsampled to the finest and fused by a 3x3 conv, then
@@ -82,3 +83,19 @@ class FCNHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.conv(x))
+
+
+class LinearHead(nn.Module):
+    """Each token's classes for each of its ``upscale`` x ``upscale`` pixels, from one 1x1 conv and a pixel shuffle:
+    (B, C, h, w) -> (B, num_classes, h * upscale, w * upscale), C = the taps' channels stacked. A learned
+    upsampling of the patch features, far cheaper than UperNet at full resolution (the digit scenes' default run)."""
+
+    def __init__(self, in_channels: int, num_classes: int, upscale: int):
+        super().__init__()
+        self.upscale = upscale
+        self.proj = nn.Conv2d(in_channels, num_classes * upscale * upscale, 1)
+        nn.init.normal_(self.proj.weight, std=0.01)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(self.proj(x), self.upscale)

@@ -8,6 +8,8 @@ import time
 
 from tqdm.auto import tqdm
 
+HEAD_NAMES = {"upernet": "UperNet", "linear": "linear head"}
+
 
 class SegProgress:
     def __init__(self):
@@ -22,8 +24,9 @@ class SegProgress:
     def run_started(self, facts: dict, step: int, iters: int) -> None:
         config = facts["segmenter_config"]
         self.message(
-            f"model: {config['backbone']} {config['backbone_args'] or ''} + UperNet, {facts['params']:,} parameters "
-            f"({facts['params_with_aux']:,} with the auxiliary head), {config['img_size']} px crops"
+            f"model: {config['backbone']} {config['backbone_args'] or ''} + {HEAD_NAMES[config['head']]}, "
+            f"{facts['params']:,} parameters ({facts['params_with_aux']:,} with the auxiliary head), "
+            f"{config['img_size']} px crops"
         )
         self.message(
             f"data: {facts['dataset']} ({facts['train_images']:,} training / {facts['val_images']:,} held-out images, "

@@ -9,7 +9,7 @@ from torch import nn
 
 from .backbone import build_backbone, is_vil
 from .config import SegmenterConfig, default_channels, default_pyramid_scales
-from .heads import FCNHead, UperNetHead, resize
+from .heads import FCNHead, LinearHead, UperNetHead, resize
 from .neck import SimpleFeaturePyramid
 
 AUX_LEVEL = 2  # the auxiliary FCN head reads pyramid level 2 (stride 16 for 16 px tokens)
@@ -28,21 +28,25 @@ class Segmenter(nn.Module):
         backbone = build_backbone(config, pretrained)
         self.backbone, self.taps, self.token_stride = backbone.module, backbone.taps, backbone.token_stride
         self.size_multiple = backbone.patch  # image sides the backbone tiles
+        self.neck = self.aux_head = None
+        if config.head == "linear":
+            self.decode_head = LinearHead(len(backbone.taps) * backbone.dim, config.num_classes, backbone.token_stride)
+            return
         scales = config.pyramid_scales or default_pyramid_scales(backbone.token_stride)
         channels = config.channels or default_channels(backbone.dim)
         self.neck = SimpleFeaturePyramid(backbone.dim, scales)
         self.decode_head = UperNetHead(
             [backbone.dim] * 4, channels, config.num_classes, config.pool_scales, config.dropout
         )
-        self.aux_head = (
-            FCNHead(backbone.dim, config.aux_channels, config.num_classes, config.dropout)
-            if config.aux_channels
-            else None
-        )
+        if config.aux_channels:
+            self.aux_head = FCNHead(backbone.dim, config.aux_channels, config.num_classes, config.dropout)
 
     def forward(self, x: torch.Tensor, with_aux: bool = False):
         size = x.shape[-2:]
         features = self.backbone.forward_intermediates(x, indices=list(self.taps), intermediates_only=True)
+        if self.neck is None:  # the linear head reads all taps (same grid), stacked along the channels
+            logits = resize(self.decode_head(torch.cat(features, dim=1)), size)
+            return (logits, None) if with_aux else logits
         levels = self.neck(features)  # finest first
         logits = resize(self.decode_head(levels), size)
         if not with_aux:
