@@ -25,8 +25,7 @@ class SegProgress:
         config = facts["segmenter_config"]
         self.message(
             f"model: {config['backbone']} {config['backbone_args'] or ''} + {HEAD_NAMES[config['head']]}, "
-            f"{facts['params']:,} parameters ({facts['params_with_aux']:,} with the auxiliary head), "
-            f"{config['img_size']} px crops"
+            f"{facts['params']:,} parameters{_with_aux(facts)}, {config['img_size']} px crops"
         )
         self.message(
             f"data: {facts['dataset']} ({facts['train_images']:,} training / {facts['val_images']:,} held-out images, "
@@ -60,6 +59,11 @@ class SegProgress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def _with_aux(facts: dict) -> str:
+    extra = facts["params_with_aux"] - facts["params"]
+    return f" (+ {extra:,} in the auxiliary head, training only)" if extra else ""
 
 
 def _pct(value: float | None) -> str:
