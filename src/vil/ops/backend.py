@@ -55,6 +55,11 @@ def choose_backend(seq_len: int, head_dim: int, needs_grad: bool, stateful: bool
     return "parallel", chunk_size
 
 
+def runs_triton(backend: str, x: torch.Tensor) -> bool:
+    """Whether ``backend`` runs the Triton kernels for inputs like x: "triton", or "auto" on CUDA with triton."""
+    return backend == "triton" or (backend == "auto" and x.device.type == "cuda" and triton_cell.available())
+
+
 def mlstm(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -87,7 +92,7 @@ def mlstm(
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, igate, fgate))
     auto_backend, auto_chunk = choose_backend(q.shape[2], q.shape[3], needs_grad, stateful)
     if backend == "auto":
-        backend = "triton" if q.device.type == "cuda" and triton_cell.available() else auto_backend
+        backend = "triton" if runs_triton(backend, q) else auto_backend
     if backend == "parallel" and stateful:
         raise ValueError(
             "backend='parallel' has no state: use 'chunkwise' or 'recurrent' with initial_state or return_state"
