@@ -26,18 +26,15 @@ DEFAULT_CHUNK = 64
 MAX_CHUNK = 128  # an L x L tile of float32 scores per program: larger chunks would spill registers
 
 
+# Both fixed at import: triton reads TRITON_INTERPRET when it is first imported, and constants keep these checks
+# out of torch.compile's guards. find_spec looks for triton without importing it (an import costs a second).
+_INSTALLED = importlib.util.find_spec("triton") is not None
+_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def available() -> bool:
-    """Whether triton is installed (not imported: that costs a second and fixes the interpreter setting)."""
-    return importlib.util.find_spec("triton") is not None
-
-
-def _interpreting() -> bool:
-    """Whether Triton's interpreter is (or, once imported, will be) on."""
-    from sys import modules
-
-    if "vil.ops.triton_cell.kernels" in modules:
-        return modules["vil.ops.triton_cell.kernels"].INTERPRETED
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    """Whether triton is installed."""
+    return _INSTALLED
 
 
 def check_usable(q: torch.Tensor, v: torch.Tensor, chunk_size: int | None) -> None:
@@ -51,7 +48,7 @@ def check_usable(q: torch.Tensor, v: torch.Tensor, chunk_size: int | None) -> No
         raise ValueError("backend='triton' computes in float32: got float64 inputs (use 'chunkwise' for float64)")
     if not available():
         raise ValueError("backend='triton' needs the triton package: pip install 'vil[gpu]'")
-    if q.device.type == "cpu" and not _interpreting():
+    if q.device.type == "cpu" and not _INTERPRETER:
         raise ValueError(
             "backend='triton' needs CUDA tensors, got CPU ones; on the CPU it runs only in Triton's interpreter "
             "(TRITON_INTERPRET=1 set before Python starts; slow, for tests)"
