@@ -1,17 +1,20 @@
 """Triton kernels for the chunkwise mLSTM cell: the heavy per-chunk work, in float32 arithmetic.
 
-Three kernels, each the Triton counterpart of a step of :mod:`vil.ops.chunkwise` (same notation, same gate rows):
+Five kernels, each the Triton counterpart of a step of :mod:`vil.ops.chunkwise` (same notation, same gate rows):
 
 - :func:`chunk_states`: the state before every chunk and after the last one, C_j = alpha_j C_{j-1} + sum_s w[s]
   k[s] v[s]^T (and n likewise), one program per (batch x head, DH tile, DHV tile) walking the chunks in order;
 - :func:`chunk_outputs`: h and the denominators of every chunk, one program per (batch x head, chunk);
 - :func:`chunk_outputs_backward`: dq, dk, dv through each chunk's outputs, the row and column sums of dL/d log
   decay, and dL/d of the state before each chunk through that chunk's outputs, one program per (batch x head,
-  chunk).
+  chunk);
+- :func:`chunk_states_backward` and :func:`stabiliser_backward`: the two recurrences of the chunk states run
+  backwards (dL/dC after each chunk; dL/dm through m_j = g_j + max(m_{j-1}, a_last_j)), where PyTorch would
+  launch a few small ops per chunk (hundreds of chunks at 2048 px).
 
-Everything the gates alone determine (stabilisers, decay rows, write weights; O(S) per head) and the backward
-pass of the state recurrence stay in PyTorch, shared with the chunkwise form, so that both compute the same
-exact gradient (the normaliser max(|den|, exp(-M)) and the stabilisers included).
+Everything the gates alone determine (stabilisers, decay rows, write weights; O(S) per head) and the elementwise
+steps between the kernels stay in PyTorch, as in the chunkwise form, so that both compute the same exact gradient
+(the normaliser max(|den|, exp(-M)) and the stabilisers included).
 
 Inputs are read in their own dtype (float32, float16 or bfloat16) and converted to float32 on load; every
 product accumulates in float32. With float32 inputs the products run in IEEE float32 (not TF32, which would cost
@@ -226,6 +229,52 @@ def _chunk_outputs_backward_kernel(
         tl.store(dn_ptr + state * DH + d, tl.sum(queries * d_den_inter[:, None], axis=0))
 
 
+@triton.jit
+def _chunk_states_backward_kernel(
+    dc_out_ptr, dn_out_ptr, alpha_ptr, dc_last_ptr, dn_last_ptr, dc_after_ptr, dn_after_ptr, dc0_ptr, dn0_ptr,
+    num_chunks, DH: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_V: tl.constexpr,
+):  # fmt: skip
+    bh, tile_d, tile_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    d = tile_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    e = tile_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    c_offsets = d[:, None] * DV + e[None, :]
+    dc = tl.load(dc_last_ptr + bh * DH * DV + c_offsets)
+    dn = tl.load(dn_last_ptr + bh * DH + d)
+    # C_j = alpha_j C_{j-1} + ...: dL/dC_{j-1} = (through chunk j's outputs) + alpha_j dL/dC_j
+    for step in range(num_chunks):
+        j = num_chunks - 1 - step
+        state = bh * num_chunks + j
+        tl.store(dc_after_ptr + state * DH * DV + c_offsets, dc)
+        alpha = tl.load(alpha_ptr + state)
+        dc = tl.load(dc_out_ptr + state * DH * DV + c_offsets) + alpha * dc
+        if tile_v == 0:
+            tl.store(dn_after_ptr + state * DH + d, dn)
+            dn = tl.load(dn_out_ptr + state * DH + d) + alpha * dn
+    tl.store(dc0_ptr + bh * DH * DV + c_offsets, dc)
+    if tile_v == 0:
+        tl.store(dn0_ptr + bh * DH + d, dn)
+
+
+@triton.jit
+def _stabiliser_backward_kernel(
+    d_log_alpha_ptr, d_log_beta_ptr, from_a_last_ptr, dm_prev_out_ptr, dm_last_ptr, d_a_last_ptr, d_g_ptr, dm0_ptr,
+    heads, num_chunks, BLOCK: tl.constexpr,
+):  # fmt: skip
+    lanes = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # one (batch, head) per lane
+    valid = lanes < heads
+    d_m = tl.load(dm_last_ptr + lanes, mask=valid, other=0.0)
+    for step in range(num_chunks):  # m_j = g_j + r_j, r_j = max(m_{j-1}, a_last_j); alpha, beta = exp(.. - r_j)
+        offsets = lanes * num_chunks + num_chunks - 1 - step
+        d_log_alpha = tl.load(d_log_alpha_ptr + offsets, mask=valid, other=0.0)
+        d_log_beta = tl.load(d_log_beta_ptr + offsets, mask=valid, other=0.0)
+        from_a_last = tl.load(from_a_last_ptr + offsets, mask=valid, other=0.0)
+        tl.store(d_g_ptr + offsets, d_m, mask=valid)
+        d_r = d_m - d_log_alpha - d_log_beta
+        tl.store(d_a_last_ptr + offsets, d_log_beta + d_r * from_a_last, mask=valid)
+        d_m = d_log_alpha + d_r * (1.0 - from_a_last) + tl.load(dm_prev_out_ptr + offsets, mask=valid, other=0.0)
+    tl.store(dm0_ptr + lanes, d_m, mask=valid)
+
+
 def chunk_states(k, v, write_weight, alpha, c0, n0, chunk: int, keep_states: bool):
     """-> c_prev (BH, NC, DH, DHV), n_prev (BH, NC, DH) (None unless ``keep_states``), c_last, n_last.
 
@@ -276,3 +325,31 @@ def chunk_outputs_backward(q, k, v, d_num, d_den, gate_rows, c_prev, n_prev, min
         BLOCK_V=head_block(value_dim), MIN_LOG=min_log, PRECISION=_precision(q.dtype),
     )  # fmt: skip
     return dq, dk, dv, row_sum, col_sum, dc, dn
+
+
+def chunk_states_backward(dc_out, dn_out, alpha, dc_last, dn_last):
+    """dL/d of the state after each chunk (BH, NC, DH, DHV), (BH, NC, DH) and of the initial state, from dL/d of
+    the state before each chunk through that chunk's outputs (dc_out, dn_out), alpha (BH, NC) and dL/d of the final
+    state (dc_last, dn_last); all float32."""
+    heads, num_chunks, head_dim, value_dim = dc_out.shape
+    dc_after, dn_after = torch.empty_like(dc_out), torch.empty_like(dn_out)
+    dc0, dn0 = torch.empty_like(dc_last), torch.empty_like(dn_last)
+    block_d, block_v = head_block(head_dim), head_block(value_dim)
+    _chunk_states_backward_kernel[(heads, head_dim // block_d, value_dim // block_v)](
+        dc_out, dn_out, alpha, dc_last, dn_last, dc_after, dn_after, dc0, dn0, num_chunks,
+        DH=head_dim, DV=value_dim, BLOCK_D=block_d, BLOCK_V=block_v,
+    )  # fmt: skip
+    return dc_after, dn_after, dc0, dn0
+
+
+def stabiliser_backward(d_log_alpha, d_log_beta, from_a_last, dm_prev_out, dm_last):
+    """-> dL/d a_last, dL/dg (BH, NC) and dL/dm of the initial state (BH,), for the chunk weights' gradients
+    d_log_alpha, d_log_beta, the choice from_a_last (a_last_j > m_{j-1}, as float), dL/dm before each chunk through
+    its outputs (all (BH, NC) float32) and dL/dm of the final state (BH,)."""
+    heads, num_chunks = d_log_alpha.shape
+    d_a_last, d_g, dm0 = torch.empty_like(d_log_alpha), torch.empty_like(d_log_alpha), torch.empty_like(dm_last)
+    block = 128
+    _stabiliser_backward_kernel[(triton.cdiv(heads, block),)](
+        d_log_alpha, d_log_beta, from_a_last, dm_prev_out, dm_last, d_a_last, d_g, dm0, heads, num_chunks, BLOCK=block
+    )
+    return d_a_last, d_g, dm0

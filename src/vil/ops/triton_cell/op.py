@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..chunkwise import _add_product, _chunk_state_weights, _Chunked, _dot, _scan_backward, _stabilisers
+from ..chunkwise import _add_product, _chunk_state_weights, _Chunked, _dot, _stabilisers
 from ..common import MIN_LOG_DECAY, gate_backward, readout_backward, stabilised_exp
 from . import kernels
 
@@ -100,14 +100,29 @@ def _backward(q, k, v, igate, fgate, c_prev, n_prev, c_last, n_last, m_all, deno
     d_amax = dr * from_amax
     dm_prev_out += (dr * ~from_amax).sum(dim=-1)
 
-    # the state recurrence, backwards over chunks
-    alpha, beta = (x.float() for x in _chunk_state_weights(m_prev, chunked.a_last))
-    states_after = (torch.cat([c_prev[:, :, 1:], c_last.unsqueeze(2)], dim=2),
-                    torch.cat([n_prev[:, :, 1:], n_last.unsqueeze(2)], dim=2))  # fmt: skip
-    (d_updates, d_update_n), d_a_last, d_g, (dc0, dn0, dm0) = _scan_backward(
-        (c_prev, n_prev), states_after, alpha, beta, chunked.a_last > m_prev,
-        (d_c_prev_out, d_n_prev_out), dm_prev_out, (dc_last, dn_last, dm_last),
-    )  # fmt: skip
+    # the state recurrence, backwards over chunks (as vil.ops.chunkwise._scan_backward, its loops in kernels)
+    alpha, beta = (x.float() for x in _chunk_state_weights(m_prev, chunked.a_last))  # (B, NH, NC)
+    d_c_after, d_n_after, dc0, dn0 = (
+        x.view(batch, heads, *x.shape[1:])
+        for x in kernels.chunk_states_backward(
+            _heads(d_c_prev_out), _heads(d_n_prev_out), _heads(alpha), _heads(dc_last), _heads(dn_last)
+        )
+    )
+    c_after = torch.cat([c_prev[:, :, 1:], c_last.unsqueeze(2)], dim=2)
+    n_after = torch.cat([n_prev[:, :, 1:], n_last.unsqueeze(2)], dim=2)
+    # alpha and beta are exp(m_prev - r) and exp(a_last - r); beta U = C_after - alpha C_prev
+    dot_prev = _dot(d_c_after.flatten(-2), c_prev.flatten(-2)) + _dot(d_n_after, n_prev)  # (B, NH, NC)
+    dot_after = _dot(d_c_after.flatten(-2), c_after.flatten(-2)) + _dot(d_n_after, n_after)
+    d_log_alpha = dot_prev * alpha
+    d_log_beta = dot_after - d_log_alpha
+    d_updates, d_update_n = d_c_after * beta[..., None, None], d_n_after * beta[..., None]
+    from_a_last = (chunked.a_last > m_prev).float()
+    d_a_last, d_g, dm0 = (
+        x.view(batch, heads, *x.shape[1:])
+        for x in kernels.stabiliser_backward(
+            *(_heads(x) for x in (d_log_alpha, d_log_beta, from_a_last, dm_prev_out)), dm_last.reshape(-1).contiguous()
+        )
+    )
 
     # U = (w k)^T v, u = sum_s w k
     write_weight = chunked.write_weights().float()
