@@ -117,7 +117,9 @@ def custom_op_check():
 
 def compiled_model():
     """torch.compile of a whole (tiny) ViL whose cell runs the Triton op, against the same model eager with the
-    PyTorch chunkwise form: logits and parameter gradients."""
+    PyTorch chunkwise form: logits and parameter gradients (relative to the largest gradient). Also under float16
+    autocast (the interpreter has no bfloat16), traced by dynamo and AOTAutograd (backend "aot_eager": inductor's
+    CPU code generation would double the time), against the Triton op eager."""
     from vil.models import create_model
 
     torch._dynamo.reset()
@@ -125,19 +127,24 @@ def compiled_model():
     model = create_model("vil2_tiny_patch16_224", img_size=32, dim=32, depth=2, num_classes=5)  # head size 16
     images = torch.randn(2, 3, 32, 32)
 
-    def logits_and_grads(module):
+    def logits_and_grads(module, dtype=None):
         module.zero_grad()
-        logits = module(images)
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            logits = module(images).float()
         logits.square().sum().backward()
-        return logits.detach(), [p.grad.clone() for p in model.parameters()]
+        return logits.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
 
     model.set_mlstm_backend("chunkwise", 16)
     eager, eager_grads = logits_and_grads(model)
     model.set_mlstm_backend("triton", 16)
     logits, grads = logits_and_grads(torch.compile(model, fullgraph=True))
+    half_eager, half_eager_grads = logits_and_grads(model, torch.float16)
+    half, half_grads = logits_and_grads(torch.compile(model, fullgraph=True, backend="aot_eager"), torch.float16)
     return {
         "logits": rel_err(logits, eager),
-        "grads": max(rel_err(a, b) for a, b in zip(grads, eager_grads, strict=True)),
+        "grads": rel_err(grads, eager_grads),
+        "float16_autocast_logits": rel_err(half, half_eager),
+        "float16_autocast_grads": rel_err(half_grads, half_eager_grads),
     }
 
 

@@ -92,7 +92,7 @@ def mlstm(
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, igate, fgate))
     auto_backend, auto_chunk = choose_backend(q.shape[2], q.shape[3], needs_grad, stateful)
     if backend == "auto":
-        backend = "triton" if runs_triton(backend, q) else auto_backend
+        backend = "triton" if runs_triton(backend, q) and triton_cell.supports(q, v) else auto_backend
     if backend == "parallel" and stateful:
         raise ValueError(
             "backend='parallel' has no state: use 'chunkwise' or 'recurrent' with initial_state or return_state"

@@ -37,6 +37,11 @@ def available() -> bool:
     return _INSTALLED
 
 
+def supports(q: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether the kernels take inputs of these shapes and dtype (what "auto" asks before choosing them)."""
+    return q.shape[-1] % 16 == 0 and v.shape[-1] % 16 == 0 and q.dtype != torch.float64
+
+
 def check_usable(q: torch.Tensor, v: torch.Tensor, chunk_size: int | None) -> None:
     """Raise ValueError with a one-line reason unless backend='triton' can run on tensors like q and v."""
     for name, size in (("q/k", q.shape[-1]), ("v", v.shape[-1])):
