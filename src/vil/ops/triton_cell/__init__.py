@@ -23,7 +23,7 @@ import torch
 from ..state import MLSTMState, empty_state
 
 DEFAULT_CHUNK = 64
-MAX_CHUNK = 128  # an L x L tile of float32 scores per program: larger chunks would spill registers
+MAX_CHUNK = 128  # each program holds L x L float32 tiles: larger chunks would hardly fit in registers (not tried)
 
 
 # Both fixed at import: triton reads TRITON_INTERPRET when it is first imported, and constants keep these checks

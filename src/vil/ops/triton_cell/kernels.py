@@ -113,6 +113,20 @@ def _decay(rows_ptr, row_stride, row_offset, rows, chunk, real_cols, MIN_LOG: tl
 
 
 @triton.jit
+def _raw_scores(q_ptr, k_ptr, bh, seq_len, tokens, real, DH: tl.constexpr, BLOCK_L: tl.constexpr,
+                BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """q.k of the chunk's tokens (BLOCK_L, BLOCK_L), over DH tiles; the 1/sqrt(DH) is in the decay."""
+    scores = tl.zeros((BLOCK_L, BLOCK_L), dtype=tl.float32)
+    for d0 in range(0, DH, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D)
+        qk_offsets = (bh * seq_len + tokens[:, None]) * DH + d[None, :]
+        queries = tl.load(q_ptr + qk_offsets, mask=real[:, None], other=0.0).to(tl.float32)
+        keys = tl.load(k_ptr + qk_offsets, mask=real[:, None], other=0.0).to(tl.float32)
+        scores += tl.dot(queries, tl.trans(keys), input_precision=PRECISION)
+    return scores
+
+
+@triton.jit
 def _chunk_outputs_kernel(
     q_ptr, k_ptr, v_ptr, rows_ptr, c_prev_ptr, n_prev_ptr, h_ptr, den_ptr,
     seq_len, num_chunks, chunk, eps,
@@ -127,16 +141,12 @@ def _chunk_outputs_kernel(
     row_stride = tl.num_programs(0) * num_chunks * chunk  # between the gate rows
     state = bh * num_chunks + j
 
-    # raw scores q.k (the 1/sqrt(DH) is in the decay) and q.n over DH tiles
-    scores = tl.zeros((BLOCK_L, BLOCK_L), dtype=tl.float32)
+    scores = _raw_scores(q_ptr, k_ptr, bh, seq_len, tokens, real, DH, BLOCK_L, BLOCK_D, PRECISION)
     q_n = tl.zeros((BLOCK_L,), dtype=tl.float32)
     for d0 in range(0, DH, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
-        qk_offsets = (bh * seq_len + tokens[:, None]) * DH + d[None, :]
-        queries = tl.load(q_ptr + qk_offsets, mask=real[:, None], other=0.0).to(tl.float32)
-        keys = tl.load(k_ptr + qk_offsets, mask=real[:, None], other=0.0).to(tl.float32)
-        scores += tl.dot(queries, tl.trans(keys), input_precision=PRECISION)
-        q_n += tl.sum(queries * tl.load(n_prev_ptr + state * DH + d)[None, :], axis=1)
+        queries = tl.load(q_ptr + (bh * seq_len + tokens[:, None]) * DH + d[None, :], mask=real[:, None], other=0.0)
+        q_n += tl.sum(queries.to(tl.float32) * tl.load(n_prev_ptr + state * DH + d)[None, :], axis=1)
     decay, inter = _decay(rows_ptr, row_stride, row_offset, rows, chunk, real, MIN_LOG)
     scores = scores * decay
     den = tl.sum(scores, axis=1) + inter * q_n
@@ -175,14 +185,8 @@ def _chunk_outputs_backward_kernel(
     row_stride = tl.num_programs(0) * num_chunks * chunk  # between the gate rows
     state = bh * num_chunks + j
 
-    # scores = q.k (raw) and dP = d_num @ v^T: the two L x L products
-    scores = tl.zeros((BLOCK_L, BLOCK_L), dtype=tl.float32)
-    for d0 in range(0, DH, BLOCK_D):
-        d = d0 + tl.arange(0, BLOCK_D)
-        qk_offsets = (bh * seq_len + tokens[:, None]) * DH + d[None, :]
-        queries = tl.load(q_ptr + qk_offsets, mask=real[:, None], other=0.0).to(tl.float32)
-        keys = tl.load(k_ptr + qk_offsets, mask=real[:, None], other=0.0).to(tl.float32)
-        scores += tl.dot(queries, tl.trans(keys), input_precision=PRECISION)
+    # the two L x L products: the raw scores q.k and dP = d_num @ v^T
+    scores = _raw_scores(q_ptr, k_ptr, bh, seq_len, tokens, real, DH, BLOCK_L, BLOCK_D, PRECISION)
     d_scores = tl.zeros((BLOCK_L, BLOCK_L), dtype=tl.float32)
     for e0 in range(0, DV, BLOCK_V):
         e = e0 + tl.arange(0, BLOCK_V)

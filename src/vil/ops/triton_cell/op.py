@@ -1,8 +1,9 @@
 """The chunkwise mLSTM cell with its Triton kernels, as two custom ops (forward, backward) with autograd.
 
-The ops follow :mod:`vil.ops.chunkwise` step by step: the same gate rows and stabilisers (PyTorch, O(S) per head),
-the same readout backward through the normaliser, the same backward scan of the chunk states; the products over
-q, k, v and the states, which are O(S L d + S d^2), run in the kernels of :mod:`.kernels`. Being custom ops
+The ops follow :mod:`vil.ops.chunkwise` step by step: the same gate rows and stabilisers (PyTorch, O(S) per head,
+here in float64), the same readout backward through the normaliser, the same backward of the chunk state
+recurrence; the products over q, k, v and the states, which are O(S L d + S d^2), and the recurrences over chunks
+run in the kernels of :mod:`.kernels`. Being custom ops
 (``torch.library.custom_op``) with fake implementations, they sit inside ``torch.compile`` graphs whole, and the
 backward op is what AOTAutograd records for the backward graph.
 """
@@ -120,7 +121,7 @@ def _backward(q, k, v, igate, fgate, c_prev, n_prev, c_last, n_last, m_all, deno
     d_a_last, d_g, dm0 = (
         x.view(batch, heads, *x.shape[1:])
         for x in kernels.stabiliser_backward(
-            *(_heads(x) for x in (d_log_alpha, d_log_beta, from_a_last, dm_prev_out)), dm_last.reshape(-1).contiguous()
+            *(_heads(t) for t in (d_log_alpha, d_log_beta, from_a_last, dm_prev_out)), dm_last.reshape(-1).contiguous()
         )
     )
 
