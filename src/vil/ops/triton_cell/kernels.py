@@ -17,8 +17,9 @@ steps between the kernels stay in PyTorch, as in the chunkwise form, so that bot
 (the normaliser max(|den|, exp(-M)) and the stabilisers included).
 
 Inputs are read in their own dtype (float32, float16 or bfloat16) and converted to float32 on load; every
-product accumulates in float32. With float32 inputs the products run in IEEE float32 (not TF32, which would cost
-~1e-3 relative); with half inputs in TF32, which holds float16 and bfloat16 values exactly.
+product accumulates in float32. With float32 inputs the products run in IEEE float32 (not TF32, whose 10-bit
+mantissa would cost ~1e-3 relative); with half inputs in TF32, which holds float16 and bfloat16 inputs exactly
+(intermediate operands such as the decayed scores are rounded to its 10-bit mantissa).
 
 Shapes: q, k (BH, S, DH), v (BH, S, DHV), contiguous; gate rows (BH, NC, L); states (BH, NC, DH, DHV). A chunk
 holds L <= BLOCK_L tokens (BLOCK_L a power of two >= 16); the last chunk may hold fewer real tokens: loads past S
@@ -27,15 +28,9 @@ read zeros, and padded tokens have a = -inf (they write nothing and are read by 
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
-
-# whether the kernels run in Triton's interpreter (on CPU tensors): fixed when triton is first imported
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-
 
 # the rows per chunk token that the output kernels read, stacked in this order (the backward kernel reads the first
 # five): the write log weights a (including log 1/sqrt(DH)) and the row stabilisers r, each as a float32 pair
