@@ -83,7 +83,7 @@ def test_overrides_are_typed_and_validated():
 def test_config_round_trips_through_a_dict():
     config = get_recipe("in1k_longseq_stride8")
     assert TrainConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ValueError, match="unknown TrainConfig fields"):
+    with pytest.raises(ValueError, match="unknown TrainConfig field"):
         TrainConfig.from_dict({**config.to_dict(), "bogus": 1})
 
 
