@@ -53,7 +53,7 @@ def test_fine_tune_our_weights_at_a_new_resolution_and_class_count(tmp_path, dig
     assert (model.config.img_size, model.config.num_classes, model.config.dim) == ((16, 16), 10, 16)
     assert model.pos_embed.grid == (8, 8)  # resampled from 4 x 4
     assert finetuned.classes == list(digits.CLASS_NAMES) and finetuned.preprocessing.img_size == 16
-    assert "validation accuracy after epoch 1" in capsys.readouterr().out
+    assert "validation after epoch 1" in capsys.readouterr().out
 
 
 def test_fine_tuning_recipes_need_init(capsys):

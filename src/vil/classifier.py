@@ -27,8 +27,9 @@ logger = logging.getLogger(__name__)
 CLASSES_KEY = "vil_classes"
 PREPROCESSING_KEY = "vil_preprocessing"
 DATASET_KEY = "vil_dataset"
-# Which file of a run directory stands for the run, in order of preference: the last weights, then the best ones.
-RUN_MODEL_FILES = ("model_final.safetensors", "model_best.safetensors")
+# Which file of a run directory stands for the run, in order of preference: the weights selected on validation
+# (the ones the run's test accuracy is of), then the last ones.
+RUN_MODEL_FILES = ("model_best.safetensors", "model_final.safetensors")
 
 
 @dataclass

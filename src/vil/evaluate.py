@@ -61,5 +61,5 @@ def evaluate(
 
 def format_accuracy(top1: float, top5: float | None) -> str:
     """``top-1 99.44%  top-5 100.00%``, without the top-5 part where there is none (five classes or fewer)."""
-    text = f"top-1 {top1:6.2f}%"
-    return text if top5 is None else f"{text}  top-5 {top5:6.2f}%"
+    text = f"top-1 {top1:.2f}%"
+    return text if top5 is None else f"{text}  top-5 {top5:.2f}%"

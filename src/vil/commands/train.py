@@ -88,10 +88,15 @@ def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, list[str]]:
         flags["warmup_epochs"] = 0.0  # until fit_run scales the recipe's warm-up to the run's epochs
     config = base.with_overrides(args.set, **flags)
     notes = []
-    if config.model != base.model and base.model_args and "model_args" not in explicit:
-        # the recipe's model_args describe the recipe's own model; an explicit model replaces all of it
+    if config.model != base.model and base.model_args and not any(a.startswith("model_args=") for a in args.set):
+        # the recipe's model_args describe the recipe's own model: an explicit model replaces them (the user's own
+        # model_args.FIELD settings stay)
+        given = {a.partition("=")[0].strip().removeprefix("model_args.") for a in args.set if "model_args." in a}
         notes.append(f"model {config.model}, replacing the {base.recipe} recipe's model_args {base.model_args}")
-        config = config.replace(model_args={})
+        config = config.replace(model_args={k: v for k, v in config.model_args.items() if k in given})
+    if config.init and config.model and "model" not in explicit:
+        notes.append(f"model: the architecture of the --init weights (not the {base.recipe} recipe's {config.model})")
+        config = config.replace(model=None)
     config, fitted = fit_run(config, base, explicit)
     return config, notes + fitted
 

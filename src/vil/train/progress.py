@@ -29,7 +29,7 @@ class ConsoleProgress:
     def run_started(self, facts: dict, resumed_epoch: int) -> None:
         model = facts["model_config"]
         self.message(
-            f"model: {facts['model_name']}: ViL v{model['version']}, dim {model['dim']}, {model['depth']} mLSTM blocks, "
+            f"model: {facts['model_name']}: ViL v{model['version']}, dim {model['dim']}, {model['depth']} blocks, "
             f"patch {model['patch_size'][0]} stride {model['patch_stride'][0]}, {model['img_size'][0]} px, "
             f"{facts['params']:,} parameters"
         )

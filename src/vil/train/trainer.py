@@ -29,6 +29,7 @@ from ..evaluate import evaluate
 from ..models.config import ViLConfig
 from ..models.vision_lstm import VisionLSTM
 from ..precision import amp_dtype, autocast
+from ..utils.optional import EXTRA, available
 from . import run_files
 from .batching import plan_batches
 from .config import TrainConfig
@@ -76,6 +77,9 @@ class Trainer:
         self.best = {"val_top1": -1.0, "val_loss": math.inf, "epoch": 0}
         self.best_state: dict | None = None  # the weights of the best epoch on validation (CPU), tested at the end
         self.last_plot = -math.inf
+        self.plots = available("matplotlib")
+        if not self.plots and env.is_main:
+            logger.warning("no %s: matplotlib is not installed (pip install 'vil[%s]')", run_files.CURVES, EXTRA)
         if resume:
             self._resume()
         else:
@@ -159,10 +163,10 @@ class Trainer:
     def _open_tensorboard(self, purge_step: int | None):
         if not self.env.is_main:
             return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as error:
-            raise ImportError("TensorBoard logs need tensorboard: pip install 'vil[train]'") from error
+        if not available("tensorboard"):
+            logger.warning("no TensorBoard logs: tensorboard is not installed (pip install 'vil[%s]')", EXTRA)
+            return None
+        from torch.utils.tensorboard import SummaryWriter
 
         return SummaryWriter(str(self.run_dir / run_files.TENSORBOARD), purge_step=purge_step)
 
@@ -266,7 +270,8 @@ class Trainer:
         summary = self.summary(finished, test)
         if self.env.is_main:
             run_files.write_summary(self.run_dir, summary)
-            self.tensorboard.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
         return summary
 
     def _run_epoch(self, epoch: int, stop_after: int | None) -> None:
@@ -421,12 +426,17 @@ class Trainer:
     def _write_epoch_files(self, final: bool = False) -> None:
         run_files.write_history(self.run_dir, self.history)
         run_files.write_skipped(self.run_dir, [BadFile(p, r) for p, r in self.skipped.items()])
-        if final or time.monotonic() - self.last_plot >= PLOT_EVERY_SECONDS:
+        if self.plots and (final or time.monotonic() - self.last_plot >= PLOT_EVERY_SECONDS):
             from .plot import plot_curves
 
             plot_curves(self.history, self.run_dir / run_files.CURVES)
             self.last_plot = time.monotonic()
-        row = self.history[-1]
+        self._write_tensorboard_epoch(self.history[-1])
+        run_files.write_summary(self.run_dir, self.summary(finished=False))
+
+    def _write_tensorboard_epoch(self, row: dict) -> None:
+        if self.tensorboard is None:
+            return
         keys = (
             "train_loss",
             "val_loss",
@@ -441,7 +451,6 @@ class Trainer:
             if row.get(key) is not None:
                 self.tensorboard.add_scalar(f"epoch/{key}", row[key], row["step"])
         self.tensorboard.flush()
-        run_files.write_summary(self.run_dir, self.summary(finished=False))
 
     def _save_model(self, name: str, model: VisionLSTM) -> None:
         save_classifier(self.run_dir / name, model, self.data.classes, self.data.preprocessing, self.data.name)

@@ -18,7 +18,9 @@ class DictConfig:
         unknown = sorted(set(names) - set(known))
         if unknown:
             names = ", ".join(repr(name) for name in unknown)
-            raise ValueError(f"unknown {cls.__name__} field{'s' * (len(unknown) > 1)} {names}; fields: {', '.join(known)}")
+            raise ValueError(
+                f"unknown {cls.__name__} field{'s' * (len(unknown) > 1)} {names}; fields: {', '.join(known)}"
+            )
 
     def replace(self: T, **changes) -> T:
         self.check_fields(changes)
