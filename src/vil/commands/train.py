@@ -18,7 +18,7 @@ from ..evaluate import format_accuracy
 from ..train import run_files
 from ..train.config import RUNTIME_FIELDS, TrainConfig
 from ..train.errors import TrainingError
-from ..train.fitting import fit_run
+from ..train.fitting import configure_run
 from ..train.recipes import NEEDS_INIT, RECIPES, get_recipe
 
 # Flags that set one config field each (None: not given, keep the recipe's or the resumed run's value).
@@ -82,23 +82,8 @@ def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, list[str]]:
                 f"only {', '.join(RUNTIME_FIELDS)} may change"
             )
         return config, []
-    base = get_recipe(args.recipe or ("folder" if args.data not in (None, DIGITS) else "digits"))
-    explicit = set(flags) | {assignment.partition("=")[0].strip().partition(".")[0] for assignment in args.set}
-    if "warmup_epochs" not in explicit:
-        flags["warmup_epochs"] = 0.0  # until fit_run scales the recipe's warm-up to the run's epochs
-    config = base.with_overrides(args.set, **flags)
-    notes = []
-    if config.model != base.model and base.model_args and not any(a.startswith("model_args=") for a in args.set):
-        # the recipe's model_args describe the recipe's own model: an explicit model replaces them (the user's own
-        # model_args.FIELD settings stay)
-        given = {a.partition("=")[0].strip().removeprefix("model_args.") for a in args.set if "model_args." in a}
-        notes.append(f"model {config.model}, replacing the {base.recipe} recipe's model_args {base.model_args}")
-        config = config.replace(model_args={k: v for k, v in config.model_args.items() if k in given})
-    if config.init and config.model and "model" not in explicit:
-        notes.append(f"model: the architecture of the --init weights (not the {base.recipe} recipe's {config.model})")
-        config = config.replace(model=None)
-    config, fitted = fit_run(config, base, explicit)
-    return config, notes + fitted
+    recipe = get_recipe(args.recipe or ("folder" if args.data not in (None, DIGITS) else "digits"))
+    return configure_run(recipe, args.set, flags)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,6 +34,30 @@ FITS_IMAGE_SIZE = ("folder",)
 FITS_BATCH = ("digits", "folder")
 
 
+def configure_run(recipe: TrainConfig, assignments: list[str], flags: dict) -> tuple[TrainConfig, list[str]]:
+    """A new run's config: ``recipe`` with the user's ``flags`` ({field: value}) and ``--set`` ``assignments`` on
+    top, where an explicit model replaces the recipe's model, and the settings left to the recipe fitted to the data
+    and the run's length (:func:`fit_run`); and one line per choice made, for the user.
+    """
+    flags = dict(flags)
+    explicit = set(flags) | {assignment.partition("=")[0].strip().partition(".")[0] for assignment in assignments}
+    if "warmup_epochs" not in explicit:
+        flags["warmup_epochs"] = 0.0  # until fit_run scales the recipe's warm-up to the run's epochs
+    config = recipe.with_overrides(assignments, **flags)
+    notes = []
+    if config.model != recipe.model and recipe.model_args and not any(a.startswith("model_args=") for a in assignments):
+        # the recipe's model_args describe the recipe's own model: an explicit model replaces them (the user's own
+        # model_args.FIELD settings stay)
+        given = {a.partition("=")[0].strip().removeprefix("model_args.") for a in assignments if "model_args." in a}
+        notes.append(f"model {config.model}, replacing the {recipe.recipe} recipe's model_args {recipe.model_args}")
+        config = config.replace(model_args={k: v for k, v in config.model_args.items() if k in given})
+    if config.init and config.model and "model" not in explicit:
+        notes.append(f"model: the architecture of the --init weights (not the {recipe.recipe} recipe's {config.model})")
+        config = config.replace(model=None)
+    config, fitted = fit_run(config, recipe, explicit)
+    return config, notes + fitted
+
+
 def fit_run(config: TrainConfig, recipe: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, list[str]]:
     """``config`` (``recipe`` with the user's settings, ``explicit`` their names) with the settings the user left to
     the recipe fitted, and one line per choice made. The warm-up comes from ``recipe`` (``config``'s is ignored).
