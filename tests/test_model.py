@@ -8,7 +8,7 @@ from vil import ViLConfig, VisionLSTM, create_model, list_models
 from vil.layers.pooling import POOLINGS
 from vil.layers.traversal import BLOCK_DESIGNS
 
-# Exact parameter counts at 224 x 224 with 1000 classes (DESIGN.md section 2.3; strided = their twins).
+# Exact parameter counts at 224 x 224 with 1000 classes (docs/design.md §3; strided = their twins).
 PARAM_COUNTS = {
     "vil2_tiny_patch16_224": 6_391_528,
     "vil2_small_patch16_224": 23_398_696,

@@ -1,7 +1,7 @@
 """Speed and peak memory of ViL against DeiT (timm) and against the parallel form, side by side.
 
 Every contender runs in this one process; at each image size the contenders are timed interleaved after a
-warm-up and the median is reported (DESIGN.md section 4). A "train" step is forward, cross-entropy loss,
+warm-up and the median is reported (docs/design.md §6). A "train" step is forward, cross-entropy loss,
 backward and an AdamW step; "infer" is a forward pass without gradients.
 """
 

@@ -38,7 +38,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--sizes", default="224:8,512:1,1024:1", help="image size:batch pairs (default %(default)s)")
     parser.add_argument("--modes", default="infer,train", help=f"comma list of {MODES} (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: see docs/design.md)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: see docs/design.md §6)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per contender (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per contender first")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")

@@ -222,7 +222,7 @@ class Trainer:
                 "resuming with %d processes instead of %d: new augmentation seeds", self.env.world_size, len(rng)
             )
             seed_everything(self.config.seed + 1000 * self.epoch + self.env.rank)
-        logger.info("resumed %s after epoch %d (step %d)", self.run_dir, self.epoch, self.step)
+        logger.debug("resumed %s after epoch %d (step %d)", self.run_dir, self.epoch, self.step)  # progress says so
 
     def _checkpoint_payload(self, rng_states: list[dict]) -> dict:
         return dict(
