@@ -227,6 +227,16 @@ class TestBadInput:
         with pytest.raises(ValueError, match="expected images of shape"):
             tiny()(torch.randn(3, 16, 16))
 
+    def test_uint8_pixels_are_refused_with_what_to_do(self):
+        with pytest.raises(ValueError, match="expected floating-point images, got dtype torch.uint8: scale and"):
+            tiny()(torch.zeros(1, 3, 16, 16, dtype=torch.uint8))
+
+    def test_unknown_keywords_name_the_key_and_the_fields(self):
+        with pytest.raises(ValueError, match="unknown ViLConfig field 'foo'; fields: version, dim, depth"):
+            vil.create_model("vil2_tiny_patch16_224", foo=1)
+        with pytest.raises(ValueError, match="unknown ViLConfig fields 'bar', 'foo'"):
+            ViLConfig().replace(foo=1, bar=2)
+
     @pytest.mark.parametrize(
         "field,value,message",
         [

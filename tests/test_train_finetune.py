@@ -80,3 +80,23 @@ def test_official_imagenet_checkpoints_predict_imagenet_class_names(tmp_path, di
     predictions = json.loads(capsys.readouterr().out)["results"][0]["predictions"]
     info = ImageNetInfo()
     assert [p["name"] for p in predictions] == [info.index_to_description(p["index"]) for p in predictions]
+
+
+def test_predict_with_a_model_name_uses_the_released_weights(tmp_path, digits_png, capsys, monkeypatch):
+    released = to_training_checkpoint(vil.create_model("vil2_tiny_patch16_224"))  # stand-in for the released file
+    urls = []
+
+    def fake_download(url, **kwargs):
+        urls.append(url)
+        return released
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
+    image = str(sorted((digits_png / "val" / "0").iterdir())[0])
+    assert main(["predict", image, "--model", "vil2_tiny_patch16_224", "--json"]) == 0
+    assert urls == [vil.VARIANTS["vil2_tiny_patch16_224"].checkpoint().url]
+    predictions = json.loads(capsys.readouterr().out)["results"][0]["predictions"]
+    assert len(predictions) == 5 and predictions[0]["name"] == ImageNetInfo().index_to_description(
+        predictions[0]["index"]
+    )
+    assert main(["predict", image, "--model", "vil9_huge"]) == 2
+    assert "nor a model name with released weights" in capsys.readouterr().err
