@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         return _list_recipes()
     config, notes = resolve_config(args)
     if args.print_config:
+        for note in notes:
+            print(f"vil train: {note}", file=sys.stderr)
         print(json.dumps(config.to_dict(), indent=1))
         return 0
     out = Path(args.out or f"runs/{config.recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
