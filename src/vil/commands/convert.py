@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..convert import describe_architecture
-from ..loading import model_from_state_dict
-from ..official import read_official
-from ..weights import save_pretrained
+from ..weights.build import model_from_state_dict
+from ..weights.convert import describe_architecture
+from ..weights.official import read_official
+from ..weights.vil_format import save_pretrained
 
 
 def register(subparsers) -> None:

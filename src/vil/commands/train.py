@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 from ..data.sources import DIGITS
-from ..distributed import is_main_process
-from ..evaluate import format_accuracy
 from ..train import run_files
 from ..train.config import RUNTIME_FIELDS, TrainConfig
+from ..train.distributed import is_main_process
 from ..train.errors import TrainingError
+from ..train.evaluate import format_accuracy
 from ..train.fitting import configure_run
 from ..train.recipes import NEEDS_INIT, RECIPES, get_recipe
 

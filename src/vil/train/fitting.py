@@ -21,7 +21,7 @@ from PIL import Image
 from ..data import digits
 from ..data.sources import DIGITS, folder_train_val
 from ..models.config import ViLConfig
-from ..models.factory import resolve_config
+from ..models.variants import resolve_config
 from .config import TrainConfig
 from .model_setup import run_model_config
 

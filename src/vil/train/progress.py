@@ -12,7 +12,7 @@ import time
 
 from tqdm.auto import tqdm
 
-from ..evaluate import format_accuracy
+from .evaluate import format_accuracy
 
 
 class ConsoleProgress:
