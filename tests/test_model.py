@@ -255,10 +255,6 @@ class TestBadInput:
         with pytest.raises(ValueError, match=message):
             ViLConfig(**{field: value})
 
-    def test_unknown_override(self):
-        with pytest.raises(TypeError, match="unexpected keyword argument 'width'"):
-            create_model("vil2_tiny_patch16_224", width=3)
-
 
 def test_package_exports():
     assert callable(vil.ops.mlstm)
