@@ -211,6 +211,11 @@ class Trainer:
             self.scaler.load_state_dict(payload["grad_scaler"])
         self.epoch, self.step, self.seconds = payload["epoch"], payload["step"], payload["seconds"]
         self.history, self.best = payload["history"], payload["best"]
+        if "val_top1" not in self.best:
+            raise ValueError(
+                f"{self.run_dir} was trained by an older vil, without a validation split: it cannot be resumed by "
+                "this one; start a new run (another --out)"
+            )
         if self.best["epoch"]:
             self.best_state = load_classifier(self.run_dir / run_files.MODEL_BEST).model.state_dict()
         self.skipped.update({path: reason for path, reason in payload["skipped"]})
