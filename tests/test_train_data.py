@@ -9,7 +9,7 @@ from torchvision import transforms as T
 from vil.data import digits
 from vil.data.folder import BadFile, ImageFolderDataset, collate_skipping_bad_files, scan_folder, split_dir
 from vil.data.preprocessing import Preprocessing, eval_transform, train_transform
-from vil.data.sources import build_data_splits
+from vil.data.sources import build_data_splits, build_eval_dataset
 
 
 def _write_images(folder, count, size=(12, 10)):
@@ -123,3 +123,20 @@ def test_exported_digits_match_the_embedded_ones(tmp_path):
     path_index = int(scan.samples[0][0].split("/")[-1].removesuffix(".png"))
     embedded = digits.DigitsDataset("test", eval_transform(pre, "tensor"))[path_index][0]
     assert torch.allclose(from_file, embedded, atol=1.0 / 255 / digits.STD[0])  # PNG rounding only
+
+
+def test_a_folder_with_only_train_is_split_by_a_fixed_seed_per_class(tmp_path):
+    for name, count in (("cat", 20), ("dog", 9), ("eel", 1)):
+        _write_images(tmp_path / "train" / name, count)
+    splits = build_data_splits(str(tmp_path), 8, "none")
+    val_paths = {path for path, _ in splits.val.samples}
+    train_paths = {path for path, _ in splits.train.samples}
+    assert len(val_paths) == 2 + 1 and not val_paths & train_paths  # 10 % of 20, at least one of 9, none of 1
+    assert len(train_paths) == 30 - 3 and splits.test is None and "no val/ folder" in splits.val_source
+    again = build_data_splits(str(tmp_path), 8, "none")
+    assert {path for path, _ in again.val.samples} == val_paths  # the same files every time
+    _write_images(tmp_path / "test" / "cat", 2)
+    with_test = build_data_splits(str(tmp_path), 8, "none")
+    assert len(with_test.test) == 2 and {path for path, _ in with_test.val.samples} == val_paths
+    with pytest.raises(FileNotFoundError, match=r"has no 'val' folder \(found: \['test', 'train'\]\)"):
+        build_eval_dataset(str(tmp_path), ["cat", "dog", "eel"], Preprocessing(img_size=8))

@@ -88,5 +88,8 @@ def build_eval_dataset(data: str | None, classes: list[str], pre: Preprocessing,
             raise ValueError("the embedded digits (8 x 8, grey) do not fit this model; pass --data DIR")
         return digits.DigitsDataset("test", eval_transform(pre, "tensor"))
     root = Path(data).expanduser()
+    if not (root / split).is_dir() and (root / "train").is_dir():
+        found = sorted(p.name for p in root.iterdir() if p.is_dir())
+        raise FileNotFoundError(f"{root} has no '{split}' folder (found: {found}); choose one with --split")
     folder = root / split if (root / split).is_dir() else split_dir(root.parent, root.name)
     return ImageFolderDataset(scan_folder(folder, classes=classes), eval_transform(pre, "pil"))
