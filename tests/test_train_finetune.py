@@ -43,8 +43,8 @@ def test_fine_tune_our_weights_at_a_new_resolution_and_class_count(tmp_path, dig
 
     out = tmp_path / "finetuned"
     argv = ["train", "--init", str(tmp_path / "source.safetensors"), "--data", str(digits_png), "--out", str(out),
-            "--img-size", "16", "--epochs", "1", "--set", "warmup_epochs=0", "--set", "layer_decay=0.65",
-            "--set", "model_args={}"]  # fmt: skip
+            "--workers", "0", "--img-size", "16", "--epochs", "1", "--set", "warmup_epochs=0",
+            "--set", "layer_decay=0.65", "--set", "model_args={}"]  # fmt: skip
     assert main(argv) == 0
     config = json.loads((out / run_files.CONFIG).read_text())
     assert config["config"]["init"] == str(tmp_path / "source.safetensors")
@@ -64,7 +64,7 @@ def test_fine_tuning_recipes_need_init(capsys):
 def test_fine_tune_from_an_official_checkpoint(tmp_path, digits_png):
     out = tmp_path / "run"
     argv = ["train", "--init", str(OFFICIAL / "vil2_dim64_pairs2_32px_p4.th"), "--data", str(digits_png),
-            "--out", str(out), "--img-size", "16", "--epochs", "1", "--set", "warmup_epochs=0",
+            "--workers", "0", "--out", str(out), "--img-size", "16", "--epochs", "1", "--set", "warmup_epochs=0",
             "--set", "model_args={}"]  # fmt: skip
     assert main(argv) == 0
     model = load_classifier(out).model
