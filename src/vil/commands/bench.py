@@ -25,6 +25,7 @@ from ..bench.speed import (
     vil_contenders,
 )
 from ..utils.cpu_allocator import tune_cpu_allocator
+from ..utils.optional import require
 
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -39,7 +40,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--sizes", default="224:8,512:1,1024:1", help="image size:batch pairs (default %(default)s)")
     parser.add_argument("--modes", default="infer,train", help=f"comma list of {MODES} (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: see DESIGN.md §4)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: see docs/design.md §6)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per contender (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per contender first")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (on CUDA the cell runs in Triton kernels)")
@@ -102,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown --vil-runs item(s) {unknown}; allowed: {list(VIL_RUNS)}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: no CUDA device is available here")
+    if args.plot:
+        require("matplotlib", "--plot")  # before the benchmark runs, not after
     torch.set_num_threads(args.threads)
     tuned = False if args.no_malloc_tuning else tune_cpu_allocator()
     limits = {"infer": args.parallel_max_tokens[0], "train": args.parallel_max_tokens[1]}
