@@ -1,7 +1,7 @@
 """Speed and peak memory of ViL against DeiT (timm) and against the parallel form, side by side.
 
 Every contender runs in this one process; at each image size the contenders are timed interleaved after a
-warm-up and the median is reported (DESIGN.md section 4). A "train" step is forward, cross-entropy loss,
+warm-up and the median is reported (docs/design.md §6). A "train" step is forward, cross-entropy loss,
 backward and an AdamW step; "infer" is a forward pass without gradients.
 """
 
@@ -11,7 +11,7 @@ import gc
 import platform
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -21,6 +21,8 @@ from ..models.config import patch_grid
 from .measure import peak_memory, time_interleaved
 
 MODES = ("infer", "train")
+VIL_RUNS = ("auto", "grad-ckpt", "parallel")  # the ViL contenders vil_contenders can make
+COMPILED = " +compile"  # the label suffix of a compiled twin (compiled_twins)
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class Contender:
     modes: tuple[str, ...] = MODES
     grad_checkpointing: bool = False
     freeze_batchnorm: bool = False  # train with BatchNorm statistics frozen (batch 1 has none for a pooled 1 x 1 map)
+    compiled: bool = False  # torch.compile the model (also done for every contender by run_speed(compile_models))
 
     def tokens(self, size: int) -> int:
         return token_count(size, self.patch, self.stride)
@@ -67,8 +70,11 @@ def default_baseline(vil_name: str) -> str:
     return DEFAULT_BASELINES[size]
 
 
-def vil_contenders(name: str, baseline: str | None, parallel_max_tokens: dict[str, int]) -> list[Contender]:
-    """ViL with the automatic backend, with gradient checkpointing (train), and forced to the parallel form."""
+def vil_contenders(
+    name: str, baseline: str | None, parallel_max_tokens: dict[str, int], runs: tuple[str, ...] = VIL_RUNS
+) -> list[Contender]:
+    """ViL with the automatic backend, with gradient checkpointing (train), and forced to the parallel form: those
+    of them named in ``runs`` (VIL_RUNS)."""
     from ..models import VARIANTS, create_model
 
     config = VARIANTS[name].make_config()
@@ -77,10 +83,21 @@ def vil_contenders(name: str, baseline: str | None, parallel_max_tokens: dict[st
     def build(backend: str) -> Callable[[int], nn.Module]:
         return lambda size: create_model(name, img_size=size, mlstm_backend=backend)
 
+    contenders = {
+        "auto": Contender(f"{name} (auto)", build("auto"), **geometry),
+        "grad-ckpt": Contender(
+            f"{name} (auto, grad ckpt)", build("auto"), **geometry, modes=("train",), grad_checkpointing=True
+        ),
+        "parallel": Contender(f"{name} (parallel)", build("parallel"), **geometry, max_tokens=parallel_max_tokens),
+    }
+    return [contenders[run] for run in runs]
+
+
+def compiled_twins(contenders: list[Contender]) -> list[Contender]:
+    """A torch.compile'd copy of each contender, compared with the compiled copy of its baseline."""
     return [
-        Contender(f"{name} (auto)", build("auto"), **geometry),
-        Contender(f"{name} (auto, grad ckpt)", build("auto"), **geometry, modes=("train",), grad_checkpointing=True),
-        Contender(f"{name} (parallel)", build("parallel"), **geometry, max_tokens=parallel_max_tokens),
+        replace(c, label=c.label + COMPILED, baseline=c.baseline and c.baseline + COMPILED, compiled=True)
+        for c in contenders
     ]
 
 
@@ -179,7 +196,7 @@ def run_speed(
                 model = contender.build(size).to(device_)
                 if contender.grad_checkpointing:
                     model.set_grad_checkpointing(True)
-                if compile_models:
+                if compile_models or contender.compiled:
                     model = torch.compile(model)
                 steps[contender.label] = _step(model, x, mode, autocast_dtype, contender.freeze_batchnorm)
             progress(f"{size}px b{batch} {mode}: timing {len(steps)} contenders x {repeats} (interleaved)")
@@ -213,11 +230,11 @@ def _add_ratios(rows: list[Row], baselines: dict[str, str | None]) -> None:
             row.mem_x_baseline = row.peak_mib / base.peak_mib
 
 
-def context(device: str, threads: int, dtype: str, compile_models: bool, allocator_tuned: bool) -> dict:
+def context(device: str, threads: int, dtype: str, compile_models: bool | str, allocator_tuned: bool) -> dict:
     """What the numbers depend on, printed with every table."""
     return dict(
         torch=torch.__version__,
-        device=device if device != "cpu" else f"cpu ({platform.processor() or platform.machine()})",
+        device=_device_name(device),
         threads=threads,
         dtype=dtype,
         compile=compile_models,
@@ -226,16 +243,24 @@ def context(device: str, threads: int, dtype: str, compile_models: bool, allocat
     )
 
 
+def _device_name(device: str) -> str:
+    if device == "cpu":
+        return f"cpu ({platform.processor() or platform.machine()})"
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return device
+
+
 def markdown_table(rows: list[Row]) -> str:
-    header = "| image | batch | tokens | mode | model | time (s) | × baseline | peak MiB | mem × baseline |"
-    lines = [header, "|" + "---|" * 9]
+    header = "| image | batch | tokens | mode | model | time (s) | images/s | × baseline | peak MiB | mem × baseline |"
+    lines = [header, "|" + "---|" * 10]
     for r in rows:
         if r.seconds is None:
-            lines.append(f"| {r.size} | {r.batch} | {r.tokens} | {r.mode} | {r.contender} | {r.note} | | | |")
+            lines.append(f"| {r.size} | {r.batch} | {r.tokens} | {r.mode} | {r.contender} | {r.note} | | | | |")
             continue
         lines.append(
             f"| {r.size} | {r.batch} | {r.tokens} | {r.mode} | {r.contender} | {r.seconds:.3f} | "
-            f"{_fmt(r.x_baseline)} | {r.peak_mib:.0f} | {_fmt(r.mem_x_baseline)} |"
+            f"{r.batch / r.seconds:.1f} | {_fmt(r.x_baseline)} | {r.peak_mib:.0f} | {_fmt(r.mem_x_baseline)} |"
         )
     return "\n".join(lines)
 
@@ -250,16 +275,24 @@ def headline(rows: list[Row], vil_label: str, parallel_label: str, official_labe
         text = f"{r.size}px b{r.batch} {r.mode}: {vil_label}"
         if r.x_baseline is not None:
             text += f" takes {_fmt(r.x_baseline)} the baseline's time"
-        parallel = keyed.get((r.size, r.batch, r.mode, parallel_label))
-        if parallel is not None and parallel.seconds is not None:
-            text += f", {parallel.seconds / r.seconds:.1f}x faster than the parallel form"
-        official = keyed.get((r.size, r.batch, r.mode, official_label))
-        if official is not None and official.seconds is not None:
-            text += f", {official.seconds / r.seconds:.1f}x faster than the official code"
+        for label, name in ((parallel_label, "the parallel form"), (official_label, "the official code")):
+            other = keyed.get((r.size, r.batch, r.mode, label))
+            if other is not None and other.seconds is not None:
+                text += ", " + _speed_ratio(r.seconds, other.seconds, name)
         if r.mem_x_baseline is not None:
             text += f"; peak memory {_fmt(r.mem_x_baseline)} the baseline's"
         lines.append(text)
     return lines
+
+
+def _speed_ratio(seconds: float, other_seconds: float, other: str) -> str:
+    """ "2.3x faster than X", "1.4x slower than X", or "as fast as X" within 5 % (never "1.0x faster")."""
+    ratio = other_seconds / seconds
+    if ratio >= 1.05:
+        return f"{ratio:.1f}x faster than {other}"
+    if ratio <= 1 / 1.05:
+        return f"{1 / ratio:.1f}x slower than {other}"
+    return f"as fast as {other} (within 5 %)"
 
 
 def rows_as_dicts(rows: list[Row]) -> list[dict]:
