@@ -178,7 +178,11 @@ def _write_examples(out: Path, count: int) -> None:
     """Prediction pictures for the first ``count`` held-out images (OUT/predictions/)."""
     from ..seg.files import load_segmenter
     from ..seg.sources import SCENES_DIR
+    from ..utils.optional import EXTRA, available
 
+    if not available("matplotlib"):
+        print(f"no prediction pictures: they need matplotlib (pip install 'vil[{EXTRA}]')")
+        return
     saved = load_segmenter(out)
     root = Path(saved.dataset) if saved.dataset != "digit_scenes" else out / SCENES_DIR
     images = sorted((root / "images" / "validation").iterdir())[:count]

@@ -28,6 +28,7 @@ from ..train.batching import plan_batches
 from ..train.distributed import DistEnv, ShardedEvalSampler, all_gather_objects, all_reduce_sum
 from ..train.errors import Diverged
 from ..train.state import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
+from ..utils.optional import EXTRA, available
 from .data import IGNORE_INDEX, check_bad_samples, collate_samples
 from .files import CHECKPOINT, MODEL_FINAL, save_segmenter
 from .inference import InferenceSettings, evaluate
@@ -151,6 +152,9 @@ class SegTrainer:
     def _open_tensorboard(self, purge_step: int | None):
         if not self.env.is_main:
             return None
+        if not available("tensorboard"):
+            logger.warning("no TensorBoard logs: tensorboard is not installed (pip install 'vil[%s]')", EXTRA)
+            return None
         from torch.utils.tensorboard import SummaryWriter
 
         return SummaryWriter(str(self.run_dir / run_files.TENSORBOARD), purge_step=purge_step)
@@ -260,7 +264,8 @@ class SegTrainer:
         summary = self.summary(finished)
         if self.env.is_main:
             write_json(self.run_dir / run_files.SUMMARY, summary)
-            self.tensorboard.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
         return summary
 
     def _train_step(self, batches) -> None:
@@ -359,10 +364,11 @@ class SegTrainer:
             return
         run_files.write_history(self.run_dir, [{k: v for k, v in r.items() if k != "iou"} for r in self.history])
         run_files.write_skipped(self.run_dir, [BadFile(p, r) for p, r in self.skipped.items()])
-        for key in ("miou", "aacc", "macc"):
-            if row[key] is not None:
-                self.tensorboard.add_scalar(f"val/{key}", row[key], self.step)
-        self.tensorboard.flush()
+        if self.tensorboard is not None:
+            for key in ("miou", "aacc", "macc"):
+                if row[key] is not None:
+                    self.tensorboard.add_scalar(f"val/{key}", row[key], self.step)
+            self.tensorboard.flush()
         write_json(self.run_dir / run_files.SUMMARY, self.summary(finished=False))
         if self.progress is not None:
             self.progress.evaluated(row)
