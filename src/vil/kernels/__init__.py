@@ -15,6 +15,11 @@ logged as a warning once.
 
 Each wrapper returns None when it does not apply (not float32 CPU tensors, gradients needed, autocast or
 torch.compile active, an unsupported shape); callers then compute the PyTorch expression.
+
+Every kernel runs on ``torch.get_num_threads()`` threads, in PyTorch's own OpenMP pool (see
+:mod:`vil.kernels.build`), and gives the same result for any thread count, bit for bit: the work is split into
+parts that do not depend on the thread count (tokens for the block kernels, with sums over tokens formed per
+part of PART_ROWS tokens and added in order; matrices, strips and chunks for the cell), see block.c and cell.c.
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ import torch
 from .build import CACHE, SWITCH, disabled, is_disabled, library, reset
 
 ROW_BUFFER = 4096  # the widest row (channels, or a head) a kernel keeps on its stack: ROW_BUFFER in block.c
+# Tokens per part of a backward kernel's sums over tokens: a fixed split, so that the sums do not depend on the
+# thread count; 1568 tokens (224 px, batch 8) give 49 parts, enough for 49 threads, at 5 E floats of scratch each.
+PART_ROWS = 32
 
 __all__ = [
-    "CACHE", "ROW_BUFFER", "SWITCH", "conv2d_silu", "conv2d_silu_backward", "conv2d_silu_supported",
+    "CACHE", "PART_ROWS", "ROW_BUFFER", "SWITCH", "conv2d_silu", "conv2d_silu_backward", "conv2d_silu_supported",
     "disabled", "gated_branch_output", "gated_branch_output_backward",
     "headwise_backward_applies", "headwise_qkv", "headwise_qkv_backward", "library", "mlstm_chunkwise",
     "mlstm_chunkwise_backward", "mlstm_parallel", "mlstm_parallel_backward", "reset", "usable",
@@ -53,6 +61,16 @@ def _applies(*tensors: torch.Tensor | None) -> bool:
 
 def _pointer(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
+
+
+def _threads() -> int:
+    """The threads a kernel runs on: as many as PyTorch's own operators use."""
+    return torch.get_num_threads()
+
+
+def _partial_sums(tokens: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """Scratch for a backward kernel's sums over ``tokens`` tokens of ``width`` floats, per part of PART_ROWS."""
+    return like.new_empty(-(-tokens // PART_ROWS), width)
 
 
 def _contiguous(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
@@ -91,7 +109,7 @@ def headwise_qkv(
         gate_out = qk_input.new_empty(batch, num_gates, seq_len)
     library().vil_headwise_qkv(
         *map(_pointer, (qk_input, v_input, *arranged, *biases, q, k, v, *gate_tensors, gate_out)),
-        num_gates, batch, seq_len, num_heads, head_dim,
+        num_gates, batch, seq_len, num_heads, head_dim, _threads(),
     )  # fmt: skip
     return (q, k, v) if gates is None else (q, k, v, gate_out)
 
@@ -113,7 +131,7 @@ def gated_branch_output(
     h, c, z, skip, norm_weight, norm_bias = _contiguous(h, c, z, skip, norm_weight, norm_bias)
     out = torch.empty_like(c)
     library().vil_gated_branch_output(
-        *map(_pointer, (h, c, z, norm_weight, norm_bias, skip, out)), batch, seq_len, heads, head_dim, eps
+        *map(_pointer, (h, c, z, norm_weight, norm_bias, skip, out)), batch, seq_len, heads, head_dim, eps, _threads()
     )
     return out
 
@@ -139,8 +157,11 @@ def gated_branch_output_backward(
     out, dz, dc, dh = torch.empty_like(c), torch.empty_like(z), torch.empty_like(c), torch.empty_like(h)
     d_skip, d_weight = torch.zeros_like(skip), torch.zeros_like(norm_weight)
     d_bias = None if norm_bias is None else torch.zeros_like(norm_bias)
-    tensors = (h, c, z, norm_weight, norm_bias, skip, d_out, out, dh, dc, dz, d_weight, d_bias, d_skip)
-    library().vil_gated_branch_output_backward(*map(_pointer, tensors), batch, seq_len, heads, head_dim, eps)
+    partial = _partial_sums(batch * seq_len, 3 * heads * head_dim, c)
+    tensors = (h, c, z, norm_weight, norm_bias, skip, d_out, out, dh, dc, dz, d_weight, d_bias, d_skip, partial)
+    library().vil_gated_branch_output_backward(
+        *map(_pointer, tensors), PART_ROWS, batch, seq_len, heads, head_dim, eps, _threads()
+    )
     return out, [dz, dh, dc, d_skip, d_weight, d_bias]
 
 
@@ -176,7 +197,7 @@ def conv2d_silu(x: torch.Tensor, grid: tuple[int, int], weight: torch.Tensor, bi
     arranged, (x, bias) = _taps_first(weight), _contiguous(x, bias)
     out = torch.empty_like(x)
     library().vil_conv2d_silu(
-        *map(_pointer, (x, arranged, bias, out)), batch, grid[0], grid[1], channels, weight.shape[-1]
+        *map(_pointer, (x, arranged, bias, out)), batch, grid[0], grid[1], channels, weight.shape[-1], _threads()
     )
     return out
 
@@ -195,7 +216,7 @@ def mlstm_parallel(
     h, denominator = torch.empty_like(v), q.new_empty(*lead, seq_len)
     status = library().vil_mlstm_parallel(
         *map(_pointer, (q, k, v, write_log, row_max, log_m_row, h, denominator)),
-        q.numel() // (seq_len * head_dim), seq_len, head_dim, v.shape[-1], eps, min_log,
+        q.numel() // (seq_len * head_dim), seq_len, head_dim, v.shape[-1], eps, min_log, _threads(),
     )  # fmt: skip
     return (h, denominator) if status == 0 else None
 
@@ -216,7 +237,7 @@ def mlstm_parallel_backward(
     row_sum, col_sum = q.new_empty(*lead, seq_len), q.new_empty(*lead, seq_len)
     status = library().vil_mlstm_parallel_backward(
         *map(_pointer, (q, k, v, d_num, d_den, write_log, row_max, dq, dk, dv, row_sum, col_sum)),
-        q.numel() // (seq_len * head_dim), seq_len, head_dim, v.shape[-1], min_log,
+        q.numel() // (seq_len * head_dim), seq_len, head_dim, v.shape[-1], min_log, _threads(),
     )  # fmt: skip
     return (dq, dk, dv, row_sum, col_sum) if status == 0 else None
 
@@ -242,7 +263,7 @@ def mlstm_chunkwise(
     n_prev = q.new_empty(batch, heads, chunks, head_dim) if keep_states else None
     status = library().vil_mlstm_chunkwise(
         *map(_pointer, (q, k, v, *gate_rows, alpha, c0, n0, h, denominator, c_prev, n_prev, c_last, n_last)),
-        batch * heads, seq_len, chunk, head_dim, value_dim, eps, min_log,
+        batch * heads, seq_len, chunk, head_dim, value_dim, eps, min_log, _threads(),
     )  # fmt: skip
     return (h, denominator, c_prev, n_prev, c_last, n_last) if status == 0 else None
 
@@ -269,7 +290,7 @@ def mlstm_chunkwise_backward(
     outputs = (dq, dk, dv, row_sum, col_sum, dc_out, dn_out)
     status = library().vil_mlstm_chunkwise_backward(
         *map(_pointer, (q, k, v, d_num, d_den, *gate_rows, c_prev, n_prev, *outputs)),
-        batch * heads, seq_len, chunk, head_dim, value_dim, min_log,
+        batch * heads, seq_len, chunk, head_dim, value_dim, min_log, _threads(),
     )  # fmt: skip
     return outputs if status == 0 else None
 
@@ -309,9 +330,11 @@ def _headwise_backward(x, grad, weight, dx, accumulate: bool) -> tuple[torch.Ten
         grad = grad.contiguous()
     arranged = weight.permute(1, 0, 2).reshape(4, dim).contiguous()  # wt_in[o, 4b + d] = w[b, o, d]
     weight_grad, bias_grad = x.new_zeros(4, dim), x.new_zeros(dim)  # weight_grad[d, 4b + o] = dL/dw[b, o, d]
+    partial = _partial_sums(batch * seq_len, 5 * dim, x)
     library().vil_headwise_backward(
         x.data_ptr(), grad.data_ptr(), grad.stride(0), grad.stride(1), arranged.data_ptr(), dx.data_ptr(),
-        weight_grad.data_ptr(), bias_grad.data_ptr(), batch, seq_len, heads, head_dim, int(accumulate),
+        weight_grad.data_ptr(), bias_grad.data_ptr(), partial.data_ptr(), PART_ROWS, batch, seq_len, heads, head_dim,
+        int(accumulate), _threads(),
     )  # fmt: skip
     return weight_grad.view(4, dim // 4, 4).permute(1, 2, 0).contiguous(), bias_grad
 
@@ -327,8 +350,9 @@ def conv2d_silu_backward(
     d_pre, dx = torch.empty_like(x), torch.empty_like(x)
     d_weight = x.new_zeros(kernel * kernel, channels)
     d_bias = None if bias is None else torch.zeros_like(bias)
+    partial = _partial_sums(batch * grid[0] * grid[1], (kernel * kernel + 1) * channels, x)
     library().vil_conv2d_silu_backward(
-        *map(_pointer, (x, arranged, bias, d_out, d_pre, dx, d_weight, d_bias)),
-        batch, grid[0], grid[1], channels, kernel,
+        *map(_pointer, (x, arranged, bias, d_out, d_pre, dx, d_weight, d_bias, partial)),
+        PART_ROWS, batch, grid[0], grid[1], channels, kernel, _threads(),
     )  # fmt: skip
     return dx, d_weight.t().reshape(weight.shape), d_bias
