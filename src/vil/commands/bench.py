@@ -22,7 +22,7 @@ from ..bench.speed import (
     timm_contender,
     vil_contenders,
 )
-from ..utils.cpu_allocator import tune_cpu_allocator
+from ..utils import cpu_allocator
 
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -37,13 +37,18 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--sizes", default="224:8,512:1,1024:1", help="image size:batch pairs (default %(default)s)")
     parser.add_argument("--modes", default="infer,train", help=f"comma list of {MODES} (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: see DESIGN.md §4)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=torch.get_num_threads(),
+        help="torch threads, for PyTorch and the fused kernels alike (default: PyTorch's default here, %(default)s: "
+        "all cores)",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per contender (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per contender first")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="autocast dtype (default float32)")
     parser.add_argument("--compile", action="store_true", help="torch.compile every model (slow to start)")
-    parser.add_argument("--no-malloc-tuning", action="store_true", help="leave glibc malloc at its defaults")
     parser.add_argument(
         "--parallel-max-tokens",
         type=int,
@@ -83,8 +88,9 @@ def run(args: argparse.Namespace) -> int:
     if unknown := [m for m in modes if m not in MODES]:
         raise ValueError(f"unknown mode(s) {unknown}; allowed: {list(MODES)}")
     sizes = parse_sizes(args.sizes)
+    if args.threads < 1:
+        raise ValueError(f"--threads {args.threads}: must be at least 1")
     torch.set_num_threads(args.threads)
-    tuned = False if args.no_malloc_tuning else tune_cpu_allocator()
     limits = {"infer": args.parallel_max_tokens[0], "train": args.parallel_max_tokens[1]}
     models = args.model or ["vil2_tiny_patch16_224"]
     contenders = []
@@ -100,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
         autocast_dtype=DTYPES[args.dtype], compile_models=args.compile,
         progress=lambda message: print(f"  {message}", file=sys.stderr, flush=True),
     )  # fmt: skip
-    info = context(args.device, args.threads, args.dtype, args.compile, tuned)
+    # malloc as the library leaves it for any user (tuned when the first ViL is built; VIL_MALLOC_TUNING=0: not)
+    info = context(args.device, args.threads, args.dtype, args.compile, cpu_allocator.tune_on_first_use())
     table = markdown_table(rows)
     print("context: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     print(table)

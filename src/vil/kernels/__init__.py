@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 
 from .build import CACHE, SWITCH, disabled, is_disabled, library, reset
+from .scratch import reused
 
 ROW_BUFFER = 4096  # the widest row (channels, or a head) a kernel keeps on its stack: ROW_BUFFER in block.c
 # Tokens per part of a backward kernel's sums over tokens: a fixed split, so that the sums do not depend on the
@@ -37,7 +38,7 @@ __all__ = [
     "CACHE", "PART_ROWS", "ROW_BUFFER", "SWITCH", "conv2d_silu", "conv2d_silu_backward", "conv2d_silu_supported",
     "disabled", "gated_branch_output", "gated_branch_output_backward",
     "headwise_backward_applies", "headwise_qkv", "headwise_qkv_backward", "library", "mlstm_chunkwise",
-    "mlstm_chunkwise_backward", "mlstm_parallel", "mlstm_parallel_backward", "reset", "usable",
+    "mlstm_chunk_states", "mlstm_chunkwise_backward", "mlstm_parallel", "mlstm_parallel_backward", "reset", "usable",
 ]  # fmt: skip
 
 
@@ -86,11 +87,13 @@ def headwise_qkv(
     biases: list[torch.Tensor | None],
     num_heads: int,
     gates: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    reuse: bool = False,
 ) -> tuple[torch.Tensor, ...] | None:
     """q, k (from qk_input) and v (from v_input), 4x4-block headwise projections: (B, S, E) -> (B, NH, S, DH).
 
     With ``gates`` = (weight for qk_input (G, E), weight for v_input (G, E), bias (G,)) also the gate
-    pre-activations (B, G, S), as a fourth output.
+    pre-activations (B, G, S), as a fourth output. With ``reuse``, q, k and v are written into buffers that the next
+    such call overwrites (:mod:`vil.kernels.scratch`).
     """
     if not _applies(qk_input, v_input, *weights, *biases, *(gates or ())):
         return None
@@ -101,7 +104,11 @@ def headwise_qkv(
     arranged = [w.permute(2, 0, 1).reshape(4, dim).contiguous() for w in weights]
     qk_input, v_input, *biases = _contiguous(qk_input, v_input, *biases)
     head_dim = dim // num_heads
-    q, k, v = (qk_input.new_empty(batch, num_heads, seq_len, head_dim) for _ in range(3))
+    shape = (batch, num_heads, seq_len, head_dim)
+    if reuse:
+        q, k, v = (reused(f"headwise_qkv.{name}", shape, qk_input) for name in "qkv")
+    else:
+        q, k, v = (qk_input.new_empty(shape) for _ in range(3))
     gate_tensors, gate_out, num_gates = [None] * 3, None, 0
     if gates is not None:
         gate_tensors = _contiguous(*gates)
@@ -122,14 +129,15 @@ def gated_branch_output(
     norm_weight: torch.Tensor,
     norm_bias: torch.Tensor | None,
     eps: float,
+    reuse: bool = False,
 ) -> torch.Tensor | None:
     """(LayerNorm per head(h) * (1 + norm_weight) + norm_bias + c * skip) * silu(z): h (B, NH, S, DH), c and z
-    (B, S, E) -> (B, S, E)."""
+    (B, S, E) -> (B, S, E); with ``reuse`` in a buffer that the next such call overwrites."""
     if not _applies(z, h, c, skip, norm_weight, norm_bias) or not _branch_shapes_match(h, c, z):
         return None
     batch, heads, seq_len, head_dim = h.shape
     h, c, z, skip, norm_weight, norm_bias = _contiguous(h, c, z, skip, norm_weight, norm_bias)
-    out = torch.empty_like(c)
+    out = reused("gated_branch_output", c.shape, c) if reuse else torch.empty_like(c)
     library().vil_gated_branch_output(
         *map(_pointer, (h, c, z, norm_weight, norm_bias, skip, out)), batch, seq_len, heads, head_dim, eps, _threads()
     )
@@ -145,16 +153,19 @@ def gated_branch_output_backward(
     norm_bias: torch.Tensor | None,
     eps: float,
     d_out: torch.Tensor,
+    reuse: bool = False,
 ) -> tuple[torch.Tensor, list[torch.Tensor | None]] | None:
-    """The backward pass of :func:`gated_branch_output` for dL/d out ``d_out`` (B, S, E): -> its output, and the
-    gradients for (z, h, c, skip, norm_weight, norm_bias). None where the kernel does not apply."""
+    """The backward pass of :func:`gated_branch_output` for dL/d out ``d_out`` (B, S, E): -> its output (with
+    ``reuse`` in the buffer of :func:`gated_branch_output`), and the gradients for (z, h, c, skip, norm_weight,
+    norm_bias). None where the kernel does not apply."""
     if torch.is_grad_enabled() or not _applies(z, h, c, skip, norm_weight, norm_bias, d_out):
         return None
     if not _branch_shapes_match(h, c, z, d_out) or h.shape[-1] > ROW_BUFFER:
         return None
     batch, heads, seq_len, head_dim = h.shape
     h, c, z, skip, norm_weight, norm_bias, d_out = _contiguous(h, c, z, skip, norm_weight, norm_bias, d_out)
-    out, dz, dc, dh = torch.empty_like(c), torch.empty_like(z), torch.empty_like(c), torch.empty_like(h)
+    out = reused("gated_branch_output", c.shape, c) if reuse else torch.empty_like(c)
+    dz, dc, dh = torch.empty_like(z), torch.empty_like(c), torch.empty_like(h)
     d_skip, d_weight = torch.zeros_like(skip), torch.zeros_like(norm_weight)
     d_bias = None if norm_bias is None else torch.zeros_like(norm_bias)
     partial = _partial_sums(batch * seq_len, 3 * heads * head_dim, c)
@@ -244,28 +255,45 @@ def mlstm_parallel_backward(
 
 def mlstm_chunkwise(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate_rows: tuple[torch.Tensor, ...], alpha: torch.Tensor,
-    c0: torch.Tensor, n0: torch.Tensor, chunk: int, keep_states: bool, eps: float, min_log: float,
-) -> tuple[torch.Tensor | None, ...] | None:  # fmt: skip
-    """The chunkwise form's forward pass, chunk after chunk (see cell.c): q, k (B, NH, S, DH), v (B, NH, S, DHV)
-    unpadded; ``gate_rows`` = (a, r, inter, log_m, write), each (B, NH, NC, L); alpha (B, NH, NC); the initial state
-    c0 (B, NH, DH, DHV), n0 (B, NH, DH). -> h (B, NH, S, DHV), the denominators (B, NH, NC, L), the states before
-    each chunk (B, NH, NC, DH, DHV) and (B, NH, NC, DH) if ``keep_states`` (else None), and the final state.
-    None where it does not apply."""
+    c0: torch.Tensor, n0: torch.Tensor, chunk: int, eps: float, min_log: float,
+) -> tuple[torch.Tensor, ...] | None:  # fmt: skip
+    """The chunkwise form's forward pass (see cell.c): q, k (B, NH, S, DH), v (B, NH, S, DHV) unpadded; ``gate_rows``
+    = (a, r, inter, log_m, write), each (B, NH, NC, L); alpha (B, NH, NC); the initial state c0 (B, NH, DH, DHV),
+    n0 (B, NH, DH). -> h (B, NH, S, DHV), the denominators (B, NH, NC, L) and the final state (c, n). The states
+    before each chunk are not kept (:func:`mlstm_chunk_states` recomputes them). None where it does not apply."""
     tensors = (q, k, v, *gate_rows, alpha, c0, n0)
     if not _applies(*tensors) or q.numel() == 0 or v.numel() == 0:
         return None
     q, k, v, *gate_rows, alpha, c0, n0 = _contiguous(*tensors)
     batch, heads, seq_len, head_dim = q.shape
-    chunks, value_dim = alpha.shape[-1], v.shape[-1]
-    h, denominator = torch.empty_like(v), q.new_empty(batch, heads, chunks, chunk)
+    h, denominator = torch.empty_like(v), q.new_empty(batch, heads, alpha.shape[-1], chunk)
     c_last, n_last = torch.empty_like(c0), torch.empty_like(n0)
-    c_prev = q.new_empty(batch, heads, chunks, head_dim, value_dim) if keep_states else None
-    n_prev = q.new_empty(batch, heads, chunks, head_dim) if keep_states else None
     status = library().vil_mlstm_chunkwise(
-        *map(_pointer, (q, k, v, *gate_rows, alpha, c0, n0, h, denominator, c_prev, n_prev, c_last, n_last)),
-        batch * heads, seq_len, chunk, head_dim, value_dim, eps, min_log, _threads(),
+        *map(_pointer, (q, k, v, *gate_rows, alpha, c0, n0, h, denominator, None, None, c_last, n_last)),
+        batch * heads, seq_len, chunk, head_dim, v.shape[-1], eps, min_log, _threads(),
     )  # fmt: skip
-    return (h, denominator, c_prev, n_prev, c_last, n_last) if status == 0 else None
+    return (h, denominator, c_last, n_last) if status == 0 else None
+
+
+def mlstm_chunk_states(
+    k: torch.Tensor, v: torch.Tensor, write: torch.Tensor, alpha: torch.Tensor, c0: torch.Tensor, n0: torch.Tensor,
+    chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor] | None:  # fmt: skip
+    """The states before each chunk of :func:`mlstm_chunkwise` (C (B, NH, NC, DH, DHV), n (B, NH, NC, DH)) from k,
+    v, the write weights (B, NH, NC, L), alpha and the initial state alone: what its backward pass reads. None where
+    it does not apply."""
+    if not _applies(k, v, write, alpha, c0, n0) or k.numel() == 0 or v.numel() == 0:
+        return None
+    k, v, write, alpha, c0, n0 = _contiguous(k, v, write, alpha, c0, n0)
+    batch, heads, seq_len, head_dim = k.shape
+    chunks, value_dim = alpha.shape[-1], v.shape[-1]
+    c_prev, n_prev = k.new_empty(batch, heads, chunks, head_dim, value_dim), k.new_empty(batch, heads, chunks, head_dim)
+    c_last, n_last = torch.empty_like(c0), torch.empty_like(n0)
+    pointers = (None, k, v, None, None, None, None, write, alpha, c0, n0, None, None, c_prev, n_prev, c_last, n_last)
+    status = library().vil_mlstm_chunkwise(
+        *map(_pointer, pointers), batch * heads, seq_len, chunk, head_dim, value_dim, 0.0, 0.0, _threads()
+    )
+    return (c_prev, n_prev) if status == 0 else None
 
 
 def mlstm_chunkwise_backward(

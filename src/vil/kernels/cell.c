@@ -341,8 +341,9 @@ int vil_mlstm_parallel_backward(const float *q, const float *k, const float *v, 
  * (NC * L): a = i - b + log_scale, r = the row stabiliser, inter = the weight of the state read, log_m = b + r,
  * write = the weight of each token's write into the state; alpha (NC) the decay of the state over each chunk.
  * The state C (DH x DHV), n (DH) starts at c0, n0 and ends in c_last, n_last; c_prev and n_prev, the state before
- * every chunk (NC x DH x DHV, NC x DH), are written where not NULL (training keeps them for the backward pass).
- * den (NC * L) receives the readout's denominators. Returns 0, or -1 if the buffers could not be allocated. */
+ * every chunk (NC x DH x DHV, NC x DH), are written where not NULL. den (NC * L) receives the readout's
+ * denominators. With h NULL only the states are computed (q, a, r, inter, log_m and den are not read): the backward
+ * pass recomputes them so that training need not keep them. Returns 0, or -1 if the buffers could not be allocated. */
 int vil_mlstm_chunkwise(const float *q, const float *k, const float *v, const float *a, const float *r,
                         const float *inter, const float *log_m, const float *write, const float *alpha,
                         const float *c0, const float *n0, float *h, float *den, float *c_prev, float *n_prev,
@@ -371,8 +372,9 @@ int vil_mlstm_chunkwise(const float *q, const float *k, const float *v, const fl
             const int64_t rows = seq_len - s0 < chunk ? seq_len - s0 : chunk;
             const int64_t t0 = m * seq_len + s0, g0 = item * chunk; /* token row, gate row */
             const float *kc = k + t0 * head_dim, *vc = v + t0 * value_dim;
-            strips_forward(q + t0 * head_dim, kc, vc, a + g0, r + g0, h + t0 * value_dim, den + g0, kt, strip, ld,
-                           rows, head_dim, value_dim, min_log);
+            if (h)
+                strips_forward(q + t0 * head_dim, kc, vc, a + g0, r + g0, h + t0 * value_dim, den + g0, kt, strip, ld,
+                               rows, head_dim, value_dim, min_log);
             float *u = n_states + item * head_dim;
             memset(u, 0, (size_t)head_dim * sizeof(float));
             for (int64_t t = 0; t < rows; ++t) {
@@ -410,7 +412,7 @@ int vil_mlstm_chunkwise(const float *q, const float *k, const float *v, const fl
         /* 3. each chunk by itself again: the state's share, h += inter (q C), den += inter (q . n); the readout */
 #pragma omp for schedule(static)
         for (int64_t item = 0; item < items; ++item) {
-            if (!ready) continue;
+            if (!ready || h == NULL) continue;
             const int64_t m = item / chunks, s0 = item % chunks * chunk;
             const int64_t rows = seq_len - s0 < chunk ? seq_len - s0 : chunk;
             const int64_t t0 = m * seq_len + s0, g0 = item * chunk;
