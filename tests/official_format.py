@@ -1,4 +1,5 @@
-"""Test helper: write our models in the official formats, by an inverse mapping written independently of vil.convert.
+"""Test helper: write our models in the official formats, by an inverse mapping written independently of
+vil.weights.convert.
 
 - ``to_training_checkpoint``: the released file format (``state_dict`` in the training code's names + ``ctor_kwargs``),
   for every block design and pooling (the training code has all of them).

@@ -1,11 +1,12 @@
-"""vil.convert: key mapping and architecture inference, on official-format state dicts of many architectures."""
+"""vil.weights.convert: key mapping and architecture inference, on official-format state dicts of many architectures."""
 
 import pytest
 import torch
 from official_format import randomize_, to_official_module_state_dict, to_training_checkpoint
 
 from vil import ViLConfig, VisionLSTM
-from vil.convert import (
+from vil.layers.traversal import BLOCK_DESIGNS
+from vil.weights.convert import (
     OFFICIAL_V1,
     OFFICIAL_V2,
     TRAINING,
@@ -17,7 +18,6 @@ from vil.convert import (
     official_v2_key_to_vil,
     training_key_to_vil,
 )
-from vil.layers.traversal import BLOCK_DESIGNS
 
 # Tiny architectures that differ in everything the inference reads: width, depth, patch (non-square too), stride,
 # image size (non-square), generation, every block design and pooling, classes (0 too), expansion, input channels.

@@ -10,7 +10,7 @@ from vil import ViLConfig, VisionLSTM, kernels
 from vil.bench.flops import PAPER_GMACS, count_macs, paper_macs
 from vil.cli import main
 from vil.layers.traversal import BLOCK_DESIGNS
-from vil.models.factory import resolve_config
+from vil.models.variants import resolve_config
 
 # 32 x 32 images, patch 8: a 4 x 4 grid, S = 16 tokens; E = 32, 4 heads of 8
 TINY = dict(dim=16, depth=4, img_size=32, patch_size=8, num_classes=10)

@@ -14,7 +14,7 @@ from official_format import randomize_, to_training_checkpoint
 
 import vil
 from vil import VARIANTS, WeightsDownloadError
-from vil.timm_registry import register_timm_models
+from vil.weights.timm_registry import register_timm_models
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "vil1_tiny_patch16_224"  # the smallest released architecture (6.1 M parameters)

@@ -9,13 +9,13 @@ from official_format import to_training_checkpoint
 from timm.data import ImageNetInfo
 
 import vil
-from vil.classifier import load_classifier, save_classifier
 from vil.cli import main
 from vil.data import digits
 from vil.data.preprocessing import Preprocessing
 from vil.layers.embed import resample_pos_embed
 from vil.train import run_files
 from vil.train.model_setup import adapt_pretrained
+from vil.weights.classifier import load_classifier, save_classifier
 
 OFFICIAL = Path(__file__).parent / "data" / "official"
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vil.classifier import load_classifier
 from vil.cli import main
 from vil.train import run_files
 from vil.train.recipes import get_recipe
 from vil.train.state import load_checkpoint
 from vil.train.trainer import Trainer, train
+from vil.weights.classifier import load_classifier
 
 TINY = ["--set", "model_args.dim=16", "--set", "model_args.depth=2", "--set", "warmup_epochs=1"]
 

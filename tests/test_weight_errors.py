@@ -12,7 +12,7 @@ from test_convert import ARCHITECTURES, make_model
 
 import vil
 from vil import CheckpointError
-from vil.convert import convert_checkpoint
+from vil.weights.convert import convert_checkpoint
 
 FIXTURE = Path(__file__).parent / "data" / "official" / "vil1_dim64_depth3_32px_p4.th"
 

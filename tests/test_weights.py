@@ -8,7 +8,7 @@ from official_format import to_official_module_state_dict, to_training_checkpoin
 from test_convert import ARCHITECTURES, MODULE_ARCHITECTURES, make_model
 
 import vil
-from vil.weights import CONFIG_KEY, read_config
+from vil.weights.vil_format import CONFIG_KEY, read_config
 
 
 def assert_same_weights(model, reference):

@@ -1,11 +1,9 @@
 """Vision-LSTM (ViL): xLSTM's mLSTM as a generic vision backbone."""
 
 from . import ops
-from .errors import CheckpointError, WeightsDownloadError
 from .models import VARIANTS, ViLConfig, VisionLSTM, create_model, list_models
-from .official import load_official
-from .timm_registry import register_timm_models
-from .weights import load_pretrained, read_config, save_pretrained
+from .weights import CheckpointError, WeightsDownloadError, load_official, load_pretrained, read_config, save_pretrained
+from .weights.timm_registry import register_timm_models
 
 __version__ = "0.1.0"
 

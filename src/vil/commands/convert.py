@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..convert import describe_architecture
-from ..official import model_from_converted, read_official
-from ..weights import save_pretrained
+from ..weights.convert import describe_architecture
+from ..weights.official import model_from_converted, read_official
+from ..weights.vil_format import save_pretrained
 
 
 def register(subparsers) -> None:

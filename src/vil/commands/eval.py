@@ -12,13 +12,13 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from ..classifier import load_classifier
 from ..data.folder import collate_skipping_bad_files
 from ..data.sources import DIGITS, build_eval_dataset
-from ..distributed import resolve_device
-from ..evaluate import evaluate
 from ..io_utils import write_json
 from ..precision import amp_dtype
+from ..train.distributed import resolve_device
+from ..train.evaluate import evaluate
+from ..weights.classifier import load_classifier
 
 
 def register(subparsers) -> None:

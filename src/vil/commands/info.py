@@ -13,7 +13,8 @@ import json
 
 from ..bench.flops import COMPONENT_HELP, COMPONENTS, PAPER_GMACS, count_macs, paper_macs
 from ..models import VARIANTS, list_models
-from ..models.factory import count_parameters, resolve_config
+from ..models.factory import count_parameters
+from ..models.variants import resolve_config
 
 DEFAULT_SIZES = "224,448,896,1792"
 CONVENTION = (

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-from ..classifier import load_classifier
 from ..data.folder import read_image
 from ..data.preprocessing import eval_transform
-from ..distributed import resolve_device
+from ..train.distributed import resolve_device
+from ..weights.classifier import load_classifier
 
 
 def register(subparsers) -> None:

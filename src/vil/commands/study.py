@@ -15,9 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..distributed import is_main_process
 from ..studies import STUDIES, run_study
 from ..studies.runner import StudyRun
+from ..train.distributed import is_main_process
 from ..train.recipes import RECIPES, get_recipe
 
 

@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from ..distributed import is_main_process
 from ..train import run_files
 from ..train.config import RUNTIME_FIELDS, TrainConfig
+from ..train.distributed import is_main_process
 from ..train.errors import TrainingError
 from ..train.recipes import NEEDS_INIT, RECIPES, get_recipe
 

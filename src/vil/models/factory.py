@@ -1,39 +1,15 @@
-"""create_model / list_models: build any named variant (or a config) in one line."""
+"""create_model: build any named variant (or a config) in one line, with weights from vil.weights if asked."""
 
 from __future__ import annotations
 
-import fnmatch
 import os
 
 import torch
 
+from ..weights.pretrained import load_pretrained_model
 from .config import ViLConfig
-from .variants import VARIANTS, Variant, split_name
+from .variants import resolve_config
 from .vision_lstm import VisionLSTM
-
-
-def list_models(pattern: str = "*") -> list[str]:
-    """Names of the variants matching a shell-style pattern, e.g. ``list_models("vil2_*")``."""
-    return sorted(name for name in VARIANTS if fnmatch.fnmatch(name, pattern))
-
-
-def resolve_variant(name: str) -> tuple[Variant, str | None]:
-    """A variant name, optionally with a checkpoint tag ("vil2_tiny_patch16_224.in1k_e400") -> (variant, tag)."""
-    variant_name, tag = split_name(name)
-    if variant_name not in VARIANTS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
-    variant = VARIANTS[variant_name]
-    if tag is not None:
-        variant.checkpoint(tag)  # raises for an unknown tag, listing the known ones
-    return variant, tag
-
-
-def resolve_config(name_or_config: str | ViLConfig, **overrides) -> ViLConfig:
-    """The config of a variant name (or a given config), with overrides applied."""
-    if isinstance(name_or_config, ViLConfig):
-        return name_or_config.replace(**overrides) if overrides else name_or_config
-    variant, _ = resolve_variant(name_or_config)
-    return variant.make_config(**overrides)
 
 
 def count_parameters(config: ViLConfig) -> int:
@@ -55,7 +31,5 @@ def create_model(
         position embedding, a changed ``num_classes`` gives a new head); a ViLConfig decides them itself.
     """
     if pretrained is not False and pretrained is not None:
-        from ..pretrained import load_pretrained_model  # imported here: it builds on this module
-
         return load_pretrained_model(name_or_config, pretrained, **overrides)
     return VisionLSTM(resolve_config(name_or_config, **overrides))

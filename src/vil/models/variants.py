@@ -1,7 +1,10 @@
-"""The named ViL variants of the paper: one table, from which the factory, CLI, hubconf and timm names come."""
+"""The named ViL variants of the paper: one table, from which the factory, CLI, hubconf and timm names come, and
+the resolution of a name ("variant" or "variant.tag") to its variant and config.
+"""
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 
 from .config import ViLConfig
@@ -114,3 +117,27 @@ VARIANTS: dict[str, Variant] = {
         ]),
     )
 }  # fmt: skip
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Names of the variants matching a shell-style pattern, e.g. ``list_models("vil2_*")``."""
+    return sorted(name for name in VARIANTS if fnmatch.fnmatch(name, pattern))
+
+
+def resolve_variant(name: str) -> tuple[Variant, str | None]:
+    """A variant name, optionally with a checkpoint tag ("vil2_tiny_patch16_224.in1k_e400") -> (variant, tag)."""
+    variant_name, tag = split_name(name)
+    if variant_name not in VARIANTS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
+    variant = VARIANTS[variant_name]
+    if tag is not None:
+        variant.checkpoint(tag)  # raises for an unknown tag, listing the known ones
+    return variant, tag
+
+
+def resolve_config(name_or_config: str | ViLConfig, **overrides) -> ViLConfig:
+    """The config of a variant name (or a given config), with overrides applied."""
+    if isinstance(name_or_config, ViLConfig):
+        return name_or_config.replace(**overrides) if overrides else name_or_config
+    variant, _ = resolve_variant(name_or_config)
+    return variant.make_config(**overrides)

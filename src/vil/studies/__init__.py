@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..distributed import is_main_process
 from ..train.config import TrainConfig
+from ..train.distributed import is_main_process
 from .files import write_study_files
 from .results import DesignResult, markdown_table, study_context, summarize
 from .runner import STUDIES, RunOutcome, Study, execute_study, get_study, plan_study, reference_design

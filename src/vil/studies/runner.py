@@ -15,7 +15,7 @@ from pathlib import Path
 from ..layers.pooling import POOLINGS
 from ..layers.traversal import BLOCK_DESIGNS
 from ..models.config import ViLConfig
-from ..models.factory import resolve_config
+from ..models.variants import resolve_config
 from ..train import run_files
 from ..train.config import RUNTIME_FIELDS, TrainConfig
 from ..train.errors import TrainingError

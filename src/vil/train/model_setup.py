@@ -5,10 +5,10 @@ head, new patch stride).
 
 from __future__ import annotations
 
-from ..loading import model_from_state_dict
 from ..models.config import ViLConfig
-from ..models.factory import resolve_config
+from ..models.variants import resolve_config
 from ..models.vision_lstm import VisionLSTM
+from ..weights.build import model_from_state_dict
 from .config import TrainConfig
 
 # Config fields a fine-tuning run may change relative to its initial weights; all others define the architecture.

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint_files import read_torch_checkpoint
 from ..io_utils import atomic_write
+from ..weights.files import read_torch_checkpoint
 
 FORMAT = "vil-train-checkpoint"
 FORMAT_VERSION = 1

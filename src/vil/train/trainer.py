@@ -20,18 +20,18 @@ from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..classifier import load_classifier, save_classifier
 from ..data.folder import BadFile, collate_skipping_bad_files
 from ..data.sources import build_data_splits
-from ..distributed import DistEnv, ShardedEvalSampler, all_gather_objects, all_reduce_sum
-from ..evaluate import evaluate
 from ..models.config import ViLConfig
 from ..models.vision_lstm import VisionLSTM
 from ..precision import amp_dtype, autocast
+from ..weights.classifier import load_classifier, save_classifier
 from . import run_files
 from .batching import plan_batches
 from .config import TrainConfig
+from .distributed import DistEnv, ShardedEvalSampler, all_gather_objects, all_reduce_sum
 from .errors import Diverged, OutOfMemory
+from .evaluate import evaluate
 from .model_setup import ADAPTABLE_FIELDS, adapt_pretrained, run_model_config
 from .optim import create_optimizer, create_scheduler, current_lr
 from .recipes import NEEDS_INIT
@@ -464,7 +464,7 @@ def train(
     stop_after_epoch: int | None = None,
 ) -> dict:
     """Train a run (see :class:`Trainer`) in this process, joining torchrun's process group if there is one."""
-    from ..distributed import setup, teardown
+    from .distributed import setup, teardown
 
     threads = torch.get_num_threads()
     if config.threads is not None:

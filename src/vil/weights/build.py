@@ -12,11 +12,11 @@ from collections.abc import Mapping
 
 import torch
 
+from ..layers.embed import resample_pos_embed
+from ..models.config import ViLConfig
+from ..models.vision_lstm import VisionLSTM
 from .convert import describe_architecture
 from .errors import CheckpointError
-from .layers.embed import resample_pos_embed
-from .models.config import ViLConfig
-from .models.vision_lstm import VisionLSTM
 
 logger = logging.getLogger(__name__)
 

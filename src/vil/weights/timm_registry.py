@@ -12,10 +12,10 @@ import timm.models
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from ..models.variants import VARIANTS
+from ..models.vision_lstm import VisionLSTM
+from .build import fit_pos_embed
 from .convert import split_checkpoint, to_vil_names
-from .loading import fit_pos_embed
-from .models.variants import VARIANTS
-from .models.vision_lstm import VisionLSTM
 
 logger = logging.getLogger(__name__)
 

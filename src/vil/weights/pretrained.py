@@ -10,15 +10,14 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint_files import SAFETENSORS, detect_format, read_torch_checkpoint
+from ..models.config import ViLConfig
+from ..models.variants import Checkpoint, resolve_config, resolve_variant
+from ..models.vision_lstm import VisionLSTM
+from .build import LOAD_OVERRIDES, adopt_variant, model_from_state_dict
 from .convert import convert_checkpoint
 from .errors import CheckpointError, WeightsDownloadError
-from .loading import LOAD_OVERRIDES, adopt_variant, model_from_state_dict
-from .models.config import ViLConfig
-from .models.factory import resolve_config, resolve_variant
-from .models.variants import Checkpoint
-from .models.vision_lstm import VisionLSTM
-from .weights import read_pretrained
+from .files import SAFETENSORS, detect_format, read_torch_checkpoint
+from .vil_format import read_pretrained
 
 
 def load_pretrained_model(name_or_config: str | ViLConfig, pretrained, **overrides) -> VisionLSTM:

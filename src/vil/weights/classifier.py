@@ -1,7 +1,7 @@
 """A trained classifier on disk: weights, class names and preprocessing, as ``vil eval`` and ``vil predict`` need.
 
-Our files are the weight format of :mod:`vil.weights` (safetensors with the ViLConfig) plus two metadata records:
-``vil_classes`` (the class names, in label order) and ``vil_preprocessing`` (see
+Our files are the weight format of :mod:`vil.weights.vil_format` (safetensors with the ViLConfig) plus two metadata
+records: ``vil_classes`` (the class names, in label order) and ``vil_preprocessing`` (see
 :class:`vil.data.preprocessing.Preprocessing`). :func:`load_classifier` also reads a run directory, a training
 checkpoint, and official checkpoints (``.th``, converted as by ``vil.load_official``).
 """
@@ -13,14 +13,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint_files import SAFETENSORS, detect_format, read_safetensors, read_torch_checkpoint
+from ..data.preprocessing import Preprocessing
+from ..models.config import ViLConfig
+from ..models.vision_lstm import VisionLSTM
+from .build import load_strict, model_from_state_dict
 from .convert import convert_checkpoint
-from .data.preprocessing import Preprocessing
-from .loading import load_strict, model_from_state_dict
-from .models.config import ViLConfig
-from .models.vision_lstm import VisionLSTM
+from .files import SAFETENSORS, detect_format, read_safetensors, read_torch_checkpoint
 from .official import model_from_converted
-from .weights import config_from_metadata, save_pretrained
+from .vil_format import config_from_metadata, save_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def load_classifier(path: str | Path) -> Classifier:
         raise FileNotFoundError(f"no model file or run directory at {path}")
     if detect_format(path) == SAFETENSORS:
         return _load_safetensors(path)
-    from .train.state import FORMAT
+    from ..train.state import FORMAT
 
     payload = read_torch_checkpoint(path)
     if isinstance(payload, dict) and payload.get("format") == FORMAT:

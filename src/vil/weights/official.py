@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import os
 
-from .checkpoint_files import read_torch_checkpoint
+from ..models.vision_lstm import VisionLSTM
+from .build import model_from_state_dict
 from .convert import ConvertedCheckpoint, convert_checkpoint
-from .loading import model_from_state_dict
-from .models.vision_lstm import VisionLSTM
+from .files import read_torch_checkpoint
 
 logger = logging.getLogger(__name__)
 

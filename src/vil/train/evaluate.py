@@ -7,9 +7,9 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
-from .data.folder import BadFile
+from ..data.folder import BadFile
+from ..precision import autocast
 from .distributed import DistEnv, all_gather_objects, all_reduce_sum
-from .precision import autocast
 
 
 @torch.no_grad()

@@ -9,12 +9,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .checkpoint_files import read_safetensors, read_safetensors_metadata
+from ..io_utils import atomic_write
+from ..models.config import ViLConfig
+from ..models.vision_lstm import VisionLSTM
+from .build import model_from_state_dict
 from .errors import CheckpointError
-from .io_utils import atomic_write
-from .loading import model_from_state_dict
-from .models.config import ViLConfig
-from .models.vision_lstm import VisionLSTM
+from .files import read_safetensors, read_safetensors_metadata
 
 FORMAT = "vil"
 CONFIG_KEY = "vil_config"
@@ -42,7 +42,7 @@ def load_pretrained(path: str | os.PathLike, **overrides) -> VisionLSTM:
     """Rebuild the model saved by :func:`save_pretrained`, weights included.
 
     Overrides as for :func:`vil.load_official`: ``img_size`` (position embedding resampled), ``num_classes`` (new
-    head), ``mlstm_backend``, ``chunk_size``, ... (see ``vil.loading.LOAD_OVERRIDES``).
+    head), ``mlstm_backend``, ``chunk_size``, ... (see ``vil.weights.build.LOAD_OVERRIDES``).
     """
     state_dict, config = read_pretrained(path)
     return model_from_state_dict(state_dict, config, str(path), **overrides)

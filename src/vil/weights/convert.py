@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..layers.pooling import POOLINGS, pooled_dim
+from ..layers.traversal import block_traversals
+from ..models.config import ViLConfig
 from .errors import CheckpointError
-from .layers.pooling import POOLINGS, pooled_dim
-from .layers.traversal import block_traversals
-from .models.config import ViLConfig
 
 TRAINING = "training"
 OFFICIAL_V2 = "official_v2"
