@@ -260,7 +260,8 @@ def mlstm_chunkwise(
     """The chunkwise form's forward pass (see cell.c): q, k (B, NH, S, DH), v (B, NH, S, DHV) unpadded; ``gate_rows``
     = (a, r, inter, log_m, write), each (B, NH, NC, L); alpha (B, NH, NC); the initial state c0 (B, NH, DH, DHV),
     n0 (B, NH, DH). -> h (B, NH, S, DHV), the denominators (B, NH, NC, L) and the final state (c, n). The states
-    before each chunk are not kept (:func:`mlstm_chunk_states` recomputes them). None where it does not apply."""
+    before each chunk go into reused buffers (:func:`mlstm_chunk_states` recomputes them for a backward pass). None
+    where it does not apply."""
     tensors = (q, k, v, *gate_rows, alpha, c0, n0)
     if not _applies(*tensors) or q.numel() == 0 or v.numel() == 0:
         return None
@@ -268,8 +269,9 @@ def mlstm_chunkwise(
     batch, heads, seq_len, head_dim = q.shape
     h, denominator = torch.empty_like(v), q.new_empty(batch, heads, alpha.shape[-1], chunk)
     c_last, n_last = torch.empty_like(c0), torch.empty_like(n0)
+    c_prev, n_prev = _chunk_state_buffers(k, v, alpha)
     status = library().vil_mlstm_chunkwise(
-        *map(_pointer, (q, k, v, *gate_rows, alpha, c0, n0, h, denominator, None, None, c_last, n_last)),
+        *map(_pointer, (q, k, v, *gate_rows, alpha, c0, n0, h, denominator, c_prev, n_prev, c_last, n_last)),
         batch * heads, seq_len, chunk, head_dim, v.shape[-1], eps, min_log, _threads(),
     )  # fmt: skip
     return (h, denominator, c_last, n_last) if status == 0 else None
@@ -280,20 +282,30 @@ def mlstm_chunk_states(
     chunk: int,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:  # fmt: skip
     """The states before each chunk of :func:`mlstm_chunkwise` (C (B, NH, NC, DH, DHV), n (B, NH, NC, DH)) from k,
-    v, the write weights (B, NH, NC, L), alpha and the initial state alone: what its backward pass reads. None where
-    it does not apply."""
+    v, the write weights (B, NH, NC, L), alpha and the initial state alone: what its backward pass reads, in buffers
+    that the next chunkwise call overwrites. None where it does not apply."""
     if not _applies(k, v, write, alpha, c0, n0) or k.numel() == 0 or v.numel() == 0:
         return None
     k, v, write, alpha, c0, n0 = _contiguous(k, v, write, alpha, c0, n0)
     batch, heads, seq_len, head_dim = k.shape
-    chunks, value_dim = alpha.shape[-1], v.shape[-1]
-    c_prev, n_prev = k.new_empty(batch, heads, chunks, head_dim, value_dim), k.new_empty(batch, heads, chunks, head_dim)
+    c_prev, n_prev = _chunk_state_buffers(k, v, alpha)
     c_last, n_last = torch.empty_like(c0), torch.empty_like(n0)
     pointers = (None, k, v, None, None, None, None, write, alpha, c0, n0, None, None, c_prev, n_prev, c_last, n_last)
     status = library().vil_mlstm_chunkwise(
-        *map(_pointer, pointers), batch * heads, seq_len, chunk, head_dim, value_dim, 0.0, 0.0, _threads()
+        *map(_pointer, pointers), batch * heads, seq_len, chunk, head_dim, v.shape[-1], 0.0, 0.0, _threads()
     )
     return (c_prev, n_prev) if status == 0 else None
+
+
+def _chunk_state_buffers(k: torch.Tensor, v: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reused buffers for the states before each chunk, (B, NH, NC, DH, DHV) and (B, NH, NC, DH): a d x d matrix per
+    chunk and head, scratch in the forward pass and read only inside the backward pass that recomputes them."""
+    batch, heads, _, head_dim = k.shape
+    chunks = alpha.shape[-1]
+    return (
+        reused("chunkwise.c_prev", (batch, heads, chunks, head_dim, v.shape[-1]), k),
+        reused("chunkwise.n_prev", (batch, heads, chunks, head_dim), k),
+    )
 
 
 def mlstm_chunkwise_backward(

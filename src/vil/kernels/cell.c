@@ -340,9 +340,8 @@ int vil_mlstm_parallel_backward(const float *q, const float *k, const float *v, 
  * q, k (S, DH) and v, h (S, DHV) unpadded, the last chunk ragged; the per-token gate rows are laid out in chunks,
  * (NC * L): a = i - b + log_scale, r = the row stabiliser, inter = the weight of the state read, log_m = b + r,
  * write = the weight of each token's write into the state; alpha (NC) the decay of the state over each chunk.
- * The state C (DH x DHV), n (DH) starts at c0, n0 and ends in c_last, n_last; c_prev and n_prev, the state before
- * every chunk (NC x DH x DHV, NC x DH), are written where not NULL. den (NC * L) receives the readout's
- * denominators. With h NULL only the states are computed (q, a, r, inter, log_m and den are not read): the backward
+ * The state C (DH x DHV), n (DH) starts at c0, n0 and ends in c_last, n_last; c_prev and n_prev receive the state
+ * before every chunk (NC x DH x DHV, NC x DH). den (NC * L) receives the readout's denominators. With h NULL only the states are computed (q, a, r, inter, log_m and den are not read): the backward
  * pass recomputes them so that training need not keep them. Returns 0, or -1 if the buffers could not be allocated. */
 int vil_mlstm_chunkwise(const float *q, const float *k, const float *v, const float *a, const float *r,
                         const float *inter, const float *log_m, const float *write, const float *alpha,
@@ -351,13 +350,12 @@ int vil_mlstm_chunkwise(const float *q, const float *k, const float *v, const fl
                         int64_t value_dim, float eps, float min_log, int64_t threads) {
     const int64_t chunks = (seq_len + chunk - 1) / chunk, ld = padded(chunk), state = head_dim * value_dim;
     const int64_t items = mats * chunks;
-    /* the state before every chunk: where the caller keeps them, else scratch */
-    float *c_states = c_prev ? c_prev : buffer(items * state), *n_states = n_prev ? n_prev : buffer(items * head_dim);
-    int failed = c_states == NULL || n_states == NULL;
-#pragma omp parallel num_threads(threads) if (!failed)
+    float *c_states = c_prev, *n_states = n_prev;
+    int failed = 0;
+#pragma omp parallel num_threads(threads)
     {
         float *kt = buffer(head_dim * ld), *strip = buffer(STRIP_ROWS * ld), *scaled = buffer(chunk * head_dim);
-        const int ready = kt && strip && scaled && c_states && n_states;
+        const int ready = kt && strip && scaled;
         if (!ready) {
 #pragma omp atomic write
             failed = 1;
@@ -436,8 +434,6 @@ int vil_mlstm_chunkwise(const float *q, const float *k, const float *v, const fl
         free(strip);
         free(scaled);
     }
-    if (c_states != c_prev) free(c_states);
-    if (n_states != n_prev) free(n_states);
     return failed ? -1 : 0;
 }
 
