@@ -4,7 +4,7 @@ PyTorch runs the block's cheap parts (the 4x4 headwise q/k/v projections and the
 gates, the per-head norm + skip + output gate, the depthwise conv + SiLU) as many passes over E-wide tensors; at
 ViL-T's sizes these cost more than the mLSTM cell's products. Each kernel in ``block.c``, forward or backward, is
 one pass. ``cell.c`` computes the cell itself: the parallel form (forward and backward) in strips of rows and the
-chunkwise form chunk after chunk (forward, and backward through each chunk's outputs), with register-tiled
+chunkwise form by chunks (forward, and backward through each chunk's outputs), with register-tiled
 products instead of many small batched GEMMs.
 
 The C sources are compiled once per machine with its own compiler and ``-march=native`` (about 1.5 s)
