@@ -6,7 +6,7 @@ vil.weights.convert.
 - ``to_official_module_state_dict``: a plain state dict of the standalone ``VisionLSTM`` (v1) / ``VisionLSTM2`` (v2)
   modules (alternating design only, as those modules).
 - ``official_hub_remap``: the official torch.hub's renaming of a released file to the standalone modules, following
-  DESIGN.md section 2.5, to check the module layout against the golden fixtures.
+  docs/design.md §5, to check the module layout against the golden fixtures.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def to_official_module_state_dict(model: VisionLSTM) -> dict:
 
 
 def official_hub_remap(state_dict: dict, version: int) -> dict:
-    """The official hub's renaming of a released file (training names) to the standalone modules (DESIGN.md 2.5)."""
+    """The official hub's renaming of a released file (training names) to the standalone modules (docs/design.md §5)."""
     out = {}
     for key, value in state_dict.items():
         key = key.replace(".xlstm.", ".layer.").replace(".xlstm_norm.", ".norm.")

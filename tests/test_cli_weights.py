@@ -35,12 +35,14 @@ def test_convert_with_overrides_and_json(tmp_path, capsys):
     assert vil.read_config(dst).num_classes == 3 and vil.read_config(dst).img_size == (48, 32)
 
 
-def test_convert_of_a_plain_state_dict_notes_the_assumptions(tmp_path, capsys):
+def test_convert_of_a_plain_state_dict_notes_the_assumptions(tmp_path, capsys, caplog):
     state_dict = torch.load(V2_FIXTURE, weights_only=True)["state_dict"]
     torch.save(state_dict, tmp_path / "plain.th")
     assert main(["convert", str(tmp_path / "plain.th"), str(tmp_path / "a.safetensors")]) == 0
     out = capsys.readouterr().out
     assert "note: patch stride = patch size assumed" in out and "note: block design 'alternating' assumed" in out
+    assert "(--patch-stride to choose)" in out and "(--block-design to choose)" in out  # the CLI's flags
+    assert "assumed" not in caplog.text  # said once, not also in the log
     assert main(["convert", str(tmp_path / "plain.th"), str(tmp_path / "b.safetensors"), "--patch-stride", "2"]) == 0
     assert "patch 4 stride 2" in capsys.readouterr().out
     assert vil.read_config(tmp_path / "b.safetensors").patch_stride == (2, 2)

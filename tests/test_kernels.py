@@ -158,7 +158,7 @@ def _assert_as_accurate(got, want, exact):
     assert torch.isfinite(got).all()  # float32's exp(-M) overflows for M < -88: results must not
     scale = exact.abs().max().item()
     kernel_error, torch_error = ((y.double() - exact).abs().max().item() for y in (got, want))
-    assert kernel_error <= 2 * torch_error + 1e-5 * scale  # float32: ~1e-5 relative (DESIGN.md section 2.2)
+    assert kernel_error <= 2 * torch_error + 1e-5 * scale  # float32: ~1e-5 relative (docs/design.md §2)
 
 
 @pytest.mark.parametrize("backend", ["parallel", "chunkwise"])

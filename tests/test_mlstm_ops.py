@@ -1,4 +1,4 @@
-"""The three forms of the mLSTM cell compute one function (DESIGN.md section 2.2)."""
+"""The three forms of the mLSTM cell compute one function (docs/design.md §2)."""
 
 import pytest
 import torch

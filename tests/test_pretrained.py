@@ -97,6 +97,23 @@ def test_failed_download_says_how_to_use_a_local_file(monkeypatch):
     assert 'vil.load_official("path/to/vil2_small16_e400_in1k.th")' in message
 
 
+def test_timm_pretrained_offline_gets_the_same_help(monkeypatch):
+    import timm.models._builder
+
+    def no_network(url, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(timm.models._builder, "load_state_dict_from_url", no_network)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    with pytest.raises(WeightsDownloadError) as error:
+        timm.create_model("vil2_tiny_patch16_224", pretrained=True)
+    message = str(error.value)
+    assert "could not download the released weights of vil2_tiny_patch16_224 (in1k)" in message
+    assert 'vil.create_model("vil2_tiny_patch16_224", pretrained="path/to/vil2_tiny16_e800_in1k.th")' in message
+    with pytest.raises(WeightsDownloadError, match=r"\(in1k_e400\) from .*/vil2_tiny16_e400_in1k.th"):
+        timm.create_model("vil2_tiny_patch16_224.in1k_e400", pretrained=True)
+
+
 def test_pretrained_argument_errors():
     with pytest.raises(ValueError, match="pretrained=True needs a model name"):
         vil.create_model(vil.ViLConfig(dim=16, depth=2), pretrained=True)

@@ -125,7 +125,7 @@ def test_study_on_an_image_folder(digits_png, tmp_path, capsys):
     argv = ["study", "pooling", "--data", str(digits_png), "--designs", "mean", "--seeds", "1", "--epochs", "1"]
     assert main([*argv, *TINY, "--out", str(tmp_path), "--json"]) == 0
     record = json.loads(capsys.readouterr().out)  # with --json, stdout holds only the JSON
-    assert record["context"]["dataset"] == str(digits_png) and record["context"]["val_images"] == 360
+    assert record["context"]["dataset"] == str(digits_png) and record["context"]["val_images"] == 288
     (mean,) = record["designs"]
     assert mean["design"] == "mean" and len(mean["top1"]) == 1
     config = json.loads((tmp_path / "mean" / "seed0" / run_files.CONFIG).read_text())

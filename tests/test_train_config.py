@@ -1,6 +1,8 @@
 """Recipes, settings overrides and the batch plan."""
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from vil.cli import build_parser
 from vil.commands.train import resolve_config
@@ -77,13 +79,15 @@ def test_overrides_are_typed_and_validated():
     with pytest.raises(ValueError, match="unknown augmentation 'flip'"):
         config.with_overrides(["augmentation=flip"])
     with pytest.raises(ValueError, match="warmup_epochs"):
-        config.with_overrides(["epochs=2"])  # the digits recipe warms up for 3 epochs
+        config.with_overrides(["epochs=2"])  # the digits recipe warms up for 3 epochs (the CLI scales it)
+    with pytest.raises(ValueError, match="model_args: unknown ViLConfig field 'foo'; fields: version, dim"):
+        config.with_overrides(["model_args.foo=1"])
 
 
 def test_config_round_trips_through_a_dict():
     config = get_recipe("in1k_longseq_stride8")
     assert TrainConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ValueError, match="unknown TrainConfig fields"):
+    with pytest.raises(ValueError, match="unknown TrainConfig field"):
         TrainConfig.from_dict({**config.to_dict(), "bogus": 1})
 
 
@@ -108,9 +112,9 @@ def test_cli_resume_keeps_the_saved_settings(tmp_path):
     def parse(*argv):
         return build_parser().parse_args(["train", *argv])
 
-    config = resolve_config(parse("--out", str(tmp_path), "--resume", "--workers", "0"))
-    assert config == saved.replace(workers=0)
-    changed = resolve_config(parse("--out", str(tmp_path), "--resume", "--set", "max_device_batch_size=8"))
+    config, notes = resolve_config(parse("--out", str(tmp_path), "--resume", "--workers", "0"))
+    assert config == saved.replace(workers=0) and notes == []  # nothing is fitted again
+    changed, _ = resolve_config(parse("--out", str(tmp_path), "--resume", "--set", "max_device_batch_size=8"))
     assert changed.max_device_batch_size == 8  # runtime settings may change
     with pytest.raises(ValueError, match="these differ.*lr"):
         resolve_config(parse("--out", str(tmp_path), "--resume", "--lr", "0.1"))
@@ -128,3 +132,52 @@ def test_precision_settings():
     assert amp_dtype("bf16", cpu) == torch.bfloat16
     with pytest.raises(ValueError, match="fp16 needs a GPU"):
         amp_dtype("fp16", cpu)
+
+
+def _resolve(*argv):
+    return resolve_config(build_parser().parse_args(["train", *argv]))
+
+
+def _image_folder(root, count, size, splits=("train",)):
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for name in ("cat", "dog"):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count // 2):
+                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def test_an_explicit_model_replaces_the_recipes_model_or_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match=r"model vil2_small_patch16_224 does not fit 8 px images.*patch_size=2"):
+        _resolve("--model", "vil2_small_patch16_224", "--epochs", "4")
+    config, notes = _resolve("--model", "vil2_small_patch16_224", "--set", "model_args.patch_size=2")
+    assert config.model == "vil2_small_patch16_224" and config.model_args == {"patch_size": 2}
+    config, notes = _resolve("--recipe", "in1k_vil2_small", "--model", "vil2_base_patch16_224")
+    assert config.model_args == {} and "replacing the in1k_vil2_small recipe's model_args" in notes[0]
+    config, notes = _resolve("--recipe", "in1k_vil2_small", "--init", "weights.safetensors")
+    assert config.model is None and "architecture of the --init weights" in notes[0]
+
+
+def test_own_images_get_vil_t_at_their_image_size_and_a_batch_that_fits(tmp_path):
+    data = _image_folder(tmp_path / "photos", 120, 96)
+    config, notes = _resolve("--data", str(data))
+    assert (config.recipe, config.model, config.img_size) == ("folder", "vil2_tiny_patch16_224", 96)
+    assert any("image size 96 px: the training images' median short side is 96 px" in n for n in notes)
+    # 108 training images (12 carved out for validation): batch 128 -> 8, 13 steps per epoch
+    assert config.batch_size == 8 and any("batch 8 instead of the recipe's 128" in n for n in notes)
+    assert config.scaled_lr() == pytest.approx(1e-3 * 128 / 1024 * (8 / 128) ** 0.5)
+    config, notes = _resolve("--data", str(data), "--img-size", "64", "--batch-size", "32")
+    assert (config.img_size, config.batch_size) == (64, 32) and not any("image size" in n for n in notes)
+    config, _ = _resolve("--data", str(data), "--recipe", "digits")  # the digits recipe on image files
+    assert config.img_size == 8 and config.model is None
+
+
+def test_short_runs_scale_the_warm_up_unless_it_is_given():
+    config, notes = _resolve("--epochs", "2")
+    assert config.warmup_epochs == 0.5 and "warm-up 0.5 epochs instead of the recipe's 3" in notes[0]
+    config, notes = _resolve()
+    assert config.warmup_epochs == 3 and notes == []
+    with pytest.raises(ValueError, match=r"warmup_epochs \(3.0\) must be fewer than epochs \(2\)"):
+        _resolve("--epochs", "2", "--set", "warmup_epochs=3")

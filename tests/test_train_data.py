@@ -9,7 +9,7 @@ from torchvision import transforms as T
 from vil.data import digits
 from vil.data.folder import BadFile, ImageFolderDataset, collate_skipping_bad_files, scan_folder, split_dir
 from vil.data.preprocessing import Preprocessing, eval_transform, train_transform
-from vil.data.sources import build_data_splits
+from vil.data.sources import build_data_splits, build_eval_dataset
 
 
 def _write_images(folder, count, size=(12, 10)):
@@ -19,19 +19,23 @@ def _write_images(folder, count, size=(12, 10)):
         Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
 
 
-def test_digits_test_split_is_fixed_stratified_and_disjoint():
+def test_digits_splits_are_fixed_stratified_and_disjoint():
     train_x, train_y = digits.load_digits_split("train")
+    val_x, val_y = digits.load_digits_split("val")
     test_x, test_y = digits.load_digits_split("test")
-    assert train_x.shape == (1437, 1, 8, 8) and test_x.shape == (360, 1, 8, 8)
+    assert train_x.shape == (1149, 1, 8, 8) and val_x.shape == (288, 1, 8, 8) and test_x.shape == (360, 1, 8, 8)
     assert float(train_x.min()) >= 0.0 and float(train_x.max()) <= 1.0
     again_x, again_y = digits.load_digits_split("test")
     assert torch.equal(test_x, again_x) and torch.equal(test_y, again_y)
     counts = torch.bincount(test_y)
     assert counts.min() >= 35 and counts.max() <= 37  # stratified: ~20 % of each class
-    train_rows = {row.numpy().tobytes() for row in train_x}
-    assert not any(row.numpy().tobytes() in train_rows for row in test_x)
-    with pytest.raises(ValueError, match="unknown digits split 'val'"):
-        digits.load_digits_split("val")
+    counts = torch.bincount(val_y)
+    assert counts.min() >= 28 and counts.max() <= 30  # stratified: ~20 % of each class's remaining images
+    rows = {split: {row.numpy().tobytes() for row in x} for split, x in (("train", train_x), ("val", val_x))}
+    assert not any(row.numpy().tobytes() in rows["train"] | rows["val"] for row in test_x)
+    assert not rows["train"] & rows["val"]
+    with pytest.raises(ValueError, match="unknown digits split 'holdout'"):
+        digits.load_digits_split("holdout")
 
 
 def test_data_dir_errors_name_the_path_and_the_layout(tmp_path):
@@ -102,7 +106,8 @@ def test_paper_augmentation_has_the_official_parts():
 
 def test_digits_splits_for_training():
     splits = build_data_splits(None, 8, "translate")
-    assert (len(splits.train), len(splits.val), splits.classes) == (1437, 360, list("0123456789"))
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (1149, 288, 360)
+    assert splits.classes == list("0123456789")
     image, label = splits.train[0]
     assert image.shape == (1, 8, 8) and isinstance(label, int)
     with pytest.raises(ValueError, match="8 x 8 images; got img_size=16"):
@@ -112,9 +117,26 @@ def test_digits_splits_for_training():
 def test_exported_digits_match_the_embedded_ones(tmp_path):
     root = digits.export_image_folder(tmp_path / "png")
     pre = Preprocessing(img_size=8, in_chans=1, mean=digits.MEAN, std=digits.STD)
-    scan = scan_folder(root / "val", classes=list(digits.CLASS_NAMES))
+    scan = scan_folder(root / "test", classes=list(digits.CLASS_NAMES))
     assert len(scan.samples) == 360
     from_file = eval_transform(pre, "pil")(Image.open(scan.samples[0][0]))
     path_index = int(scan.samples[0][0].split("/")[-1].removesuffix(".png"))
     embedded = digits.DigitsDataset("test", eval_transform(pre, "tensor"))[path_index][0]
     assert torch.allclose(from_file, embedded, atol=1.0 / 255 / digits.STD[0])  # PNG rounding only
+
+
+def test_a_folder_with_only_train_is_split_by_a_fixed_seed_per_class(tmp_path):
+    for name, count in (("cat", 20), ("dog", 9), ("eel", 1)):
+        _write_images(tmp_path / "train" / name, count)
+    splits = build_data_splits(str(tmp_path), 8, "none")
+    val_paths = {path for path, _ in splits.val.samples}
+    train_paths = {path for path, _ in splits.train.samples}
+    assert len(val_paths) == 2 + 1 and not val_paths & train_paths  # 10 % of 20, at least one of 9, none of 1
+    assert len(train_paths) == 30 - 3 and splits.test is None and "no val/ folder" in splits.val_source
+    again = build_data_splits(str(tmp_path), 8, "none")
+    assert {path for path, _ in again.val.samples} == val_paths  # the same files every time
+    _write_images(tmp_path / "test" / "cat", 2)
+    with_test = build_data_splits(str(tmp_path), 8, "none")
+    assert len(with_test.test) == 2 and {path for path, _ in with_test.val.samples} == val_paths
+    with pytest.raises(FileNotFoundError, match=r"has no 'val' folder \(found: \['test', 'train'\]\)"):
+        build_eval_dataset(str(tmp_path), ["cat", "dog", "eel"], Preprocessing(img_size=8))

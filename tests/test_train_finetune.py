@@ -43,8 +43,8 @@ def test_fine_tune_our_weights_at_a_new_resolution_and_class_count(tmp_path, dig
 
     out = tmp_path / "finetuned"
     argv = ["train", "--init", str(tmp_path / "source.safetensors"), "--data", str(digits_png), "--out", str(out),
-            "--img-size", "16", "--epochs", "1", "--set", "warmup_epochs=0", "--set", "layer_decay=0.65",
-            "--set", "model_args={}"]  # fmt: skip
+            "--workers", "0", "--img-size", "16", "--epochs", "1", "--set", "warmup_epochs=0",
+            "--set", "layer_decay=0.65", "--set", "model_args={}"]  # fmt: skip
     assert main(argv) == 0
     config = json.loads((out / run_files.CONFIG).read_text())
     assert config["config"]["init"] == str(tmp_path / "source.safetensors")
@@ -53,7 +53,7 @@ def test_fine_tune_our_weights_at_a_new_resolution_and_class_count(tmp_path, dig
     assert (model.config.img_size, model.config.num_classes, model.config.dim) == ((16, 16), 10, 16)
     assert model.pos_embed.grid == (8, 8)  # resampled from 4 x 4
     assert finetuned.classes == list(digits.CLASS_NAMES) and finetuned.preprocessing.img_size == 16
-    assert "validation accuracy after epoch 1" in capsys.readouterr().out
+    assert "validation after epoch 1" in capsys.readouterr().out
 
 
 def test_fine_tuning_recipes_need_init(capsys):
@@ -64,7 +64,7 @@ def test_fine_tuning_recipes_need_init(capsys):
 def test_fine_tune_from_an_official_checkpoint(tmp_path, digits_png):
     out = tmp_path / "run"
     argv = ["train", "--init", str(OFFICIAL / "vil2_dim64_pairs2_32px_p4.th"), "--data", str(digits_png),
-            "--out", str(out), "--img-size", "16", "--epochs", "1", "--set", "warmup_epochs=0",
+            "--workers", "0", "--out", str(out), "--img-size", "16", "--epochs", "1", "--set", "warmup_epochs=0",
             "--set", "model_args={}"]  # fmt: skip
     assert main(argv) == 0
     model = load_classifier(out).model
@@ -80,3 +80,23 @@ def test_official_imagenet_checkpoints_predict_imagenet_class_names(tmp_path, di
     predictions = json.loads(capsys.readouterr().out)["results"][0]["predictions"]
     info = ImageNetInfo()
     assert [p["name"] for p in predictions] == [info.index_to_description(p["index"]) for p in predictions]
+
+
+def test_predict_with_a_model_name_uses_the_released_weights(tmp_path, digits_png, capsys, monkeypatch):
+    released = to_training_checkpoint(vil.create_model("vil2_tiny_patch16_224"))  # stand-in for the released file
+    urls = []
+
+    def fake_download(url, **kwargs):
+        urls.append(url)
+        return released
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
+    image = str(sorted((digits_png / "val" / "0").iterdir())[0])
+    assert main(["predict", image, "--model", "vil2_tiny_patch16_224", "--json"]) == 0
+    assert urls == [vil.VARIANTS["vil2_tiny_patch16_224"].checkpoint().url]
+    predictions = json.loads(capsys.readouterr().out)["results"][0]["predictions"]
+    assert len(predictions) == 5 and predictions[0]["name"] == ImageNetInfo().index_to_description(
+        predictions[0]["index"]
+    )
+    assert main(["predict", image, "--model", "vil9_huge"]) == 2
+    assert "nor a model name with released weights" in capsys.readouterr().err

@@ -38,19 +38,22 @@ def test_run_directory_holds_everything(digits_run):
     assert expected <= names
     summary = json.loads((digits_run / run_files.SUMMARY).read_text())
     assert summary["finished"] and summary["epochs"] == summary["epochs_completed"] == 2
-    assert summary["steps"] == 2 * (1437 // 64) and summary["seconds"] > 0 and summary["skipped_files"] == 0
-    assert 0 <= summary["top1"] <= summary["top5"] <= 100 and summary["val_images"] == 360
+    assert summary["steps"] == 2 * (1149 // 64) and summary["seconds"] > 0 and summary["skipped_files"] == 0
+    assert (summary["train_images"], summary["val_images"], summary["test_images"]) == (1149, 288, 360)
+    assert 0 <= summary["top1"] <= summary["top5"] <= 100 and 0 <= summary["val_top1"] <= summary["val_top5"] <= 100
     rows = [json.loads(line) for line in (digits_run / run_files.METRICS_JSONL).read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2] and rows[-1]["top1"] == summary["top1"]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[-1]["val_top1"] == summary["val_top1"]
+    best = max(rows, key=lambda r: (r["val_top1"], -r["val_loss"]))
+    assert summary["best_epoch"] == best["epoch"] and summary["best_val_top1"] == best["val_top1"]
     csv_lines = (digits_run / run_files.METRICS_CSV).read_text().splitlines()
-    assert csv_lines[0].startswith("epoch,step,lr,train_loss,val_loss,top1,top5") and len(csv_lines) == 3
+    assert csv_lines[0].startswith("epoch,step,lr,train_loss,val_loss,val_top1,val_top5") and len(csv_lines) == 3
     assert (digits_run / run_files.CURVES).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any(p.name.startswith("events.out.tfevents") for p in (digits_run / run_files.TENSORBOARD).iterdir())
     saved = json.loads((digits_run / run_files.CONFIG).read_text())
     assert saved["config"]["recipe"] == "digits" and saved["run"]["params"] > 0
     classifier = load_classifier(digits_run)
     assert classifier.classes == list("0123456789") and classifier.preprocessing.in_chans == 1
-    assert classifier.source.name == run_files.MODEL_FINAL and classifier.dataset == "digits"
+    assert classifier.source.name == run_files.MODEL_BEST and classifier.dataset == "digits"
 
 
 def test_a_run_directory_is_never_overwritten(digits_run, capsys):
@@ -58,7 +61,7 @@ def test_a_run_directory_is_never_overwritten(digits_run, capsys):
     assert "already holds a run" in capsys.readouterr().err
 
 
-def test_eval_reproduces_the_training_accuracy(digits_run, capsys):
+def test_eval_reproduces_the_test_accuracy_of_the_selected_weights(digits_run, capsys):
     assert main(["eval", str(digits_run)]) == 0
     result = json.loads((digits_run / "eval_digits_test.json").read_text())
     summary = json.loads((digits_run / run_files.SUMMARY).read_text())
@@ -68,7 +71,8 @@ def test_eval_reproduces_the_training_accuracy(digits_run, capsys):
 
 def test_eval_on_an_image_folder(digits_run, digits_png, tmp_path):
     out = tmp_path / "eval.json"
-    assert main(["eval", str(digits_run), "--data", str(digits_png), "--workers", "0", "--json", str(out)]) == 0
+    argv = ["eval", str(digits_run), "--data", str(digits_png), "--split", "test", "--workers", "0", "--json", str(out)]
+    assert main(argv) == 0
     result = json.loads(out.read_text())
     summary = json.loads((digits_run / run_files.SUMMARY).read_text())
     assert result["images"] == 360 and abs(result["top1"] - summary["top1"]) <= 100 * 2 / 360  # PNG rounding
@@ -108,7 +112,7 @@ def test_resume_after_a_stop_or_a_crash_gives_identical_weights(tmp_path, monkey
     def crash_in_epoch_two(self):
         nonlocal steps
         steps += 1
-        if steps == 30:  # 22 steps per epoch: mid-way through epoch 2
+        if steps == 30:  # 17 steps per epoch: mid-way through epoch 2
             raise KeyboardInterrupt
         original_step(self)
 
@@ -184,7 +188,7 @@ def test_corrupt_and_non_image_files_are_skipped_and_counted(tmp_path, digits_pn
     notes = data / "val" / "1" / "notes.txt"
     notes.write_text("hello")
     out = tmp_path / "run"
-    assert main(["train", *TINY, "--epochs", "2", "--data", str(data), "--out", str(out)]) == 0
+    assert main(["train", "--recipe", "digits", *TINY, "--epochs", "2", "--data", str(data), "--out", str(out)]) == 0
     summary = json.loads((out / run_files.SUMMARY).read_text())
     assert summary["skipped_files"] == 2
     listed = (out / run_files.SKIPPED).read_text()
@@ -203,7 +207,9 @@ def test_checkpoints_of_another_architecture_are_refused(digits_run, digits_png,
     assert "not the architecture of 'vil2_tiny_patch16_224'" in message and "dim: 192 vs 16" in message
     message = error_of(*init, *TINY, "--set", "model_args.dim=32")
     assert "changes the architecture of the init weights" in message and "dim: 16 vs 32" in message
-    message = error_of(*init, "--set", "model_args={}", "--data", str(digits_png), "--epochs", "4")
+    message = error_of(
+        *init, "--set", "model_args={}", "--recipe", "digits", "--data", str(digits_png), "--epochs", "4"
+    )
     assert "in_chans: 1 vs 3" in message  # a grey digits model, RGB image files
 
     saved = json.loads((digits_run / run_files.CONFIG).read_text())

@@ -7,6 +7,8 @@ import importlib
 import logging
 import sys
 
+from .utils.optional import MissingDependency
+
 # Modules that add a subcommand; each defines register(subparsers) -> None and sets a ``func(args) -> int``.
 COMMAND_MODULES = [
     "vil.commands.models",
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, MissingDependency) as error:
         print(f"vil {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -1,1 +1,1 @@
-"""Benchmarks: speed and memory of ViL against its baselines, measured side by side (DESIGN.md section 4)."""
+"""Benchmarks: speed and memory of ViL against its baselines, measured side by side (docs/design.md §6)."""

@@ -1,7 +1,7 @@
 """Speed and peak memory of ViL against DeiT (timm) and against the parallel form, side by side.
 
 Every contender runs in this one process; at each image size the contenders are timed interleaved after a
-warm-up and the median is reported (DESIGN.md section 4). A "train" step is forward, cross-entropy loss,
+warm-up and the median is reported (docs/design.md §6). A "train" step is forward, cross-entropy loss,
 backward and an AdamW step; "infer" is a forward pass without gradients.
 """
 
@@ -242,16 +242,24 @@ def headline(rows: list[Row], vil_label: str, parallel_label: str, official_labe
         text = f"{r.size}px b{r.batch} {r.mode}: {vil_label}"
         if r.x_baseline is not None:
             text += f" takes {_fmt(r.x_baseline)} the baseline's time"
-        parallel = keyed.get((r.size, r.batch, r.mode, parallel_label))
-        if parallel is not None and parallel.seconds is not None:
-            text += f", {parallel.seconds / r.seconds:.1f}x faster than the parallel form"
-        official = keyed.get((r.size, r.batch, r.mode, official_label))
-        if official is not None and official.seconds is not None:
-            text += f", {official.seconds / r.seconds:.1f}x faster than the official code"
+        for label, name in ((parallel_label, "the parallel form"), (official_label, "the official code")):
+            other = keyed.get((r.size, r.batch, r.mode, label))
+            if other is not None and other.seconds is not None:
+                text += ", " + _speed_ratio(r.seconds, other.seconds, name)
         if r.mem_x_baseline is not None:
             text += f"; peak memory {_fmt(r.mem_x_baseline)} the baseline's"
         lines.append(text)
     return lines
+
+
+def _speed_ratio(seconds: float, other_seconds: float, other: str) -> str:
+    """ "2.3x faster than X", "1.4x slower than X", or "as fast as X" within 5 % (never "1.0x faster")."""
+    ratio = other_seconds / seconds
+    if ratio >= 1.05:
+        return f"{ratio:.1f}x faster than {other}"
+    if ratio <= 1 / 1.05:
+        return f"{1 / ratio:.1f}x slower than {other}"
+    return f"as fast as {other} (within 5 %)"
 
 
 def rows_as_dicts(rows: list[Row]) -> list[dict]:

@@ -23,6 +23,7 @@ from ..bench.speed import (
     vil_contenders,
 )
 from ..utils import cpu_allocator
+from ..utils.optional import require
 
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -90,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     sizes = parse_sizes(args.sizes)
     if args.threads < 1:
         raise ValueError(f"--threads {args.threads}: must be at least 1")
+    if args.plot:
+        require("matplotlib", "--plot")  # before the benchmark runs, not after
     torch.set_num_threads(args.threads)
     limits = {"infer": args.parallel_max_tokens[0], "train": args.parallel_max_tokens[1]}
     models = args.model or ["vil2_tiny_patch16_224"]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..weights.build import model_from_state_dict
 from ..weights.convert import describe_architecture
-from ..weights.official import model_from_converted, read_official
+from ..weights.official import read_official
 from ..weights.vil_format import save_pretrained
 
 
@@ -38,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     converted = read_official(args.src)
-    model = model_from_converted(converted, args.src, **overrides)
+    # model_from_state_dict, not model_from_converted: the assumptions are printed below once, with the flags to pass
+    model = model_from_state_dict(converted.state_dict, converted.config, args.src, **overrides)
     save_pretrained(model, args.dst, metadata={"converted_from": converted.layout})
     assumed = {name: reason for name, reason in converted.assumptions.items() if name not in overrides}
     if args.json:
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     params = sum(p.numel() for p in model.parameters())
     print(f"{args.src}: {converted.layout} layout")
     print(f"  {describe_architecture(model.config)}, {params:,d} parameters")
-    for reason in assumed.values():
-        print(f"  note: {reason}")
+    for name, reason in assumed.items():
+        print(f"  note: {reason} (--{name.replace('_', '-')} to choose)")
     print(f"wrote {args.dst}")
     return 0

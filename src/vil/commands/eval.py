@@ -23,7 +23,11 @@ from ..weights.classifier import load_classifier
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("eval", help="accuracy of a trained model", description=__doc__)
-    parser.add_argument("model", help="a run directory, .safetensors file, training checkpoint or official .th file")
+    parser.add_argument(
+        "model",
+        help="a run directory, .safetensors file, training checkpoint, official .th file, or a model name "
+        "(released ImageNet-1K weights, downloaded)",
+    )
     parser.add_argument(
         "--data", help="image folder: DIR/<split>/<class>/ or DIR/<class>/ (default: the digits test split)"
     )

@@ -18,7 +18,10 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("predict", help="classify images with a trained model", description=__doc__)
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     parser.add_argument(
-        "--model", required=True, help="a run directory, .safetensors file, training checkpoint or official .th file"
+        "--model",
+        required=True,
+        help="a run directory, .safetensors file, training checkpoint, official .th file, or a model name "
+        "(released ImageNet-1K weights, downloaded)",
     )
     parser.add_argument("--top", type=int, default=5, help="how many classes to show (default: 5)")
     parser.add_argument("--device", default="auto")

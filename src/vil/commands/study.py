@@ -18,6 +18,7 @@ from pathlib import Path
 from ..studies import STUDIES, run_study
 from ..studies.runner import StudyRun
 from ..train.distributed import is_main_process
+from ..train.fitting import configure_run
 from ..train.recipes import RECIPES, get_recipe
 
 
@@ -52,13 +53,15 @@ def run(args: argparse.Namespace) -> int:
     flags = {"data": args.data} if args.data else {}
     if args.epochs is not None:
         flags["epochs"] = args.epochs
-    base = get_recipe(args.recipe).with_overrides(args.set, **flags)
+    base, notes = configure_run(get_recipe(args.recipe), args.set, flags)
     designs = [d.strip() for d in args.designs.split(",") if d.strip()] if args.designs else None
     out = Path(args.out or f"runs/study-{args.study}-{args.recipe}")
     is_main = is_main_process()  # under torchrun only rank 0 prints
     log = sys.stderr if args.json else sys.stdout  # with --json, stdout holds only the JSON
     if is_main:
         print(f"vil study {args.study}: recipe {base.recipe}, {args.seeds} seed(s), study directory {out}", file=log)
+        for note in notes:
+            print(f"  {note}", file=log)
     result = run_study(
         args.study, base, out, designs=designs, seeds=args.seeds, train_run=_trainer(args.progress),
         report=_reporter(log) if is_main else None,

@@ -1,5 +1,8 @@
 """Image folders in the ImageNet layout (``root/<split>/<class>/<image>``), checked up front, read leniently.
 
+``root/train`` is required; ``root/val`` (model selection) is carved out of ``root/train`` when it is missing
+(:func:`carve_validation`); ``root/test``, if there, is scored once at the end of a run and never used before.
+
 Layout problems (a missing or empty directory, a class folder without images) stop the run with a message naming
 the folder. Single bad files do not: a file without an image extension is reported when the folder is scanned, an
 unreadable or corrupt image when it is first loaded; both are skipped and counted (``summary.json``).
@@ -8,6 +11,7 @@ unreadable or corrupt image when it is first loaded; both are skipped and counte
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +22,9 @@ from torch.utils.data import Dataset, default_collate
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-LAYOUT = "DIR/train/<class>/<image> and DIR/val/<class>/<image>"
+LAYOUT = "DIR/train/<class>/<image>, optionally DIR/val/<class>/<image> and DIR/test/<class>/<image>"
+CARVE_FRACTION = 0.1  # of each class of DIR/train becomes the validation split when DIR/val is missing
+CARVE_SEED = 0  # fixed, independent of the training seed: every run of a folder gets the same split
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,31 @@ def split_dir(root: str | Path, split: str) -> Path:
             f"{root} has no '{split}' folder (found folders: {found or 'none'}); expected the layout {LAYOUT}"
         )
     return folder
+
+
+def optional_split_dir(root: str | Path, split: str) -> Path | None:
+    """``root/split`` if it is a folder, else None."""
+    folder = Path(root).expanduser() / split
+    return folder if folder.is_dir() else None
+
+
+def carve_validation(scan: FolderScan, fraction: float = CARVE_FRACTION, seed: int = CARVE_SEED):
+    """Split a training scan into (train, validation) scans: ``fraction`` of each class (rounded, at least one image
+    of every class with two or more), drawn by ``seed`` from the class's sorted paths, so the split depends only on
+    the files.
+    """
+    by_class: dict[int, list[tuple[str, int]]] = {}
+    for sample in scan.samples:
+        by_class.setdefault(sample[1], []).append(sample)
+    rng = random.Random(seed)
+    train, val = [], []
+    for label in sorted(by_class):
+        samples = sorted(by_class[label])
+        rng.shuffle(samples)
+        count = max(1, round(fraction * len(samples))) if len(samples) > 1 else 0
+        val += samples[:count]
+        train += samples[count:]
+    return FolderScan(sorted(train), scan.classes, scan.skipped), FolderScan(sorted(val), scan.classes, [])
 
 
 def scan_folder(folder: str | Path, classes: list[str] | None = None) -> FolderScan:

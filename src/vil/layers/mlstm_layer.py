@@ -1,4 +1,4 @@
-"""The ViL block: pre-norm residual around an mLSTM layer (DESIGN.md section 2.1)."""
+"""The ViL block: pre-norm residual around an mLSTM layer (docs/design.md §1)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from ..utils.dict_config import DictConfig
 INITS = ("original", "original-fixed")
 CONV_KINDS = ("2d", "causal1d")
 
-# What each generation of the official code fixes (DESIGN.md section 2.3).
+# What each generation of the official code fixes (docs/design.md §3).
 GENERATION_DEFAULTS = {
     2: dict(conv_kind="2d", conv_kernel_size=3, bias=True, pooling="bilateral_concat"),
     1: dict(conv_kind="causal1d", conv_kernel_size=4, bias=False, pooling="bilateral_avg"),

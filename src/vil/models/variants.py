@@ -34,7 +34,7 @@ class Variant:
     checkpoints: tuple[Checkpoint, ...] = field(default_factory=tuple)
 
     def make_config(self, **overrides) -> ViLConfig:
-        return ViLConfig(**{**self.config, **overrides})
+        return ViLConfig.from_dict({**self.config, **overrides})
 
     def architecture(self) -> dict:
         """The facts listings show: generation, width, depth, patch and stride."""

@@ -129,6 +129,11 @@ class VisionLSTM(nn.Module):
             raise ValueError(
                 f"expected {self.config.in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})"
             )
+        if not x.is_floating_point():  # e.g. uint8 pixels straight from a decoder
+            raise ValueError(
+                f"expected floating-point images, got dtype {x.dtype}: scale and normalise them first, e.g. with "
+                "timm.data.resolve_data_config + create_transform, or x.float() / 255 and the model's mean and std"
+            )
         check_image_size(tuple(x.shape[-2:]), self.config.patch_size, self.config.patch_stride)
         x = self.pos_embed(self.patch_embed(x))  # (B, h, w, D)
         grid = (x.shape[1], x.shape[2])

@@ -1,6 +1,6 @@
 """``mlstm``: one entry point for the three forms of the mLSTM cell, with automatic choice of form.
 
-All forms compute the same function (DESIGN.md section 2.2); they differ in cost:
+All forms compute the same function (docs/design.md §2); they differ in cost:
 
 ===========  =====================  ===================  ===============================
 form         time per token & head  memory               use

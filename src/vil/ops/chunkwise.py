@@ -6,7 +6,7 @@ batched matrix products; only the cheap elementwise recurrence of the states run
 
 Cost per token and head: 2*L*d (intra-chunk) + 2*d^2 (state read and write), instead of 2*S*d for the parallel
 form. The result equals the parallel form up to float rounding: every exponent is stabilised by a running
-maximum, exactly as in the parallel form (DESIGN.md section 2.2).
+maximum, exactly as in the parallel form (docs/design.md §2).
 
 Notation per chunk (t, s index tokens of the chunk): b[t] = sum of log f from the chunk start up to and
 including t; a[s] = i[s] - b[s]; amax[t] = max_{s<=t} a[s]; the state before the chunk is (C, m_prev), with the

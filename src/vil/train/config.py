@@ -9,6 +9,7 @@ import typing
 from dataclasses import dataclass, field
 
 from ..data.preprocessing import AUGMENTATIONS
+from ..models.config import ViLConfig
 from ..precision import check_precision
 from ..utils.dict_config import DictConfig
 
@@ -102,6 +103,10 @@ class TrainConfig(DictConfig):
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay!r}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers!r}")
+        try:
+            ViLConfig.check_fields(self.model_args)
+        except ValueError as error:
+            raise ValueError(f"model_args: {error}") from None
 
     @property
     def mixing(self) -> bool:

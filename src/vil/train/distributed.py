@@ -49,7 +49,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         raise ValueError(f"unknown device {name!r}: {error}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but CUDA is not available; use --set device=cpu")
+            raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu (or auto)")
         if device.index is None:
             device = torch.device("cuda", local_rank)
     return device

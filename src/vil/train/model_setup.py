@@ -26,7 +26,7 @@ def run_model_config(config: TrainConfig, num_classes: int, in_chans: int, init:
     """
     changes = dict(img_size=config.img_size, num_classes=num_classes, in_chans=in_chans, **config.model_args)
     if init is None:
-        return resolve_config(config.model, **changes) if config.model else ViLConfig(**changes)
+        return resolve_config(config.model, **changes) if config.model else ViLConfig.from_dict(changes)
     if config.model is not None:
         mismatch = architecture_differences(resolve_config(config.model, in_chans=init.in_chans), init)
         if mismatch:

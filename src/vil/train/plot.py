@@ -15,8 +15,8 @@ def plot_curves(history: list[dict], path: Path) -> Path:
     ax_loss.plot(epochs, [r["train_loss"] for r in history], label="train")
     ax_loss.plot(epochs, [r["val_loss"] for r in history], label="validation")
     ax_loss.set(title="loss", xlabel="epoch", yscale="log")
-    for key, label in (("top1", "top-1"), ("top5", "top-5"), ("ema_top1", "EMA top-1")):
-        if key in history[0]:
+    for key, label in (("val_top1", "top-1"), ("val_top5", "top-5"), ("ema_val_top1", "EMA top-1")):
+        if history[0].get(key) is not None:
             ax_acc.plot(epochs, [r[key] for r in history], label=label)
     ax_acc.set(title="validation accuracy (%)", xlabel="epoch")
     ax_lr.plot(epochs, [r["lr"] for r in history])

@@ -12,6 +12,8 @@ import time
 
 from tqdm.auto import tqdm
 
+from .evaluate import format_accuracy
+
 
 class ConsoleProgress:
     def __init__(self):
@@ -27,13 +29,14 @@ class ConsoleProgress:
     def run_started(self, facts: dict, resumed_epoch: int) -> None:
         model = facts["model_config"]
         self.message(
-            f"model: ViL v{model['version']}, dim {model['dim']}, {model['depth']} mLSTM blocks, "
+            f"model: {facts['model_name']}: ViL v{model['version']}, dim {model['dim']}, {model['depth']} blocks, "
             f"patch {model['patch_size'][0]} stride {model['patch_stride'][0]}, {model['img_size'][0]} px, "
             f"{facts['params']:,} parameters"
         )
+        test = f"{facts['test_images']:,} test (scored once, at the end)" if facts["test_images"] else "no test split"
         self.message(
-            f"data: {facts['dataset']} ({facts['train_images']:,} training / {facts['val_images']:,} held-out "
-            f"images, {len(facts['classes'])} classes)"
+            f"data: {facts['dataset']}, {len(facts['classes'])} classes: {facts['train_images']:,} training, "
+            f"{facts['val_images']:,} validation ({facts['val_source']}), {test}"
         )
         self.message(
             f"device: {facts['device']} ({facts['amp_dtype']}, {facts['threads']} thread(s)), {facts['batch_plan']}, "
@@ -71,17 +74,16 @@ class ConsoleProgress:
         if self.epoch_bar is not None:
             self.epoch_bar.close()
             self.run_bar.update(1)
-            self.run_bar.set_postfix(top1=f"{row['top1']:.2f}%")
+            self.run_bar.set_postfix(val_top1=f"{row['val_top1']:.2f}%")
         remaining = (self.epochs - row["epoch"]) * sum(self.epochs_timed) / len(self.epochs_timed)
         parts = [
             f"epoch {row['epoch']:>3d}",
             f"train loss {row['train_loss']:.4f}",
             f"val loss {row['val_loss']:.4f}",
-            f"top-1 {row['top1']:6.2f}%",
-            f"top-5 {row['top5']:6.2f}%",
+            "val " + format_accuracy(row["val_top1"], row["val_top5"]),
         ]
-        if "ema_top1" in row:
-            parts.append(f"EMA top-1 {row['ema_top1']:6.2f}%")
+        if "ema_val_top1" in row:
+            parts.append(f"EMA val top-1 {row['ema_val_top1']:6.2f}%")
         parts += [f"lr {row['lr']:.2e}", f"{row['images_per_second']:.0f} img/s", f"{row['epoch_seconds']:.1f} s"]
         if remaining > 0:
             parts.append(f"ETA {_duration(remaining)}")

@@ -33,6 +33,19 @@ DIGITS = TrainConfig(
     threads=1,
 )
 
+# `vil train --data DIR` without --recipe: ViL-T on the user's images, at their own size (vil.train.fitting picks the
+# image size from the data and lowers the batch for small folders), with the paper's augmentation and optimiser.
+FOLDER = TrainConfig(
+    recipe="folder",
+    model="vil2_tiny_patch16_224",
+    img_size=224,
+    epochs=100,
+    warmup_epochs=5,
+    batch_size=128,
+    lr=1e-3,
+    workers=4,
+)
+
 _IN1K = TrainConfig(recipe="in1k", data=None, img_size=224, workers=10)
 
 
@@ -57,6 +70,7 @@ RECIPES: dict[str, TrainConfig] = {
     r.recipe: r
     for r in (
         DIGITS,
+        FOLDER,
         # ViL v2 pre-training at 192 (then fine-tune with in1k_finetune_224). T: e800 (the released 78.3 % model;
         # --epochs 400 gives the e400 one), S/B: e400. Global batch 2048.
         _in1k("in1k_vil2_tiny", "vil2_tiny_patch16_224", 192, 800, 2048, 0.0),

@@ -1,7 +1,8 @@
 """The training loop: one run from a TrainConfig to a run directory, on one process or many (torchrun).
 
 Data flow: data splits -> model (new, or pretrained and adapted) -> batch plan and loaders -> optimizer, schedule,
-mixing, EMA -> (resume) -> per epoch: train steps, evaluation, checkpoint and files -> final weights and summary.
+mixing, EMA -> (resume) -> per epoch: train steps, validation, checkpoint and files -> final weights -> the test split
+scored once with the weights selected on validation -> summary.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..data.sources import build_data_splits
 from ..models.config import ViLConfig
 from ..models.vision_lstm import VisionLSTM
 from ..precision import amp_dtype, autocast
+from ..utils.optional import EXTRA, available
 from ..weights.classifier import load_classifier, save_classifier
 from . import run_files
 from .batching import plan_batches
@@ -72,8 +74,12 @@ class Trainer:
         self.seconds = 0.0
         self.history: list[dict] = []
         self.skipped: dict[str, str] = {bad.path: bad.reason for bad in self.data.skipped}
-        self.best = {"top1": -1.0, "epoch": 0}
+        self.best = {"val_top1": -1.0, "val_loss": math.inf, "epoch": 0}
+        self.best_state: dict | None = None  # the weights of the best epoch on validation (CPU), tested at the end
         self.last_plot = -math.inf
+        self.plots = available("matplotlib")
+        if not self.plots and env.is_main:
+            logger.warning("no %s: matplotlib is not installed (pip install 'vil[%s]')", run_files.CURVES, EXTRA)
         if resume:
             self._resume()
         else:
@@ -124,14 +130,18 @@ class Trainer:
         self.train_loader = DataLoader(
             self.data.train, batch_size=plan.device_batch, sampler=self.train_sampler, drop_last=True, **common
         )
-        eval_sampler = ShardedEvalSampler(len(self.data.val), env.rank, env.world_size)
-        self.val_loader = DataLoader(self.data.val, batch_size=plan.device_batch, sampler=eval_sampler, **common)
+        self.val_loader = self._eval_loader(self.data.val, common)
+        self.test_loader = self._eval_loader(self.data.test, common) if self.data.test is not None else None
         self.steps_per_epoch = len(self.train_loader) // plan.accumulation
         if self.steps_per_epoch < 1:
             raise ValueError(
                 f"the training set has {len(self.data.train)} images, fewer than one global batch of "
                 f"{plan.global_batch}; lower batch_size"
             )
+
+    def _eval_loader(self, dataset, common: dict) -> DataLoader:
+        sampler = ShardedEvalSampler(len(dataset), self.env.rank, self.env.world_size)
+        return DataLoader(dataset, batch_size=self.plan.device_batch, sampler=sampler, **common)
 
     def _build_mixup(self) -> Mixup | None:
         c = self.config
@@ -153,22 +163,26 @@ class Trainer:
     def _open_tensorboard(self, purge_step: int | None):
         if not self.env.is_main:
             return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as error:
-            raise ImportError("TensorBoard logs need tensorboard: pip install 'vil[train]'") from error
+        if not available("tensorboard"):
+            logger.warning("no TensorBoard logs: tensorboard is not installed (pip install 'vil[%s]')", EXTRA)
+            return None
+        from torch.utils.tensorboard import SummaryWriter
 
         return SummaryWriter(str(self.run_dir / run_files.TENSORBOARD), purge_step=purge_step)
 
     def facts(self) -> dict:
         """What config.json records next to the config: how the run was laid out on this machine."""
         return dict(
+            model_name=self.config.model
+            or ("the --init weights" if self.config.init else f"the {self.config.recipe} recipe's model"),
             model_config=self.model.config.to_dict(),
             params=sum(p.numel() for p in self.model.parameters()),
             classes=self.data.classes,
             dataset=self.data.name,
             train_images=len(self.data.train),
             val_images=len(self.data.val),
+            val_source=self.data.val_source,
+            test_images=len(self.data.test) if self.data.test is not None else 0,
             world_size=self.env.world_size,
             device=str(self.device),
             amp_dtype=str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype else "float32",
@@ -197,6 +211,13 @@ class Trainer:
             self.scaler.load_state_dict(payload["grad_scaler"])
         self.epoch, self.step, self.seconds = payload["epoch"], payload["step"], payload["seconds"]
         self.history, self.best = payload["history"], payload["best"]
+        if "val_top1" not in self.best:
+            raise ValueError(
+                f"{self.run_dir} was trained by an older vil, without a validation split: it cannot be resumed by "
+                "this one; start a new run (another --out)"
+            )
+        if self.best["epoch"]:
+            self.best_state = load_classifier(self.run_dir / run_files.MODEL_BEST).model.state_dict()
         self.skipped.update({path: reason for path, reason in payload["skipped"]})
         rng = payload["rng"]
         if len(rng) == self.env.world_size:
@@ -206,7 +227,7 @@ class Trainer:
                 "resuming with %d processes instead of %d: new augmentation seeds", self.env.world_size, len(rng)
             )
             seed_everything(self.config.seed + 1000 * self.epoch + self.env.rank)
-        logger.info("resumed %s after epoch %d (step %d)", self.run_dir, self.epoch, self.step)
+        logger.debug("resumed %s after epoch %d (step %d)", self.run_dir, self.epoch, self.step)  # progress says so
 
     def _checkpoint_payload(self, rng_states: list[dict]) -> dict:
         return dict(
@@ -250,10 +271,12 @@ class Trainer:
             self._save_model(run_files.MODEL_FINAL, self.model)
             if self.ema is not None:
                 self._save_model(run_files.MODEL_EMA, self.ema.module)
-        summary = self.summary(finished)
+        test = self._test() if finished else None
+        summary = self.summary(finished, test)
         if self.env.is_main:
             run_files.write_summary(self.run_dir, summary)
-            self.tensorboard.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
         return summary
 
     def _run_epoch(self, epoch: int, stop_after: int | None) -> None:
@@ -262,11 +285,11 @@ class Trainer:
         metrics = self._evaluate(self.model)
         row = dict(
             epoch=epoch, step=self.step, lr=current_lr(self.optimizer), train_loss=train_loss,
-            val_loss=metrics["loss"], top1=metrics["top1"], top5=metrics["top5"],
+            val_loss=metrics["loss"], val_top1=metrics["top1"], val_top5=metrics["top5"],
         )  # fmt: skip
         if self.ema is not None:
             ema_metrics = self._evaluate(self.ema.module)
-            row.update(ema_top1=ema_metrics["top1"], ema_top5=ema_metrics["top5"])
+            row.update(ema_val_top1=ema_metrics["top1"], ema_val_top5=ema_metrics["top5"])
         epoch_seconds = time.perf_counter() - start
         row.update(
             images_per_second=self.steps_per_epoch * self.plan.global_batch / train_seconds,
@@ -275,8 +298,10 @@ class Trainer:
         )
         self.epoch, self.seconds = epoch, self.seconds + epoch_seconds
         self.history.append(row)
-        if row["top1"] > self.best["top1"]:
-            self.best = {"top1": row["top1"], "epoch": epoch}
+        # the best epoch: highest validation top-1, ties broken by the lower validation loss
+        if (row["val_top1"], -row["val_loss"]) > (self.best["val_top1"], -self.best["val_loss"]):
+            self.best = {"val_top1": row["val_top1"], "val_loss": row["val_loss"], "epoch": epoch}
+            self.best_state = {name: t.detach().to("cpu", copy=True) for name, t in self.model.state_dict().items()}
             if self.env.is_main:  # before the checkpoint that records it, so a crash in between loses nothing
                 self._save_model(run_files.MODEL_BEST, self.model)
         self._save_checkpoint()
@@ -376,10 +401,21 @@ class Trainer:
                 logger.warning("skipping %s: %s", item.path, item.reason)
                 self.skipped[item.path] = item.reason
 
-    def _evaluate(self, model: torch.nn.Module) -> dict:
-        metrics = evaluate(model, self.val_loader, self.device, self.amp_dtype, self.env)
+    def _evaluate(self, model: torch.nn.Module, loader: DataLoader | None = None) -> dict:
+        metrics = evaluate(model, loader or self.val_loader, self.device, self.amp_dtype, self.env)
         self._note_skipped(metrics["skipped"])
         return metrics
+
+    def _test(self) -> dict | None:
+        """The test split, scored once, with the weights of the best epoch on validation; None without a test split."""
+        if self.test_loader is None:
+            return None
+        final = {name: t.detach().clone() for name, t in self.model.state_dict().items()}
+        self.model.load_state_dict(self.best_state)
+        try:
+            return self._evaluate(self.model, self.test_loader)
+        finally:
+            self.model.load_state_dict(final)
 
     # ----------------------------------------------------------------------------------------------------------
     # files
@@ -395,33 +431,52 @@ class Trainer:
     def _write_epoch_files(self, final: bool = False) -> None:
         run_files.write_history(self.run_dir, self.history)
         run_files.write_skipped(self.run_dir, [BadFile(p, r) for p, r in self.skipped.items()])
-        if final or time.monotonic() - self.last_plot >= PLOT_EVERY_SECONDS:
+        if self.plots and (final or time.monotonic() - self.last_plot >= PLOT_EVERY_SECONDS):
             from .plot import plot_curves
 
             plot_curves(self.history, self.run_dir / run_files.CURVES)
             self.last_plot = time.monotonic()
-        row = self.history[-1]
-        for key in ("train_loss", "val_loss", "top1", "top5", "ema_top1", "ema_top5", "lr", "images_per_second"):
-            if key in row:
+        self._write_tensorboard_epoch(self.history[-1])
+        run_files.write_summary(self.run_dir, self.summary(finished=False))
+
+    def _write_tensorboard_epoch(self, row: dict) -> None:
+        if self.tensorboard is None:
+            return
+        keys = (
+            "train_loss",
+            "val_loss",
+            "val_top1",
+            "val_top5",
+            "ema_val_top1",
+            "ema_val_top5",
+            "lr",
+            "images_per_second",
+        )
+        for key in keys:
+            if row.get(key) is not None:
                 self.tensorboard.add_scalar(f"epoch/{key}", row[key], row["step"])
         self.tensorboard.flush()
-        run_files.write_summary(self.run_dir, self.summary(finished=False))
 
     def _save_model(self, name: str, model: VisionLSTM) -> None:
         save_classifier(self.run_dir / name, model, self.data.classes, self.data.preprocessing, self.data.name)
 
-    def summary(self, finished: bool) -> dict:
+    def summary(self, finished: bool, test: dict | None = None) -> dict:
+        """The outcome: ``top1``/``top5`` on the test split (scored once, with the weights of ``best_epoch``; None
+        until the run has finished or when the data has no test split), ``val_*`` of the last epoch, ...
+        """
         last = self.history[-1] if self.history else {}
         throughput = [row["images_per_second"] for row in self.history]
         summary = dict(
-            top1=last.get("top1"), top5=last.get("top5"), val_loss=last.get("val_loss"),
-            best_top1=self.best["top1"] if self.history else None, best_epoch=self.best["epoch"],
+            top1=test["top1"] if test else None, top5=test["top5"] if test else None,
+            test_loss=test["loss"] if test else None,
+            val_top1=last.get("val_top1"), val_top5=last.get("val_top5"), val_loss=last.get("val_loss"),
+            best_val_top1=self.best["val_top1"] if self.history else None, best_epoch=self.best["epoch"],
             epochs=self.config.epochs, epochs_completed=self.epoch, steps=self.step, seconds=self.seconds,
             images_per_second=sum(throughput) / len(throughput) if throughput else None,
             skipped_files=len(self.skipped), finished=finished, recipe=self.config.recipe,
         )  # fmt: skip
-        if "ema_top1" in last:
-            summary.update(ema_top1=last["ema_top1"], ema_top5=last["ema_top5"])
+        if "ema_val_top1" in last:
+            summary.update(ema_val_top1=last["ema_val_top1"], ema_val_top5=last["ema_val_top5"])
         summary.update(self.facts())
         del summary["classes"]
         return summary

@@ -11,7 +11,19 @@ T = TypeVar("T", bound="DictConfig")
 class DictConfig:
     """Mixin for frozen dataclasses: copies with changes, and a strict round trip through plain dicts (JSON)."""
 
+    @classmethod
+    def check_fields(cls, names) -> None:
+        """Raise ValueError naming the names that are not fields of ``cls``, and the fields there are."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(names) - set(known))
+        if unknown:
+            names = ", ".join(repr(name) for name in unknown)
+            raise ValueError(
+                f"unknown {cls.__name__} field{'s' * (len(unknown) > 1)} {names}; fields: {', '.join(known)}"
+            )
+
     def replace(self: T, **changes) -> T:
+        self.check_fields(changes)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -19,10 +31,7 @@ class DictConfig:
 
     @classmethod
     def from_dict(cls: type[T], values: dict) -> T:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} fields {unknown}; known fields: {sorted(known)}")
+        cls.check_fields(values)
         return cls(**values)
 
     def differences(self: T, other: T, ignore: tuple[str, ...] = ()) -> dict[str, tuple]:

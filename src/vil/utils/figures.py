@@ -1,4 +1,6 @@
-"""Figures written to files: matplotlib on its file-only backend, each file written atomically."""
+"""Figures written to files: matplotlib (an optional dependency) on its file-only backend, each file written
+atomically.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +8,14 @@ import os
 from pathlib import Path
 
 from ..io_utils import atomic_write
+from .optional import require
 
 
 def pyplot(needed_for: str):
-    """``matplotlib.pyplot`` on the Agg backend (files only, no display); an ImportError says what needs it."""
-    try:
-        import matplotlib
-    except ImportError as error:
-        raise ImportError(f"{needed_for} needs matplotlib: pip install 'vil[train]'") from error
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display); without matplotlib a
+    :class:`~vil.utils.optional.MissingDependency` says what needs it and how to install it.
+    """
+    matplotlib = require("matplotlib", needed_for)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

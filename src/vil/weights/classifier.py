@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..data.preprocessing import Preprocessing
 from ..models.config import ViLConfig
+from ..models.variants import VARIANTS, split_name
 from ..models.vision_lstm import VisionLSTM
 from .build import load_strict, model_from_state_dict
 from .convert import convert_checkpoint
@@ -27,8 +28,9 @@ logger = logging.getLogger(__name__)
 CLASSES_KEY = "vil_classes"
 PREPROCESSING_KEY = "vil_preprocessing"
 DATASET_KEY = "vil_dataset"
-# Which file of a run directory stands for the run, in order of preference: the last weights, then the best ones.
-RUN_MODEL_FILES = ("model_final.safetensors", "model_best.safetensors")
+# Which file of a run directory stands for the run, in order of preference: the weights selected on validation
+# (the ones the run's test accuracy is of), then the last ones.
+RUN_MODEL_FILES = ("model_best.safetensors", "model_final.safetensors")
 
 
 @dataclass
@@ -65,14 +67,18 @@ def save_classifier(
 
 
 def load_classifier(path: str | Path) -> Classifier:
-    """A classifier from a run directory, one of our ``.safetensors`` files, a training checkpoint (``.pt``) or an
-    official checkpoint (anything else, e.g. ``.th``).
+    """A classifier from a run directory, one of our ``.safetensors`` files, a training checkpoint (``.pt``), an
+    official checkpoint (anything else, e.g. ``.th``), or a variant name with released weights (downloaded).
     """
     path = Path(path).expanduser()
     if path.is_dir():
         return load_classifier(_run_model_file(path))
     if not path.exists():
-        raise FileNotFoundError(f"no model file or run directory at {path}")
+        if split_name(str(path))[0] in VARIANTS:
+            return _from_released(str(path))
+        raise FileNotFoundError(
+            f"no model file or run directory at {path}, nor a model name with released weights (vil checkpoints)"
+        )
     if detect_format(path) == SAFETENSORS:
         return _load_safetensors(path)
     from ..train.state import FORMAT
@@ -109,6 +115,18 @@ def _from_training_checkpoint(path: Path, payload: dict) -> Classifier:
     load_strict(model, payload["model"], str(path))
     pre = Preprocessing.from_dict(payload["preprocessing"])
     return Classifier(model, payload["classes"], pre, path, payload.get("dataset"))
+
+
+def _from_released(name: str) -> Classifier:
+    """The released ImageNet-1K weights of a variant name ("vil2_tiny_patch16_224", or "name.tag"), downloaded
+    through torch.hub's cache as ``create_model(name, pretrained=True)`` does.
+    """
+    from ..models.variants import resolve_variant
+    from .pretrained import cache_dir, download_official
+
+    variant, tag = resolve_variant(name)
+    checkpoint = variant.checkpoint(tag)
+    return _from_official_checkpoint(cache_dir() / checkpoint.file, download_official(variant.name, checkpoint))
 
 
 def _from_official_checkpoint(path: Path, payload) -> Classifier:

@@ -64,22 +64,30 @@ def download_official(variant_name: str, checkpoint: Checkpoint):
     try:
         return torch.hub.load_state_dict_from_url(checkpoint.url, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as error:
-        raise CheckpointError(f"{checkpoint.url} (cached under {_cache_dir()}) cannot be loaded: {error}") from error
+        raise CheckpointError(f"{checkpoint.url} (cached under {cache_dir()}) cannot be loaded: {error}") from error
     except OSError as error:  # no network, DNS failure, HTTP error, timeout
-        local = f"path/to/{checkpoint.file}"
-        raise WeightsDownloadError(
-            f"could not download the released weights of {variant_name} ({checkpoint.tag}) from {checkpoint.url}: "
-            f"{error}.\nDownload the file where the network allows and pass it as a local file:\n"
-            f'    vil.create_model("{variant_name}", pretrained="{local}")\n'
-            f'    vil.load_official("{local}")\n'
-            f"or put it into torch.hub's cache ({_cache_dir()}), where pretrained=True finds it."
-        ) from error
+        raise download_failure(variant_name, checkpoint, error) from error
     except (RuntimeError, EOFError) as error:
         raise CheckpointError(
             f"the downloaded file of {checkpoint.url} is truncated or corrupt ({error}); delete it from "
-            f"{_cache_dir()} and try again"
+            f"{cache_dir()} and try again"
         ) from error
 
 
-def _cache_dir() -> Path:
+def download_failure(variant_name: str, checkpoint: Checkpoint, error: OSError) -> WeightsDownloadError:
+    """The error for a failed download of ``checkpoint``: what failed, and how to use a local copy of the file
+    (shared by ``vil.create_model`` and ``timm.create_model``).
+    """
+    local = f"path/to/{checkpoint.file}"
+    return WeightsDownloadError(
+        f"could not download the released weights of {variant_name} ({checkpoint.tag}) from {checkpoint.url}: "
+        f"{error}.\nDownload the file where the network allows and pass it as a local file:\n"
+        f'    vil.create_model("{variant_name}", pretrained="{local}")\n'
+        f'    vil.load_official("{local}")\n'
+        f'    timm.create_model("{variant_name}", pretrained=True, pretrained_cfg_overlay=dict(file="{local}"))\n'
+        f"or put it into torch.hub's cache ({cache_dir()}), where pretrained=True finds it."
+    )
+
+
+def cache_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"

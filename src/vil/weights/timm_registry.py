@@ -72,14 +72,23 @@ def _build(variant_name: str, **overrides) -> VisionLSTM:
 
 def _entry_point(variant_name: str):
     def entry_point(pretrained: bool = False, **kwargs) -> VisionLSTM:
-        return build_model_with_cfg(
-            partial(_build, variant_name),
-            variant_name,
-            pretrained,
-            pretrained_filter_fn=filter_state_dict,
-            feature_cfg=dict(feature_cls="getter", out_indices=3),  # features_only through forward_intermediates
-            **kwargs,
-        )
+        try:
+            return build_model_with_cfg(
+                partial(_build, variant_name),
+                variant_name,
+                pretrained,
+                pretrained_filter_fn=filter_state_dict,
+                feature_cfg=dict(feature_cls="getter", out_indices=3),  # features_only through forward_intermediates
+                **kwargs,
+            )
+        except OSError as error:  # timm's download failed (no network, HTTP error): say how to use a local file
+            if not pretrained or isinstance(error, FileNotFoundError):
+                raise
+            from .pretrained import download_failure  # imported here: it imports the conversion code
+
+            cfg = kwargs.get("pretrained_cfg")  # timm passes the tag of "name.tag" as a string
+            tag = cfg if isinstance(cfg, str) else None
+            raise download_failure(variant_name, VARIANTS[variant_name].checkpoint(tag), error) from error
 
     entry_point.__name__ = entry_point.__qualname__ = variant_name
     entry_point.__module__ = __name__
