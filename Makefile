@@ -1,7 +1,8 @@
-# The two commands of the README: `make run` (the main job) and `make test` (lint + the test suite).
+# The two commands of the README: `make run` (the main job) and `make test` (lint + the test suite);
+# `make gpu-check` on a CUDA machine: the CUDA tests and the GPU benchmark (scripts/gpu_check.sh).
 PYTHON ?= python
 
-.PHONY: install run test lint
+.PHONY: install run test lint gpu-check
 
 install:
 	$(PYTHON) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
@@ -16,3 +17,6 @@ lint:
 
 test: install lint
 	$(PYTHON) -m pytest -q --durations=15
+
+gpu-check:
+	scripts/gpu_check.sh

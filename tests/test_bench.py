@@ -72,3 +72,36 @@ def test_bench_without_baseline_and_with_a_chosen_one(tmp_path):
     assert main(["bench", "--sizes", "32:1", "--repeats", "1", "--warmup", "0", "--modes", "infer",
                  "--baseline", "deit_small_patch16_224", "--json", str(out)]) == 0  # fmt: skip
     assert "deit_small_patch16_224" in {r["contender"] for r in json.loads(out.read_text())["rows"]}
+
+
+def test_compiled_twins_are_compared_with_the_compiled_baseline():
+    from vil.bench.speed import compiled_twins, timm_contender, vil_contenders
+
+    contenders = [timm_contender("deit_tiny_patch16_224")]
+    contenders += vil_contenders("vil2_tiny_patch16_224", "deit_tiny_patch16_224", {}, runs=("auto",))
+    twins = compiled_twins(contenders)
+    assert [(t.label, t.baseline, t.compiled) for t in twins] == [
+        ("deit_tiny_patch16_224 +compile", None, True),
+        ("vil2_tiny_patch16_224 (auto) +compile", "deit_tiny_patch16_224 +compile", True),
+    ]
+
+
+def test_bench_refuses_unknown_vil_runs_and_a_missing_gpu(capsys):
+    assert main(["bench", "--vil-runs", "auto,fast"]) != 0
+    assert "unknown --vil-runs item(s) ['fast']" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["bench", "--device", "cuda"]) != 0
+        assert "no CUDA device is available" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_compiles_both_ways_in_one_table(tmp_path):
+    out = tmp_path / "bench.json"
+    try:
+        args = ["--sizes", "32:1", "--repeats", "1", "--warmup", "0", "--modes", "infer", "--baseline", "none"]
+        assert main(["bench", *args, "--vil-runs", "auto", "--compile", "both", "--json", str(out)]) == 0
+    finally:  # forget the shapes seen: dynamo would compile later tests' models with dynamic shapes
+        torch._dynamo.reset()
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["contender"] for r in rows] == ["vil2_tiny_patch16_224 (auto)", "vil2_tiny_patch16_224 (auto) +compile"]
+    assert all(r["seconds"] > 0 for r in rows)

@@ -273,3 +273,12 @@ def test_imagenet_recipe_pipeline_runs_on_an_image_folder(tmp_path, digits_png, 
     targets = seen["targets"]
     assert targets.shape == (64, 10) and torch.allclose(targets.sum(dim=1), torch.ones(64))  # soft, mixed targets
     assert (targets.max(dim=1).values < 1).any()
+
+
+def test_a_non_finite_loss_stops_training_naming_its_step(tmp_path, monkeypatch, capsys):
+    # the loss is read one step late (no wait for the device per step): the message still names the step it arose in
+    losses = iter([1.0, 1.0, float("nan")])
+    original = Trainer._loss
+    monkeypatch.setattr(Trainer, "_loss", lambda self, *a: original(self, *a) * next(losses, 1.0))
+    assert main(["train", *TINY, "--epochs", "2", "--out", str(tmp_path / "run")]) != 0
+    assert "the training loss became nan at step 3;" in capsys.readouterr().err

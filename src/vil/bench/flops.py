@@ -42,6 +42,7 @@ from ..models.config import ViLConfig, patch_grid
 from ..models.vision_lstm import VisionLSTM
 from ..ops import backend as ops_backend
 from ..ops import projected as ops_projected
+from ..ops import triton_cell
 
 COMPONENTS = ("patch_embed", "projections", "conv", "qkv_gates", "cell", "head", "other")
 PER_BLOCK = ("projections", "conv", "qkv_gates", "cell")
@@ -163,6 +164,8 @@ def _cell_recorder(calls: list[_CellCall]):
     def record(q, k, v, igate, fgate, backend="auto", chunk_size=None, **kwargs):
         form, auto_chunk = ops_backend.choose_backend(q.shape[2], q.shape[3], needs_grad=False, stateful=False)
         form = form if backend == "auto" else backend
+        if form == "triton":  # the chunkwise form's arithmetic, in Triton kernels
+            form, auto_chunk = "chunkwise", triton_cell.DEFAULT_CHUNK
         chunk = (chunk_size or auto_chunk) if form == "chunkwise" else None
         calls.append(_CellCall(tuple(q.shape), v.shape[-1], form, chunk))
         return v.new_empty(v.shape, dtype=q.dtype)

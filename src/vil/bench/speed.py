@@ -11,7 +11,7 @@ import gc
 import platform
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -21,6 +21,8 @@ from ..models.config import patch_grid
 from .measure import peak_memory, time_interleaved
 
 MODES = ("infer", "train")
+VIL_RUNS = ("auto", "grad-ckpt", "parallel")  # the ViL contenders vil_contenders can make
+COMPILED = " +compile"  # the label suffix of a compiled twin (compiled_twins)
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class Contender:
     max_tokens: dict[str, int] | None = None  # per mode: skipped above this many tokens (the quadratic form)
     modes: tuple[str, ...] = MODES
     grad_checkpointing: bool = False
+    compiled: bool = False  # torch.compile the model (also done for every contender by run_speed(compile_models))
 
     def tokens(self, size: int) -> int:
         return token_count(size, self.patch, self.stride)
@@ -66,8 +69,11 @@ def default_baseline(vil_name: str) -> str:
     return DEFAULT_BASELINES[size]
 
 
-def vil_contenders(name: str, baseline: str | None, parallel_max_tokens: dict[str, int]) -> list[Contender]:
-    """ViL with the automatic backend, with gradient checkpointing (train), and forced to the parallel form."""
+def vil_contenders(
+    name: str, baseline: str | None, parallel_max_tokens: dict[str, int], runs: tuple[str, ...] = VIL_RUNS
+) -> list[Contender]:
+    """ViL with the automatic backend, with gradient checkpointing (train), and forced to the parallel form: those
+    of them named in ``runs`` (VIL_RUNS)."""
     from ..models import VARIANTS, create_model
 
     config = VARIANTS[name].make_config()
@@ -76,10 +82,21 @@ def vil_contenders(name: str, baseline: str | None, parallel_max_tokens: dict[st
     def build(backend: str) -> Callable[[int], nn.Module]:
         return lambda size: create_model(name, img_size=size, mlstm_backend=backend)
 
+    contenders = {
+        "auto": Contender(f"{name} (auto)", build("auto"), **geometry),
+        "grad-ckpt": Contender(
+            f"{name} (auto, grad ckpt)", build("auto"), **geometry, modes=("train",), grad_checkpointing=True
+        ),
+        "parallel": Contender(f"{name} (parallel)", build("parallel"), **geometry, max_tokens=parallel_max_tokens),
+    }
+    return [contenders[run] for run in runs]
+
+
+def compiled_twins(contenders: list[Contender]) -> list[Contender]:
+    """A torch.compile'd copy of each contender, compared with the compiled copy of its baseline."""
     return [
-        Contender(f"{name} (auto)", build("auto"), **geometry),
-        Contender(f"{name} (auto, grad ckpt)", build("auto"), **geometry, modes=("train",), grad_checkpointing=True),
-        Contender(f"{name} (parallel)", build("parallel"), **geometry, max_tokens=parallel_max_tokens),
+        replace(c, label=c.label + COMPILED, baseline=c.baseline and c.baseline + COMPILED, compiled=True)
+        for c in contenders
     ]
 
 
@@ -171,7 +188,7 @@ def run_speed(
                 model = contender.build(size).to(device_)
                 if contender.grad_checkpointing:
                     model.set_grad_checkpointing(True)
-                if compile_models:
+                if compile_models or contender.compiled:
                     model = torch.compile(model)
                 steps[contender.label] = _step(model, x, mode, autocast_dtype)
             progress(f"{size}px b{batch} {mode}: timing {len(steps)} contenders x {repeats} (interleaved)")
@@ -205,11 +222,11 @@ def _add_ratios(rows: list[Row], baselines: dict[str, str | None]) -> None:
             row.mem_x_baseline = row.peak_mib / base.peak_mib
 
 
-def context(device: str, threads: int, dtype: str, compile_models: bool, allocator_tuned: bool) -> dict:
+def context(device: str, threads: int, dtype: str, compile_models: bool | str, allocator_tuned: bool) -> dict:
     """What the numbers depend on, printed with every table."""
     return dict(
         torch=torch.__version__,
-        device=device if device != "cpu" else f"cpu ({platform.processor() or platform.machine()})",
+        device=_device_name(device),
         threads=threads,
         dtype=dtype,
         compile=compile_models,
@@ -218,16 +235,24 @@ def context(device: str, threads: int, dtype: str, compile_models: bool, allocat
     )
 
 
+def _device_name(device: str) -> str:
+    if device == "cpu":
+        return f"cpu ({platform.processor() or platform.machine()})"
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return device
+
+
 def markdown_table(rows: list[Row]) -> str:
-    header = "| image | batch | tokens | mode | model | time (s) | × baseline | peak MiB | mem × baseline |"
-    lines = [header, "|" + "---|" * 9]
+    header = "| image | batch | tokens | mode | model | time (s) | images/s | × baseline | peak MiB | mem × baseline |"
+    lines = [header, "|" + "---|" * 10]
     for r in rows:
         if r.seconds is None:
-            lines.append(f"| {r.size} | {r.batch} | {r.tokens} | {r.mode} | {r.contender} | {r.note} | | | |")
+            lines.append(f"| {r.size} | {r.batch} | {r.tokens} | {r.mode} | {r.contender} | {r.note} | | | | |")
             continue
         lines.append(
             f"| {r.size} | {r.batch} | {r.tokens} | {r.mode} | {r.contender} | {r.seconds:.3f} | "
-            f"{_fmt(r.x_baseline)} | {r.peak_mib:.0f} | {_fmt(r.mem_x_baseline)} |"
+            f"{r.batch / r.seconds:.1f} | {_fmt(r.x_baseline)} | {r.peak_mib:.0f} | {_fmt(r.mem_x_baseline)} |"
         )
     return "\n".join(lines)
 

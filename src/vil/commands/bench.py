@@ -12,6 +12,8 @@ import torch
 
 from ..bench.speed import (
     MODES,
+    VIL_RUNS,
+    compiled_twins,
     context,
     default_baseline,
     headline,
@@ -47,9 +49,21 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per contender (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per contender first")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (on CUDA the cell runs in Triton kernels)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="autocast dtype (default float32)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile every model (slow to start)")
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="on",
+        default="off",
+        choices=("off", "on", "both"),
+        help="torch.compile every model ('--compile' alone: on; 'both': each model eager and compiled, one table)",
+    )
+    parser.add_argument(
+        "--vil-runs",
+        default=",".join(VIL_RUNS),
+        help=f"comma list of the ViL contenders, of {VIL_RUNS} (default: all; grad-ckpt trains only)",
+    )
     parser.add_argument(
         "--parallel-max-tokens",
         type=int,
@@ -91,6 +105,11 @@ def run(args: argparse.Namespace) -> int:
     sizes = parse_sizes(args.sizes)
     if args.threads < 1:
         raise ValueError(f"--threads {args.threads}: must be at least 1")
+    vil_runs = tuple(r.strip() for r in args.vil_runs.split(","))
+    if unknown := [r for r in vil_runs if r not in VIL_RUNS]:
+        raise ValueError(f"unknown --vil-runs item(s) {unknown}; allowed: {list(VIL_RUNS)}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: no CUDA device is available here")
     if args.plot:
         require("matplotlib", "--plot")  # before the benchmark runs, not after
     torch.set_num_threads(args.threads)
@@ -101,12 +120,14 @@ def run(args: argparse.Namespace) -> int:
         baseline = None if args.baseline == "none" else (args.baseline or default_baseline(name))
         if baseline is not None and baseline not in [c.label for c in contenders]:
             contenders.append(timm_contender(baseline))
-        contenders += vil_contenders(name, baseline, limits)
+        contenders += vil_contenders(name, baseline, limits, vil_runs)
         if args.official:
             contenders += official_contenders(name, baseline, args.official, limits)
+    if args.compile == "both":
+        contenders += compiled_twins(contenders)
     rows = run_speed(
         contenders, sizes, modes, repeats=args.repeats, warmup=args.warmup, device=args.device,
-        autocast_dtype=DTYPES[args.dtype], compile_models=args.compile,
+        autocast_dtype=DTYPES[args.dtype], compile_models=args.compile == "on",
         progress=lambda message: print(f"  {message}", file=sys.stderr, flush=True),
     )  # fmt: skip
     # malloc as the library leaves it for any user (tuned when the first ViL is built; VIL_MALLOC_TUNING=0: not)

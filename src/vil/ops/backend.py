@@ -8,7 +8,11 @@ form         time per token & head  memory               use
 parallel     2*S*d                  S^2 per head         short sequences (<= a few 100)
 chunkwise    2*L*d + 2*d^2          S*L per head         long sequences: linear in S
 recurrent    2*d^2 (Python loop)    d^2 state            streaming, reference
+triton       as chunkwise           as chunkwise         CUDA: the chunkwise form in Triton kernels
 ===========  =====================  ===================  ===============================
+
+On CUDA tensors "auto" picks "triton" when triton is installed (:mod:`vil.ops.triton_cell`), else the PyTorch
+forms as on the CPU.
 
 The arithmetic always runs in float32 or float64: under bf16/fp16 autocast the inputs are promoted and the
 output is cast back, because the exponentials and the normaliser need the range.
@@ -20,13 +24,14 @@ import contextlib
 
 import torch
 
+from . import triton_cell
 from .chunkwise import mlstm_chunkwise
 from .common import EPS
 from .parallel import mlstm_parallel
 from .recurrent import mlstm_recurrent
 from .state import MLSTMState, check_state
 
-BACKENDS = ("auto", "parallel", "chunkwise", "recurrent")
+BACKENDS = ("auto", "parallel", "chunkwise", "recurrent", "triton")
 
 
 def choose_backend(seq_len: int, head_dim: int, needs_grad: bool, stateful: bool) -> tuple[str, int]:
@@ -50,6 +55,11 @@ def choose_backend(seq_len: int, head_dim: int, needs_grad: bool, stateful: bool
     return "parallel", chunk_size
 
 
+def runs_triton(backend: str, x: torch.Tensor) -> bool:
+    """Whether ``backend`` runs the Triton kernels for inputs like x: "triton", or "auto" on CUDA with triton."""
+    return backend == "triton" or (backend == "auto" and x.device.type == "cuda" and triton_cell.available())
+
+
 def mlstm(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -68,10 +78,10 @@ def mlstm(
         q, k: (B, NH, S, DH); v: (B, NH, S, DHV).
         igate, fgate: (B, NH, S) input and forget gate pre-activations.
         backend: "auto" (default: the fastest exact form for S, DH and whether gradients are needed),
-            "parallel", "chunkwise" or "recurrent".
-        chunk_size: tokens per chunk for "chunkwise" (default: chosen by "auto"'s rule).
-        initial_state: state before the first token (chunkwise and recurrent only); None: no past.
-        return_state: also return the state after the last token (chunkwise and recurrent only).
+            "parallel", "chunkwise", "recurrent" or "triton" (CUDA tensors, or CPU ones in Triton's interpreter).
+        chunk_size: tokens per chunk for "chunkwise" and "triton" (default: chosen by "auto"'s rule; "triton": 64).
+        initial_state: state before the first token (not "parallel"); None: no past.
+        return_state: also return the state after the last token (not "parallel").
     Returns:
         h: (B, NH, S, DHV) in the dtype of q, and the final :class:`MLSTMState` if ``return_state``.
     """
@@ -82,11 +92,15 @@ def mlstm(
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, igate, fgate))
     auto_backend, auto_chunk = choose_backend(q.shape[2], q.shape[3], needs_grad, stateful)
     if backend == "auto":
-        backend = auto_backend
+        backend = "triton" if runs_triton(backend, q) and triton_cell.supports(q, v) else auto_backend
     if backend == "parallel" and stateful:
         raise ValueError(
             "backend='parallel' has no state: use 'chunkwise' or 'recurrent' with initial_state or return_state"
         )
+
+    if backend == "triton":  # reads float32, float16 and bfloat16 as they are; computes in float32
+        with _autocast_off(q.device.type):
+            return triton_cell.mlstm_triton(q, k, v, igate, fgate, chunk_size, initial_state, return_state, eps)
 
     out_dtype = q.dtype
     compute_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.autograd.function import once_differentiable
 
-from .backend import choose_backend, mlstm
+from .backend import choose_backend, mlstm, runs_triton
 from .chunkwise import chunkwise_backward, chunkwise_forward
 from .common import EPS
 from .parallel import parallel_backward, parallel_forward
@@ -65,13 +65,14 @@ def mlstm_projected(
     dv))`` -> dL/d inputs; otherwise autograd differentiates its recomputation.
     Falls back to the plain call where the saving does not apply or cannot be made safely: without gradients,
     for small inputs (RECOMPUTE_MIN_ELEMENTS), under autocast (the recomputation would have to replay it), while
-    compiling, for the recurrent form and for half-precision inputs.
+    compiling, for the recurrent form and the Triton kernels, and for half-precision inputs.
     """
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, igate, fgate))
     by_hand = (
         needs_grad
         and hand_recompute_applies(inputs[0])
         and backend in ("auto", "parallel", "chunkwise")  # "auto" without a state never picks the recurrent form
+        and not runs_triton(backend, inputs[0])
         and inputs[0].dtype in (torch.float32, torch.float64)  # q, k, v take it: autocast is off here
     )
     if not by_hand:

@@ -319,6 +319,9 @@ class Trainer:
         start = time.perf_counter()
         loss_sum, count = 0.0, 0
         batches = iter(self.train_loader)
+        # Each step's loss is read (a wait for the device) only once the next step is queued, so that a GPU never
+        # idles while the host reads it; a non-finite loss then stops training one step later than it arose.
+        pending = None
         for _ in range(self.steps_per_epoch):
             self.scheduler.step_update(self.step)
             step_loss, step_count = torch.zeros((), dtype=torch.float64, device=self.device), 0
@@ -328,12 +331,13 @@ class Trainer:
                 loss, n = self._forward_backward(images, labels, last_micro=micro == self.plan.accumulation - 1)
                 step_loss += loss.detach().double() * n
                 step_count += n
-            step_loss = step_loss.item()  # the one read of the step (a GPU sync): checked, summed and reported
-            self._check_finite(step_loss)
             self._optimizer_step()
-            loss_sum += step_loss
+            if pending is not None:
+                loss_sum += self._finish_step(*pending)
+            pending = (step_loss, step_count, self.step)
             count += step_count
-            self._report_step(step_loss / step_count)
+        if pending is not None:
+            loss_sum += self._finish_step(*pending)
         del batches  # stops loader workers still holding the dropped tail of the epoch
         total_loss, total_count = all_reduce_sum([loss_sum, float(count)], self.env)
         return total_loss / total_count, time.perf_counter() - start
@@ -379,19 +383,23 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model, step=self.step)
 
-    def _check_finite(self, step_loss: float) -> None:
-        if not math.isfinite(step_loss):
+    def _finish_step(self, step_loss: torch.Tensor, step_count: int, step: int) -> float:
+        """Read a step's summed loss (the one read of the step), check it and report it; -> the sum."""
+        summed = step_loss.item()
+        if not math.isfinite(summed):
             where = f"{self.run_dir / run_files.CHECKPOINT} (epoch {self.epoch})" if self.epoch else "no checkpoint yet"
             raise Diverged(
-                f"the training loss became {step_loss} at step {self.step + 1}; the last good state is in "
+                f"the training loss became {summed} at step {step}; the last good state is in "
                 f"{where}. Lower the learning rate (--set lr=...) or clip gradients (--set clip_grad=1.0)."
             )
+        self._report_step(summed / step_count, step)
+        return summed
 
-    def _report_step(self, mean_loss: float) -> None:
+    def _report_step(self, mean_loss: float, step: int) -> None:
         lr = current_lr(self.optimizer)
-        if self.tensorboard is not None and self.step % TENSORBOARD_EVERY == 0:
-            self.tensorboard.add_scalar("train/loss", mean_loss, self.step)
-            self.tensorboard.add_scalar("train/lr", lr, self.step)
+        if self.tensorboard is not None and step % TENSORBOARD_EVERY == 0:
+            self.tensorboard.add_scalar("train/loss", mean_loss, step)
+            self.tensorboard.add_scalar("train/lr", lr, step)
         if self.progress is not None:
             self.progress.step(mean_loss, lr)
 
