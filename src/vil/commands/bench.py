@@ -24,7 +24,7 @@ from ..bench.speed import (
     timm_contender,
     vil_contenders,
 )
-from ..utils.cpu_allocator import tune_cpu_allocator
+from ..utils import cpu_allocator
 from ..utils.optional import require
 
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -44,7 +44,13 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--sizes", help="image size:batch pairs (default 224:8,512:1,1024:1; seg: 512:1,1024:1,2048:1)")
     parser.add_argument("--modes", default="infer,train", help=f"comma list of {MODES} (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: see docs/design.md §6)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=torch.get_num_threads(),
+        help="torch threads, for PyTorch and the fused kernels alike (default: PyTorch's default here, %(default)s: "
+        "all cores)",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per contender (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per contender first")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (on CUDA the cell runs in Triton kernels)")
@@ -62,7 +68,6 @@ def register(subparsers) -> None:
         default=",".join(VIL_RUNS),
         help=f"comma list of the ViL contenders, of {VIL_RUNS} (default: all; grad-ckpt trains only)",
     )
-    parser.add_argument("--no-malloc-tuning", action="store_true", help="leave glibc malloc at its defaults")
     parser.add_argument(
         "--parallel-max-tokens",
         type=int,
@@ -102,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
     if unknown := [m for m in modes if m not in MODES]:
         raise ValueError(f"unknown mode(s) {unknown}; allowed: {list(MODES)}")
     sizes = parse_sizes(args.sizes or ("512:1,1024:1,2048:1" if args.task == "seg" else "224:8,512:1,1024:1"))
+    if args.threads < 1:
+        raise ValueError(f"--threads {args.threads}: must be at least 1")
     vil_runs = tuple(r.strip() for r in args.vil_runs.split(","))
     if unknown := [r for r in vil_runs if r not in VIL_RUNS]:
         raise ValueError(f"unknown --vil-runs item(s) {unknown}; allowed: {list(VIL_RUNS)}")
@@ -110,7 +117,6 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         require("matplotlib", "--plot")  # before the benchmark runs, not after
     torch.set_num_threads(args.threads)
-    tuned = False if args.no_malloc_tuning else tune_cpu_allocator()
     limits = {"infer": args.parallel_max_tokens[0], "train": args.parallel_max_tokens[1]}
     models = args.model or ["vil2_tiny_patch16_224"]
     contenders = []
@@ -133,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
         autocast_dtype=DTYPES[args.dtype], compile_models=args.compile == "on",
         progress=lambda message: print(f"  {message}", file=sys.stderr, flush=True),
     )  # fmt: skip
-    info = context(args.device, args.threads, args.dtype, args.compile, tuned)
+    # malloc as the library leaves it for any user (tuned when the first ViL is built; VIL_MALLOC_TUNING=0: not)
+    info = context(args.device, args.threads, args.dtype, args.compile, cpu_allocator.tune_on_first_use())
     table = markdown_table(rows)
     print("context: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     print(table)

@@ -4,7 +4,7 @@ PyTorch runs the block's cheap parts (the 4x4 headwise q/k/v projections and the
 gates, the per-head norm + skip + output gate, the depthwise conv + SiLU) as many passes over E-wide tensors; at
 ViL-T's sizes these cost more than the mLSTM cell's products. Each kernel in ``block.c``, forward or backward, is
 one pass. ``cell.c`` computes the cell itself: the parallel form (forward and backward) in strips of rows and the
-chunkwise form chunk after chunk (forward, and backward through each chunk's outputs), with register-tiled
+chunkwise form by chunks (forward, and backward through each chunk's outputs), with register-tiled
 products instead of many small batched GEMMs.
 
 The C sources are compiled once per machine with its own compiler and ``-march=native`` (about 1.5 s)
@@ -15,6 +15,11 @@ logged as a warning once.
 
 Each wrapper returns None when it does not apply (not float32 CPU tensors, gradients needed, autocast or
 torch.compile active, an unsupported shape); callers then compute the PyTorch expression.
+
+Every kernel runs on ``torch.get_num_threads()`` threads, in PyTorch's own OpenMP pool (see
+:mod:`vil.kernels.build`), and gives the same result for any thread count, bit for bit: the work is split into
+parts that do not depend on the thread count (tokens for the block kernels, with sums over tokens formed per
+part of PART_ROWS tokens and added in order; matrices, strips and chunks for the cell), see block.c and cell.c.
 """
 
 from __future__ import annotations
@@ -22,14 +27,18 @@ from __future__ import annotations
 import torch
 
 from .build import CACHE, SWITCH, disabled, is_disabled, library, reset
+from .scratch import reused
 
 ROW_BUFFER = 4096  # the widest row (channels, or a head) a kernel keeps on its stack: ROW_BUFFER in block.c
+# Tokens per part of a backward kernel's sums over tokens: a fixed split, so that the sums do not depend on the
+# thread count; 1568 tokens (224 px, batch 8) give 49 parts, enough for 49 threads, at 5 E floats of scratch each.
+PART_ROWS = 32
 
 __all__ = [
-    "CACHE", "ROW_BUFFER", "SWITCH", "conv2d_silu", "conv2d_silu_backward", "conv2d_silu_supported",
+    "CACHE", "PART_ROWS", "ROW_BUFFER", "SWITCH", "conv2d_silu", "conv2d_silu_backward", "conv2d_silu_supported",
     "disabled", "gated_branch_output", "gated_branch_output_backward",
     "headwise_backward_applies", "headwise_qkv", "headwise_qkv_backward", "library", "mlstm_chunkwise",
-    "mlstm_chunkwise_backward", "mlstm_parallel", "mlstm_parallel_backward", "reset", "usable",
+    "mlstm_chunk_states", "mlstm_chunkwise_backward", "mlstm_parallel", "mlstm_parallel_backward", "reset", "usable",
 ]  # fmt: skip
 
 
@@ -55,6 +64,16 @@ def _pointer(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+def _threads() -> int:
+    """The threads a kernel runs on: as many as PyTorch's own operators use."""
+    return torch.get_num_threads()
+
+
+def _partial_sums(tokens: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """Scratch for a backward kernel's sums over ``tokens`` tokens of ``width`` floats, per part of PART_ROWS."""
+    return like.new_empty(-(-tokens // PART_ROWS), width)
+
+
 def _contiguous(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
     """The tensors as the kernels read them (None stays None). Bind the results to names before a call: a temporary
     passed as a pointer would be freed before the kernel runs."""
@@ -68,11 +87,13 @@ def headwise_qkv(
     biases: list[torch.Tensor | None],
     num_heads: int,
     gates: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    reuse: bool = False,
 ) -> tuple[torch.Tensor, ...] | None:
     """q, k (from qk_input) and v (from v_input), 4x4-block headwise projections: (B, S, E) -> (B, NH, S, DH).
 
     With ``gates`` = (weight for qk_input (G, E), weight for v_input (G, E), bias (G,)) also the gate
-    pre-activations (B, G, S), as a fourth output.
+    pre-activations (B, G, S), as a fourth output. With ``reuse``, q, k and v are written into buffers that the next
+    such call overwrites (:mod:`vil.kernels.scratch`).
     """
     if not _applies(qk_input, v_input, *weights, *biases, *(gates or ())):
         return None
@@ -83,7 +104,11 @@ def headwise_qkv(
     arranged = [w.permute(2, 0, 1).reshape(4, dim).contiguous() for w in weights]
     qk_input, v_input, *biases = _contiguous(qk_input, v_input, *biases)
     head_dim = dim // num_heads
-    q, k, v = (qk_input.new_empty(batch, num_heads, seq_len, head_dim) for _ in range(3))
+    shape = (batch, num_heads, seq_len, head_dim)
+    if reuse:
+        q, k, v = (reused(f"headwise_qkv.{name}", shape, qk_input) for name in "qkv")
+    else:
+        q, k, v = (qk_input.new_empty(shape) for _ in range(3))
     gate_tensors, gate_out, num_gates = [None] * 3, None, 0
     if gates is not None:
         gate_tensors = _contiguous(*gates)
@@ -91,7 +116,7 @@ def headwise_qkv(
         gate_out = qk_input.new_empty(batch, num_gates, seq_len)
     library().vil_headwise_qkv(
         *map(_pointer, (qk_input, v_input, *arranged, *biases, q, k, v, *gate_tensors, gate_out)),
-        num_gates, batch, seq_len, num_heads, head_dim,
+        num_gates, batch, seq_len, num_heads, head_dim, _threads(),
     )  # fmt: skip
     return (q, k, v) if gates is None else (q, k, v, gate_out)
 
@@ -104,16 +129,17 @@ def gated_branch_output(
     norm_weight: torch.Tensor,
     norm_bias: torch.Tensor | None,
     eps: float,
+    reuse: bool = False,
 ) -> torch.Tensor | None:
     """(LayerNorm per head(h) * (1 + norm_weight) + norm_bias + c * skip) * silu(z): h (B, NH, S, DH), c and z
-    (B, S, E) -> (B, S, E)."""
+    (B, S, E) -> (B, S, E); with ``reuse`` in a buffer that the next such call overwrites."""
     if not _applies(z, h, c, skip, norm_weight, norm_bias) or not _branch_shapes_match(h, c, z):
         return None
     batch, heads, seq_len, head_dim = h.shape
     h, c, z, skip, norm_weight, norm_bias = _contiguous(h, c, z, skip, norm_weight, norm_bias)
-    out = torch.empty_like(c)
+    out = reused("gated_branch_output", c.shape, c) if reuse else torch.empty_like(c)
     library().vil_gated_branch_output(
-        *map(_pointer, (h, c, z, norm_weight, norm_bias, skip, out)), batch, seq_len, heads, head_dim, eps
+        *map(_pointer, (h, c, z, norm_weight, norm_bias, skip, out)), batch, seq_len, heads, head_dim, eps, _threads()
     )
     return out
 
@@ -127,20 +153,26 @@ def gated_branch_output_backward(
     norm_bias: torch.Tensor | None,
     eps: float,
     d_out: torch.Tensor,
+    reuse: bool = False,
 ) -> tuple[torch.Tensor, list[torch.Tensor | None]] | None:
-    """The backward pass of :func:`gated_branch_output` for dL/d out ``d_out`` (B, S, E): -> its output, and the
-    gradients for (z, h, c, skip, norm_weight, norm_bias). None where the kernel does not apply."""
+    """The backward pass of :func:`gated_branch_output` for dL/d out ``d_out`` (B, S, E): -> its output (with
+    ``reuse`` in the buffer of :func:`gated_branch_output`), and the gradients for (z, h, c, skip, norm_weight,
+    norm_bias). None where the kernel does not apply."""
     if torch.is_grad_enabled() or not _applies(z, h, c, skip, norm_weight, norm_bias, d_out):
         return None
     if not _branch_shapes_match(h, c, z, d_out) or h.shape[-1] > ROW_BUFFER:
         return None
     batch, heads, seq_len, head_dim = h.shape
     h, c, z, skip, norm_weight, norm_bias, d_out = _contiguous(h, c, z, skip, norm_weight, norm_bias, d_out)
-    out, dz, dc, dh = torch.empty_like(c), torch.empty_like(z), torch.empty_like(c), torch.empty_like(h)
+    out = reused("gated_branch_output", c.shape, c) if reuse else torch.empty_like(c)
+    dz, dc, dh = torch.empty_like(z), torch.empty_like(c), torch.empty_like(h)
     d_skip, d_weight = torch.zeros_like(skip), torch.zeros_like(norm_weight)
     d_bias = None if norm_bias is None else torch.zeros_like(norm_bias)
-    tensors = (h, c, z, norm_weight, norm_bias, skip, d_out, out, dh, dc, dz, d_weight, d_bias, d_skip)
-    library().vil_gated_branch_output_backward(*map(_pointer, tensors), batch, seq_len, heads, head_dim, eps)
+    partial = _partial_sums(batch * seq_len, 3 * heads * head_dim, c)
+    tensors = (h, c, z, norm_weight, norm_bias, skip, d_out, out, dh, dc, dz, d_weight, d_bias, d_skip, partial)
+    library().vil_gated_branch_output_backward(
+        *map(_pointer, tensors), PART_ROWS, batch, seq_len, heads, head_dim, eps, _threads()
+    )
     return out, [dz, dh, dc, d_skip, d_weight, d_bias]
 
 
@@ -176,7 +208,7 @@ def conv2d_silu(x: torch.Tensor, grid: tuple[int, int], weight: torch.Tensor, bi
     arranged, (x, bias) = _taps_first(weight), _contiguous(x, bias)
     out = torch.empty_like(x)
     library().vil_conv2d_silu(
-        *map(_pointer, (x, arranged, bias, out)), batch, grid[0], grid[1], channels, weight.shape[-1]
+        *map(_pointer, (x, arranged, bias, out)), batch, grid[0], grid[1], channels, weight.shape[-1], _threads()
     )
     return out
 
@@ -195,7 +227,7 @@ def mlstm_parallel(
     h, denominator = torch.empty_like(v), q.new_empty(*lead, seq_len)
     status = library().vil_mlstm_parallel(
         *map(_pointer, (q, k, v, write_log, row_max, log_m_row, h, denominator)),
-        q.numel() // (seq_len * head_dim), seq_len, head_dim, v.shape[-1], eps, min_log,
+        q.numel() // (seq_len * head_dim), seq_len, head_dim, v.shape[-1], eps, min_log, _threads(),
     )  # fmt: skip
     return (h, denominator) if status == 0 else None
 
@@ -216,35 +248,64 @@ def mlstm_parallel_backward(
     row_sum, col_sum = q.new_empty(*lead, seq_len), q.new_empty(*lead, seq_len)
     status = library().vil_mlstm_parallel_backward(
         *map(_pointer, (q, k, v, d_num, d_den, write_log, row_max, dq, dk, dv, row_sum, col_sum)),
-        q.numel() // (seq_len * head_dim), seq_len, head_dim, v.shape[-1], min_log,
+        q.numel() // (seq_len * head_dim), seq_len, head_dim, v.shape[-1], min_log, _threads(),
     )  # fmt: skip
     return (dq, dk, dv, row_sum, col_sum) if status == 0 else None
 
 
 def mlstm_chunkwise(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate_rows: tuple[torch.Tensor, ...], alpha: torch.Tensor,
-    c0: torch.Tensor, n0: torch.Tensor, chunk: int, keep_states: bool, eps: float, min_log: float,
-) -> tuple[torch.Tensor | None, ...] | None:  # fmt: skip
-    """The chunkwise form's forward pass, chunk after chunk (see cell.c): q, k (B, NH, S, DH), v (B, NH, S, DHV)
-    unpadded; ``gate_rows`` = (a, r, inter, log_m, write), each (B, NH, NC, L); alpha (B, NH, NC); the initial state
-    c0 (B, NH, DH, DHV), n0 (B, NH, DH). -> h (B, NH, S, DHV), the denominators (B, NH, NC, L), the states before
-    each chunk (B, NH, NC, DH, DHV) and (B, NH, NC, DH) if ``keep_states`` (else None), and the final state.
-    None where it does not apply."""
+    c0: torch.Tensor, n0: torch.Tensor, chunk: int, eps: float, min_log: float,
+) -> tuple[torch.Tensor, ...] | None:  # fmt: skip
+    """The chunkwise form's forward pass (see cell.c): q, k (B, NH, S, DH), v (B, NH, S, DHV) unpadded; ``gate_rows``
+    = (a, r, inter, log_m, write), each (B, NH, NC, L); alpha (B, NH, NC); the initial state c0 (B, NH, DH, DHV),
+    n0 (B, NH, DH). -> h (B, NH, S, DHV), the denominators (B, NH, NC, L) and the final state (c, n). The states
+    before each chunk go into reused buffers (:func:`mlstm_chunk_states` recomputes them for a backward pass). None
+    where it does not apply."""
     tensors = (q, k, v, *gate_rows, alpha, c0, n0)
     if not _applies(*tensors) or q.numel() == 0 or v.numel() == 0:
         return None
     q, k, v, *gate_rows, alpha, c0, n0 = _contiguous(*tensors)
     batch, heads, seq_len, head_dim = q.shape
-    chunks, value_dim = alpha.shape[-1], v.shape[-1]
-    h, denominator = torch.empty_like(v), q.new_empty(batch, heads, chunks, chunk)
+    h, denominator = torch.empty_like(v), q.new_empty(batch, heads, alpha.shape[-1], chunk)
     c_last, n_last = torch.empty_like(c0), torch.empty_like(n0)
-    c_prev = q.new_empty(batch, heads, chunks, head_dim, value_dim) if keep_states else None
-    n_prev = q.new_empty(batch, heads, chunks, head_dim) if keep_states else None
+    c_prev, n_prev = _chunk_state_buffers(k, v, alpha)
     status = library().vil_mlstm_chunkwise(
         *map(_pointer, (q, k, v, *gate_rows, alpha, c0, n0, h, denominator, c_prev, n_prev, c_last, n_last)),
-        batch * heads, seq_len, chunk, head_dim, value_dim, eps, min_log,
+        batch * heads, seq_len, chunk, head_dim, v.shape[-1], eps, min_log, _threads(),
     )  # fmt: skip
-    return (h, denominator, c_prev, n_prev, c_last, n_last) if status == 0 else None
+    return (h, denominator, c_last, n_last) if status == 0 else None
+
+
+def mlstm_chunk_states(
+    k: torch.Tensor, v: torch.Tensor, write: torch.Tensor, alpha: torch.Tensor, c0: torch.Tensor, n0: torch.Tensor,
+    chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor] | None:  # fmt: skip
+    """The states before each chunk of :func:`mlstm_chunkwise` (C (B, NH, NC, DH, DHV), n (B, NH, NC, DH)) from k,
+    v, the write weights (B, NH, NC, L), alpha and the initial state alone: what its backward pass reads, in buffers
+    that the next chunkwise call overwrites. None where it does not apply."""
+    if not _applies(k, v, write, alpha, c0, n0) or k.numel() == 0 or v.numel() == 0:
+        return None
+    k, v, write, alpha, c0, n0 = _contiguous(k, v, write, alpha, c0, n0)
+    batch, heads, seq_len, head_dim = k.shape
+    c_prev, n_prev = _chunk_state_buffers(k, v, alpha)
+    c_last, n_last = torch.empty_like(c0), torch.empty_like(n0)
+    pointers = (None, k, v, None, None, None, None, write, alpha, c0, n0, None, None, c_prev, n_prev, c_last, n_last)
+    status = library().vil_mlstm_chunkwise(
+        *map(_pointer, pointers), batch * heads, seq_len, chunk, head_dim, v.shape[-1], 0.0, 0.0, _threads()
+    )
+    return (c_prev, n_prev) if status == 0 else None
+
+
+def _chunk_state_buffers(k: torch.Tensor, v: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reused buffers for the states before each chunk, (B, NH, NC, DH, DHV) and (B, NH, NC, DH): a d x d matrix per
+    chunk and head, scratch in the forward pass and read only inside the backward pass that recomputes them."""
+    batch, heads, _, head_dim = k.shape
+    chunks = alpha.shape[-1]
+    return (
+        reused("chunkwise.c_prev", (batch, heads, chunks, head_dim, v.shape[-1]), k),
+        reused("chunkwise.n_prev", (batch, heads, chunks, head_dim), k),
+    )
 
 
 def mlstm_chunkwise_backward(
@@ -269,7 +330,7 @@ def mlstm_chunkwise_backward(
     outputs = (dq, dk, dv, row_sum, col_sum, dc_out, dn_out)
     status = library().vil_mlstm_chunkwise_backward(
         *map(_pointer, (q, k, v, d_num, d_den, *gate_rows, c_prev, n_prev, *outputs)),
-        batch * heads, seq_len, chunk, head_dim, value_dim, min_log,
+        batch * heads, seq_len, chunk, head_dim, value_dim, min_log, _threads(),
     )  # fmt: skip
     return outputs if status == 0 else None
 
@@ -309,9 +370,11 @@ def _headwise_backward(x, grad, weight, dx, accumulate: bool) -> tuple[torch.Ten
         grad = grad.contiguous()
     arranged = weight.permute(1, 0, 2).reshape(4, dim).contiguous()  # wt_in[o, 4b + d] = w[b, o, d]
     weight_grad, bias_grad = x.new_zeros(4, dim), x.new_zeros(dim)  # weight_grad[d, 4b + o] = dL/dw[b, o, d]
+    partial = _partial_sums(batch * seq_len, 5 * dim, x)
     library().vil_headwise_backward(
         x.data_ptr(), grad.data_ptr(), grad.stride(0), grad.stride(1), arranged.data_ptr(), dx.data_ptr(),
-        weight_grad.data_ptr(), bias_grad.data_ptr(), batch, seq_len, heads, head_dim, int(accumulate),
+        weight_grad.data_ptr(), bias_grad.data_ptr(), partial.data_ptr(), PART_ROWS, batch, seq_len, heads, head_dim,
+        int(accumulate), _threads(),
     )  # fmt: skip
     return weight_grad.view(4, dim // 4, 4).permute(1, 2, 0).contiguous(), bias_grad
 
@@ -327,8 +390,9 @@ def conv2d_silu_backward(
     d_pre, dx = torch.empty_like(x), torch.empty_like(x)
     d_weight = x.new_zeros(kernel * kernel, channels)
     d_bias = None if bias is None else torch.zeros_like(bias)
+    partial = _partial_sums(batch * grid[0] * grid[1], (kernel * kernel + 1) * channels, x)
     library().vil_conv2d_silu_backward(
-        *map(_pointer, (x, arranged, bias, d_out, d_pre, dx, d_weight, d_bias)),
-        batch, grid[0], grid[1], channels, kernel,
+        *map(_pointer, (x, arranged, bias, d_out, d_pre, dx, d_weight, d_bias, partial)),
+        PART_ROWS, batch, grid[0], grid[1], channels, kernel, _threads(),
     )  # fmt: skip
     return dx, d_weight.t().reshape(weight.shape), d_bias

@@ -1,11 +1,30 @@
-/* Fused CPU kernels for the elementwise parts of the ViL block (float32, one thread per call).
+/* Fused CPU kernels for the elementwise parts of the ViL block (float32).
  *
  * PyTorch runs each of these as several passes over E-wide tensors with reorderings between token and head
  * layouts; here each is one pass that keeps a token's row in registers. Built at first use by vil.kernels with
  * the machine's own compiler and -march=native; every function has a plain C path, and AVX-512 and AVX2 paths
  * where the compiler targets them. Layouts: token (B, S, E) row-major; head (B, NH, S, DH).
+ *
+ * Threads: every kernel takes the number of threads to use (PyTorch's, passed by the caller) and splits its tokens
+ * among them with OpenMP (the same runtime as PyTorch's own thread pool, see vil.kernels.build). A forward kernel
+ * writes each token's outputs from one thread; a backward kernel's sums over tokens (weight and bias gradients)
+ * are formed per part of `part_rows` tokens, a split fixed by the caller and independent of the thread count,
+ * into `partial`, and the parts are then added in order (sum_parts): the results are the same for any number of
+ * threads, bit for bit.
  */
 #include "vector.h"
+
+/* out[c] += sum over the parts p, in order, of partial[p * stride + c] for c < width */
+static void sum_parts(const float *partial, int64_t parts, int64_t stride, float *out, int64_t width, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t c = 0; c < width; ++c) {
+        float total = 0.0f;
+        for (int64_t p = 0; p < parts; ++p) total += partial[p * stride + c];
+        out[c] += total;
+    }
+}
+
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 /* ---- headwise 4x4 block-diagonal projections, written in head layout ------------------------------------------
  * out[4b+o] = bias[4b+o] + sum_d w[b][o][d] x[4b+d]. The weight comes pre-arranged as wt[d][4b+o] = w[b][o][d]
@@ -52,22 +71,22 @@ static float dot2(const float *wa, const float *a, const float *wb, const float 
 void vil_headwise_qkv(const float *qk_in, const float *v_in, const float *wq, const float *wk, const float *wv,
                       const float *bq, const float *bk, const float *bv, float *q, float *k, float *v,
                       const float *gate_wqk, const float *gate_wv, const float *gate_bias, float *gates,
-                      int64_t num_gates, int64_t batch, int64_t seq_len, int64_t heads, int64_t head_dim) {
+                      int64_t num_gates, int64_t batch, int64_t seq_len, int64_t heads, int64_t head_dim,
+                      int64_t threads) {
     const int64_t dim = heads * head_dim;
-    for (int64_t b = 0; b < batch; ++b) {
-        for (int64_t s = 0; s < seq_len; ++s) {
-            const int64_t row = (b * seq_len + s) * dim;
-            for (int64_t h = 0; h < heads; ++h) {
-                const int64_t dst = ((b * heads + h) * seq_len + s) * head_dim;
-                const int64_t from = h * head_dim, to = from + head_dim;
-                headwise_row(qk_in + row, wq, bq, q + dst, from, to, dim);
-                headwise_row(qk_in + row, wk, bk, k + dst, from, to, dim);
-                headwise_row(v_in + row, wv, bv, v + dst, from, to, dim);
-            }
-            for (int64_t j = 0; gates && j < num_gates; ++j) {
-                gates[(b * num_gates + j) * seq_len + s] =
-                    gate_bias[j] + dot2(gate_wqk + j * dim, qk_in + row, gate_wv + j * dim, v_in + row, dim);
-            }
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t t = 0; t < batch * seq_len; ++t) {
+        const int64_t b = t / seq_len, s = t % seq_len, row = t * dim;
+        for (int64_t h = 0; h < heads; ++h) {
+            const int64_t dst = ((b * heads + h) * seq_len + s) * head_dim;
+            const int64_t from = h * head_dim, to = from + head_dim;
+            headwise_row(qk_in + row, wq, bq, q + dst, from, to, dim);
+            headwise_row(qk_in + row, wk, bk, k + dst, from, to, dim);
+            headwise_row(v_in + row, wv, bv, v + dst, from, to, dim);
+        }
+        for (int64_t j = 0; gates && j < num_gates; ++j) {
+            gates[(b * num_gates + j) * seq_len + s] =
+                gate_bias[j] + dot2(gate_wqk + j * dim, qk_in + row, gate_wv + j * dim, v_in + row, dim);
         }
     }
 }
@@ -90,32 +109,31 @@ static void head_stats(const float *x, int64_t n, float eps, float *mean, float 
  * plus the learnable skip of the conv activation) times the layer's output gate, ready for proj_down. */
 void vil_gated_branch_output(const float *h, const float *c, const float *z, const float *norm_weight,
                              const float *base, const float *skip, float *out, int64_t batch, int64_t seq_len,
-                             int64_t heads, int64_t head_dim, float eps) {
+                             int64_t heads, int64_t head_dim, float eps, int64_t threads) {
     const int64_t dim = heads * head_dim;
-    for (int64_t b = 0; b < batch; ++b) {
-        for (int64_t s = 0; s < seq_len; ++s) {
-            const int64_t row = (b * seq_len + s) * dim;
-            for (int64_t hd = 0; hd < heads; ++hd) {
-                const float *x = h + ((b * heads + hd) * seq_len + s) * head_dim;
-                float mean, rstd;
-                head_stats(x, head_dim, eps, &mean, &rstd);
-                const int64_t off = row + hd * head_dim, ch = hd * head_dim;
-                int64_t j = 0;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t t = 0; t < batch * seq_len; ++t) {
+        const int64_t b = t / seq_len, s = t % seq_len, row = t * dim;
+        for (int64_t hd = 0; hd < heads; ++hd) {
+            const float *x = h + ((b * heads + hd) * seq_len + s) * head_dim;
+            float mean, rstd;
+            head_stats(x, head_dim, eps, &mean, &rstd);
+            const int64_t off = row + hd * head_dim, ch = hd * head_dim;
+            int64_t j = 0;
 #ifdef VEC
-                for (; j + VW <= head_dim; j += VW) {
-                    const vec y = vmul(vsub(vload(x + j), vset1(mean)), vset1(rstd));
-                    const vec scale = vadd(vset1(1.0f), vload(norm_weight + ch + j));
-                    vec acc = base ? vload(base + ch + j) : vzero();
-                    acc = vfmadd(vload(c + off + j), vload(skip + ch + j), acc);
-                    acc = vfmadd(y, scale, acc);
-                    vstore(out + off + j, vmul(acc, vsilu(vload(z + off + j))));
-                }
+            for (; j + VW <= head_dim; j += VW) {
+                const vec y = vmul(vsub(vload(x + j), vset1(mean)), vset1(rstd));
+                const vec scale = vadd(vset1(1.0f), vload(norm_weight + ch + j));
+                vec acc = base ? vload(base + ch + j) : vzero();
+                acc = vfmadd(vload(c + off + j), vload(skip + ch + j), acc);
+                acc = vfmadd(y, scale, acc);
+                vstore(out + off + j, vmul(acc, vsilu(vload(z + off + j))));
+            }
 #endif
-                for (; j < head_dim; ++j) {
-                    const float y = (x[j] - mean) * rstd * (1.0f + norm_weight[ch + j]);
-                    const float acc = (base ? base[ch + j] : 0.0f) + c[off + j] * skip[ch + j] + y;
-                    out[off + j] = acc * silu1(z[off + j]);
-                }
+            for (; j < head_dim; ++j) {
+                const float y = (x[j] - mean) * rstd * (1.0f + norm_weight[ch + j]);
+                const float acc = (base ? base[ch + j] : 0.0f) + c[off + j] * skip[ch + j] + y;
+                out[off + j] = acc * silu1(z[off + j]);
             }
         }
     }
@@ -159,35 +177,38 @@ static void conv_pixel(const float *x, const float *weight, const float *bias, f
 }
 
 void vil_conv2d_silu(const float *x, const float *weight, const float *bias, float *out, int64_t batch,
-                     int64_t height, int64_t width, int64_t channels, int64_t kernel) {
-    for (int64_t b = 0; b < batch; ++b) {
-        for (int64_t i = 0; i < height; ++i) {
-            for (int64_t j = 0; j < width; ++j) {
-                float *o = out + ((b * height + i) * width + j) * channels;
-                conv_pixel(x, weight, bias, o, b, i, j, height, width, channels, kernel);
-                int64_t ch = 0;
+                     int64_t height, int64_t width, int64_t channels, int64_t kernel, int64_t threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t t = 0; t < batch * height * width; ++t) {
+        const int64_t b = t / (height * width), i = t / width % height, j = t % width;
+        float *o = out + t * channels;
+        conv_pixel(x, weight, bias, o, b, i, j, height, width, channels, kernel);
+        int64_t ch = 0;
 #ifdef VEC
-                for (; ch + VW <= channels; ch += VW) vstore(o + ch, vsilu(vload(o + ch)));
+        for (; ch + VW <= channels; ch += VW) vstore(o + ch, vsilu(vload(o + ch)));
 #endif
-                for (; ch < channels; ++ch) o[ch] = silu1(o[ch]);
-            }
-        }
+        for (; ch < channels; ++ch) o[ch] = silu1(o[ch]);
     }
 }
 
 /* ---- the backward pass of one headwise projection, y = headwise(x) in head layout -----------------------------
  * x (B, S, E) token layout; dy (B, NH, S, DH) rows of DH contiguous floats with strides dy_batch, dy_head
  * (elements); w arranged as wt_in[o][4b+d] = w[b][o][d] (4 x E), the transpose of the forward arrangement.
- * dx (B, S, E) is set (accumulate = 0) or increased; dwt[d][4b+o] += dL/dw[b][o][d] (4 x E); db (E) += dL/dbias. */
+ * dx (B, S, E) is set (accumulate = 0) or increased; dwt[d][4b+o] += dL/dw[b][o][d] (4 x E); db (E) += dL/dbias,
+ * summed per part of part_rows tokens in partial (ceil(B S / part_rows) x 5E, scratch). */
 void vil_headwise_backward(const float *x, const float *dy, int64_t dy_batch, int64_t dy_head, const float *wt_in,
-                           float *dx, float *dwt, float *db, int64_t batch, int64_t seq_len, int64_t heads,
-                           int64_t head_dim, int64_t accumulate) {
-    const int64_t dim = heads * head_dim;
-    float row[ROW_BUFFER];
-    for (int64_t b = 0; b < batch; ++b) {
-        for (int64_t s = 0; s < seq_len; ++s) {
-            const float *xr = x + (b * seq_len + s) * dim;
-            float *dxr = dx + (b * seq_len + s) * dim;
+                           float *dx, float *dwt, float *db, float *partial, int64_t part_rows, int64_t batch,
+                           int64_t seq_len, int64_t heads, int64_t head_dim, int64_t accumulate, int64_t threads) {
+    const int64_t dim = heads * head_dim, tokens = batch * seq_len, parts = (tokens + part_rows - 1) / part_rows;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t part = 0; part < parts; ++part) {
+        float row[ROW_BUFFER];
+        float *dwt_part = partial + part * 5 * dim, *db_part = dwt_part + 4 * dim;
+        memset(dwt_part, 0, (size_t)(5 * dim) * sizeof(float));
+        for (int64_t t = part * part_rows; t < min64(tokens, (part + 1) * part_rows); ++t) {
+            const int64_t b = t / seq_len, s = t % seq_len;
+            const float *xr = x + t * dim;
+            float *dxr = dx + t * dim;
             for (int64_t h = 0; h < heads; ++h) {
                 const float *g = dy + b * dy_batch + h * dy_head + s * head_dim;  /* dy for channels of head h */
                 const int64_t from = h * head_dim;
@@ -197,18 +218,19 @@ void vil_headwise_backward(const float *x, const float *dy, int64_t dy_batch, in
 #ifdef VEC
                 for (; c + VW <= from + head_dim; c += VW) {
                     const vec gv = vload(g + c - from), xv = vload(xr + c);
-                    vstore(db + c, vadd(vload(db + c), gv));
-                    vstore(dwt + c, vfmadd(gv, vlane_broadcast(xv, 0x00), vload(dwt + c)));
-                    vstore(dwt + dim + c, vfmadd(gv, vlane_broadcast(xv, 0x55), vload(dwt + dim + c)));
-                    vstore(dwt + 2 * dim + c, vfmadd(gv, vlane_broadcast(xv, 0xAA), vload(dwt + 2 * dim + c)));
-                    vstore(dwt + 3 * dim + c, vfmadd(gv, vlane_broadcast(xv, 0xFF), vload(dwt + 3 * dim + c)));
+                    float *w = dwt_part + c;
+                    vstore(db_part + c, vadd(vload(db_part + c), gv));
+                    vstore(w, vfmadd(gv, vlane_broadcast(xv, 0x00), vload(w)));
+                    vstore(w + dim, vfmadd(gv, vlane_broadcast(xv, 0x55), vload(w + dim)));
+                    vstore(w + 2 * dim, vfmadd(gv, vlane_broadcast(xv, 0xAA), vload(w + 2 * dim)));
+                    vstore(w + 3 * dim, vfmadd(gv, vlane_broadcast(xv, 0xFF), vload(w + 3 * dim)));
                 }
 #endif
                 for (; c < from + head_dim; ++c) {
                     const float gc = g[c - from];
                     const float *xb = xr + (c & ~(int64_t)3);
-                    db[c] += gc;
-                    for (int d = 0; d < 4; ++d) dwt[d * dim + c] += gc * xb[d];
+                    db_part[c] += gc;
+                    for (int d = 0; d < 4; ++d) dwt_part[d * dim + c] += gc * xb[d];
                 }
             }
             if (accumulate) {
@@ -220,6 +242,8 @@ void vil_headwise_backward(const float *x, const float *dy, int64_t dy_batch, in
             }
         }
     }
+    sum_parts(partial, parts, 5 * dim, dwt, 4 * dim, (int)threads);
+    sum_parts(partial + 4 * dim, parts, 5 * dim, db, dim, (int)threads);
 }
 
 /* ---- the backward pass of vil_gated_branch_output --------------------------------------------------------------
@@ -227,16 +251,21 @@ void vil_headwise_backward(const float *x, const float *dy, int64_t dy_batch, in
  * dL/d norm_weight and (if base is not NULL) dL/d base into d_skip, d_weight, d_base (E,), and writes the forward
  * output into out (needed for the down-projection's weight gradient). With y the normalised h, s = silu(z),
  * A = y (1 + w) + base + c skip and out = A s: dA = g s, dz = g A silu'(z), dc = dA skip, dy = dA (1 + w) and
- * dh = rstd (dy - mean(dy) - y mean(dy y)) per head. */
+ * dh = rstd (dy - mean(dy) - y mean(dy y)) per head. The token sums are formed per part of part_rows tokens in
+ * partial (ceil(B S / part_rows) x 3E, scratch). */
 void vil_gated_branch_output_backward(const float *h, const float *c, const float *z, const float *norm_weight,
                                       const float *base, const float *skip, const float *g, float *out, float *dh,
                                       float *dc, float *dz, float *d_weight, float *d_base, float *d_skip,
-                                      int64_t batch, int64_t seq_len, int64_t heads, int64_t head_dim, float eps) {
-    const int64_t dim = heads * head_dim;
-    float dy[ROW_BUFFER];
-    for (int64_t b = 0; b < batch; ++b) {
-        for (int64_t s = 0; s < seq_len; ++s) {
-            const int64_t row = (b * seq_len + s) * dim;
+                                      float *partial, int64_t part_rows, int64_t batch, int64_t seq_len,
+                                      int64_t heads, int64_t head_dim, float eps, int64_t threads) {
+    const int64_t dim = heads * head_dim, tokens = batch * seq_len, parts = (tokens + part_rows - 1) / part_rows;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t part = 0; part < parts; ++part) {
+        float dy[ROW_BUFFER];
+        float *weight_part = partial + part * 3 * dim, *base_part = weight_part + dim, *skip_part = base_part + dim;
+        memset(weight_part, 0, (size_t)(3 * dim) * sizeof(float));
+        for (int64_t t = part * part_rows; t < min64(tokens, (part + 1) * part_rows); ++t) {
+            const int64_t b = t / seq_len, s = t % seq_len, row = t * dim;
             for (int64_t hd = 0; hd < heads; ++hd) {
                 const int64_t head_row = ((b * heads + hd) * seq_len + s) * head_dim;
                 const float *x = h + head_row;
@@ -262,9 +291,9 @@ void vil_gated_branch_output_backward(const float *h, const float *c, const floa
                     vstore(out + off + j, vmul(a, silu));
                     vstore(dz + off + j, vmul(vmul(gv, a), dsilu));
                     vstore(dc + off + j, vmul(da, skv));
-                    vstore(d_skip + ch + j, vfmadd(da, cv, vload(d_skip + ch + j)));
-                    vstore(d_weight + ch + j, vfmadd(da, y, vload(d_weight + ch + j)));
-                    if (base) vstore(d_base + ch + j, vadd(vload(d_base + ch + j), da));
+                    vstore(skip_part + ch + j, vfmadd(da, cv, vload(skip_part + ch + j)));
+                    vstore(weight_part + ch + j, vfmadd(da, y, vload(weight_part + ch + j)));
+                    if (base) vstore(base_part + ch + j, vadd(vload(base_part + ch + j), da));
                     const vec dyv = vmul(da, scale);
                     vstore(dy + j, dyv);
                     dy_acc = vadd(dy_acc, dyv);
@@ -281,9 +310,9 @@ void vil_gated_branch_output_backward(const float *h, const float *c, const floa
                     out[off + j] = a * silu;
                     dz[off + j] = g[off + j] * a * sig * (1.0f + z[off + j] * (1.0f - sig));
                     dc[off + j] = da * skip[ch + j];
-                    d_skip[ch + j] += da * c[off + j];
-                    d_weight[ch + j] += da * y;
-                    if (base) d_base[ch + j] += da;
+                    skip_part[ch + j] += da * c[off + j];
+                    weight_part[ch + j] += da * y;
+                    if (base) base_part[ch + j] += da;
                     dy[j] = da * scale;
                     dy_sum += dy[j];
                     dy_y_sum += dy[j] * y;
@@ -296,71 +325,76 @@ void vil_gated_branch_output_backward(const float *h, const float *c, const floa
             }
         }
     }
+    sum_parts(partial, parts, 3 * dim, d_weight, dim, (int)threads);
+    if (base) sum_parts(partial + dim, parts, 3 * dim, d_base, dim, (int)threads);
+    sum_parts(partial + 2 * dim, parts, 3 * dim, d_skip, dim, (int)threads);
 }
 
 /* ---- the backward pass of vil_conv2d_silu ------------------------------------------------------------------------
  * For g = dL/d out (B, H, W, C): d_pre = g silu'(conv(x)) (into the scratch buffer d_pre), dx (B, H, W, C) = the
- * transposed depthwise conv of d_pre, and d_weight (k*k, C), d_bias (C,) (may be NULL) increased by their sums. */
+ * transposed depthwise conv of d_pre, and d_weight (k*k, C), d_bias (C,) (may be NULL) increased by their sums,
+ * formed per part of part_rows pixels in partial (ceil(B H W / part_rows) x (k*k + 1) C, scratch). */
 void vil_conv2d_silu_backward(const float *x, const float *weight, const float *bias, const float *g, float *d_pre,
-                              float *dx, float *d_weight, float *d_bias, int64_t batch, int64_t height, int64_t width,
-                              int64_t channels, int64_t kernel) {
-    const int64_t pad = kernel / 2;
-    float pre[ROW_BUFFER];
-    for (int64_t b = 0; b < batch; ++b) {
-        for (int64_t i = 0; i < height; ++i) {
-            for (int64_t j = 0; j < width; ++j) {
-                const int64_t pixel = ((b * height + i) * width + j) * channels;
-                conv_pixel(x, weight, bias, pre, b, i, j, height, width, channels, kernel);
-                float *dp = d_pre + pixel;
-                int64_t ch = 0;
+                              float *dx, float *d_weight, float *d_bias, float *partial, int64_t part_rows,
+                              int64_t batch, int64_t height, int64_t width, int64_t channels, int64_t kernel,
+                              int64_t threads) {
+    const int64_t pad = kernel / 2, pixels = batch * height * width, parts = (pixels + part_rows - 1) / part_rows;
+    const int64_t taps = kernel * kernel, stride = (taps + 1) * channels;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t part = 0; part < parts; ++part) {
+        float pre[ROW_BUFFER];
+        float *weight_part = partial + part * stride, *bias_part = weight_part + taps * channels;
+        memset(weight_part, 0, (size_t)stride * sizeof(float));
+        for (int64_t t = part * part_rows; t < min64(pixels, (part + 1) * part_rows); ++t) {
+            const int64_t b = t / (height * width), i = t / width % height, j = t % width, pixel = t * channels;
+            conv_pixel(x, weight, bias, pre, b, i, j, height, width, channels, kernel);
+            float *dp = d_pre + pixel;
+            int64_t ch = 0;
 #ifdef VEC
-                for (; ch + VW <= channels; ch += VW) {
-                    const vec p = vload(pre + ch);
-                    const vec sig = vdiv(vset1(1.0f), vadd(vset1(1.0f), vexp(vsub(vzero(), p))));
-                    vstore(dp + ch, vmul(vload(g + pixel + ch), vmul(sig, vfmadd(p, vsub(vset1(1.0f), sig), vset1(1.0f)))));
-                }
+            for (; ch + VW <= channels; ch += VW) {
+                const vec p = vload(pre + ch);
+                const vec sig = vdiv(vset1(1.0f), vadd(vset1(1.0f), vexp(vsub(vzero(), p))));
+                vstore(dp + ch, vmul(vload(g + pixel + ch), vmul(sig, vfmadd(p, vsub(vset1(1.0f), sig), vset1(1.0f)))));
+            }
 #endif
-                for (; ch < channels; ++ch) {
-                    const float sig = 1.0f / (1.0f + expf(-pre[ch]));
-                    dp[ch] = g[pixel + ch] * sig * (1.0f + pre[ch] * (1.0f - sig));
-                }
-                if (d_bias) {
+            for (; ch < channels; ++ch) {
+                const float sig = 1.0f / (1.0f + expf(-pre[ch]));
+                dp[ch] = g[pixel + ch] * sig * (1.0f + pre[ch] * (1.0f - sig));
+            }
 #pragma omp simd
-                    for (int64_t c2 = 0; c2 < channels; ++c2) d_bias[c2] += dp[c2];
-                }
-                for (int64_t di = 0; di < kernel; ++di) {
-                    const int64_t ii = i + di - pad;
-                    if (ii < 0 || ii >= height) continue;
-                    for (int64_t dj = 0; dj < kernel; ++dj) {
-                        const int64_t jj = j + dj - pad;
-                        if (jj < 0 || jj >= width) continue;
-                        float *dw = d_weight + (di * kernel + dj) * channels;
-                        const float *xp = x + ((b * height + ii) * width + jj) * channels;
+            for (int64_t c2 = 0; c2 < channels; ++c2) bias_part[c2] += dp[c2];
+            for (int64_t di = 0; di < kernel; ++di) {
+                const int64_t ii = i + di - pad;
+                if (ii < 0 || ii >= height) continue;
+                for (int64_t dj = 0; dj < kernel; ++dj) {
+                    const int64_t jj = j + dj - pad;
+                    if (jj < 0 || jj >= width) continue;
+                    float *dw = weight_part + (di * kernel + dj) * channels;
+                    const float *xp = x + ((b * height + ii) * width + jj) * channels;
 #pragma omp simd
-                        for (int64_t c2 = 0; c2 < channels; ++c2) dw[c2] += dp[c2] * xp[c2];
-                    }
+                    for (int64_t c2 = 0; c2 < channels; ++c2) dw[c2] += dp[c2] * xp[c2];
                 }
             }
         }
     }
+    sum_parts(partial, parts, stride, d_weight, taps * channels, (int)threads);
+    if (d_bias) sum_parts(partial + taps * channels, parts, stride, d_bias, channels, (int)threads);
     /* dx[i, j] = sum over taps of weight[di, dj] d_pre[i - di + pad, j - dj + pad] */
-    for (int64_t b = 0; b < batch; ++b) {
-        for (int64_t i = 0; i < height; ++i) {
-            for (int64_t j = 0; j < width; ++j) {
-                float *o = dx + ((b * height + i) * width + j) * channels;
-                for (int64_t ch = 0; ch < channels; ++ch) o[ch] = 0.0f;
-                for (int64_t di = 0; di < kernel; ++di) {
-                    const int64_t ii = i - di + pad;
-                    if (ii < 0 || ii >= height) continue;
-                    for (int64_t dj = 0; dj < kernel; ++dj) {
-                        const int64_t jj = j - dj + pad;
-                        if (jj < 0 || jj >= width) continue;
-                        const float *w = weight + (di * kernel + dj) * channels;
-                        const float *dp = d_pre + ((b * height + ii) * width + jj) * channels;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t t = 0; t < pixels; ++t) {
+        const int64_t b = t / (height * width), i = t / width % height, j = t % width;
+        float *o = dx + t * channels;
+        for (int64_t ch = 0; ch < channels; ++ch) o[ch] = 0.0f;
+        for (int64_t di = 0; di < kernel; ++di) {
+            const int64_t ii = i - di + pad;
+            if (ii < 0 || ii >= height) continue;
+            for (int64_t dj = 0; dj < kernel; ++dj) {
+                const int64_t jj = j - dj + pad;
+                if (jj < 0 || jj >= width) continue;
+                const float *w = weight + (di * kernel + dj) * channels;
+                const float *dp = d_pre + ((b * height + ii) * width + jj) * channels;
 #pragma omp simd
-                        for (int64_t ch = 0; ch < channels; ++ch) o[ch] += w[ch] * dp[ch];
-                    }
-                }
+                for (int64_t ch = 0; ch < channels; ++ch) o[ch] += w[ch] * dp[ch];
             }
         }
     }

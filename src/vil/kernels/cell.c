@@ -1,13 +1,21 @@
-/* CPU kernels for the mLSTM cell (float32, one thread per call): the parallel form, forward and backward, in strips
- * of rows, and the chunkwise form chunk after chunk (its forward pass, and its backward pass through each chunk's
- * outputs).
+/* CPU kernels for the mLSTM cell (float32): the parallel form, forward and backward, in strips of rows, and the
+ * chunkwise form (its forward pass, and its backward pass through each chunk's outputs).
  *
  * The parallel form with batched matrix products (vil.ops.parallel) computes each row tile against every column
  * up to the tile's end, then applies the decay in a separate pass; at ViL's sizes (S = 196, DH = 96) the products
  * are small, so per-call overhead and the wasted upper triangle cost a third of the cell. Here a strip of
  * STRIP_ROWS rows is computed against the columns it sees, the decay applied while the strip is in cache, and the
  * strip's products run through one register-tiled kernel (gemm below). Layouts: q, k (mats, S, DH) and v
- * (mats, S, DHV) contiguous; the gate rows a, r (mats, S). */
+ * (mats, S, DHV) contiguous; the gate rows a, r (mats, S).
+ *
+ * Threads (OpenMP, PyTorch's own runtime; the caller passes PyTorch's thread count): the work is cut into items
+ * that do not depend on the thread count, each computed by one thread with the same arithmetic whichever thread
+ * it is, and no two items add into the same output, so results are the same for any number of threads, bit for
+ * bit. The items: the parallel form's forward, one strip of one matrix (B NH S / STRIP_ROWS items); its
+ * backward, one matrix (B NH: dk and dv sum over all strips); the chunkwise forward, one chunk of one matrix for
+ * the intra-chunk part and the state's share, with only the d x d state recurrence (cheap) run matrix by matrix;
+ * the chunkwise backward, one chunk of one matrix (B NH NC items). Items of unequal cost are handed out
+ * dynamically. */
 #include <stdlib.h>
 
 #include "vector.h"
@@ -205,6 +213,18 @@ static void normalise_row(float *h, int64_t width, float den, float log_m, float
     for (int64_t j = 0; j < width; ++j) h[j] *= scale;
 }
 
+/* One strip of strips_forward: rows [start, start + STRIP_ROWS) of h and den, with kt = k^T (DH x ld). */
+static void strip_forward(const float *q, const float *kt, const float *v, const float *a, const float *r, float *h,
+                          float *den, float *strip, int64_t ld, int64_t start, int64_t seq_len, int64_t head_dim,
+                          int64_t value_dim, float min_log) {
+    const int64_t end = start + STRIP_ROWS < seq_len ? start + STRIP_ROWS : seq_len, rows = end - start;
+    const int64_t width = padded(end); /* rows [start, end) see columns [0, end) */
+    gemm(rows, width, head_dim, q + start * head_dim, head_dim, 1, kt, ld, strip, ld, 0); /* q.k^T */
+    for (int64_t i = 0; i < rows; ++i)
+        den[start + i] = decay_row(strip + i * ld, a, r[start + i], start + i + 1, width, min_log);
+    gemm(rows, value_dim, end, strip, ld, 1, v, value_dim, h + start * value_dim, value_dim, 0); /* P v */
+}
+
 /* The parallel form over one sequence of `seq_len` tokens, before the readout: h[t] = sum_{s <= t} P[t, s] v[s]
  * (not yet normalised) and den[t] = sum_s P[t, s], with P = (q.k^T) D. a and r are the sequence's gate rows
  * (a[s], r[t] as in decay_row); kt (DH x ld) and strip (STRIP_ROWS x ld) are scratch buffers, ld >= padded(seq_len).
@@ -213,14 +233,8 @@ static void strips_forward(const float *q, const float *k, const float *v, const
                            float *den, float *kt, float *strip, int64_t ld, int64_t seq_len, int64_t head_dim,
                            int64_t value_dim, float min_log) {
     transpose(k, seq_len, head_dim, kt, ld);
-    for (int64_t start = 0; start < seq_len; start += STRIP_ROWS) {
-        const int64_t end = start + STRIP_ROWS < seq_len ? start + STRIP_ROWS : seq_len, rows = end - start;
-        const int64_t width = padded(end); /* rows [start, end) see columns [0, end) */
-        gemm(rows, width, head_dim, q + start * head_dim, head_dim, 1, kt, ld, strip, ld, 0); /* q.k^T */
-        for (int64_t i = 0; i < rows; ++i)
-            den[start + i] = decay_row(strip + i * ld, a, r[start + i], start + i + 1, width, min_log);
-        gemm(rows, value_dim, end, strip, ld, 1, v, value_dim, h + start * value_dim, value_dim, 0); /* P v */
-    }
+    for (int64_t start = 0; start < seq_len; start += STRIP_ROWS)
+        strip_forward(q, kt, v, a, r, h, den, strip, ld, start, seq_len, head_dim, value_dim, min_log);
 }
 
 /* The backward pass of strips_forward for one sequence, given d_num (seq_len x DHV) and d_den (seq_len), the
@@ -249,23 +263,38 @@ static void strips_backward(const float *q, const float *k, const float *v, cons
 
 /* The parallel form's forward pass (vil.ops.parallel.parallel_forward): for each matrix, h (S, DHV) and the
  * readout's denominator den (S). a = i - b - log sqrt(DH) (the q.k scaling folded in), r its running maximum,
- * log_m = b + r the rows' stabilisers. Returns 0, or -1 if the strip buffers could not be allocated. */
+ * log_m = b + r the rows' stabilisers. Returns 0, or -1 if the scratch buffers could not be allocated. */
 int vil_mlstm_parallel(const float *q, const float *k, const float *v, const float *a, const float *r,
                        const float *log_m, float *h, float *den, int64_t mats, int64_t seq_len, int64_t head_dim,
-                       int64_t value_dim, float eps, float min_log) {
-    const int64_t ld = padded(seq_len);
-    float *kt = buffer(head_dim * ld), *strip = buffer(STRIP_ROWS * ld);
-    int status = kt && strip ? 0 : -1;
-    for (int64_t m = 0; status == 0 && m < mats; ++m) {
-        const int64_t t0 = m * seq_len;
-        strips_forward(q + t0 * head_dim, k + t0 * head_dim, v + t0 * value_dim, a + t0, r + t0, h + t0 * value_dim,
-                       den + t0, kt, strip, ld, seq_len, head_dim, value_dim, min_log);
-        for (int64_t t = t0; t < t0 + seq_len; ++t)
-            normalise_row(h + t * value_dim, value_dim, den[t], log_m[t], eps);
+                       int64_t value_dim, float eps, float min_log, int64_t threads) {
+    const int64_t ld = padded(seq_len), strips = (seq_len + STRIP_ROWS - 1) / STRIP_ROWS;
+    float *kt = buffer(mats * head_dim * ld); /* k^T of every matrix, so that any thread can take any strip */
+    int failed = kt == NULL;
+#pragma omp parallel num_threads(threads) if (!failed)
+    {
+        float *strip = buffer(STRIP_ROWS * ld);
+        if (strip == NULL) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t m = 0; m < mats; ++m)
+            if (kt) transpose(k + m * seq_len * head_dim, seq_len, head_dim, kt + m * head_dim * ld, ld);
+        /* the longest strips (the last rows) first */
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t item = 0; item < mats * strips; ++item) {
+            if (strip == NULL || kt == NULL) continue;
+            const int64_t m = item % mats, start = (strips - 1 - item / mats) * STRIP_ROWS, t0 = m * seq_len;
+            const int64_t end = start + STRIP_ROWS < seq_len ? start + STRIP_ROWS : seq_len;
+            strip_forward(q + t0 * head_dim, kt + m * head_dim * ld, v + t0 * value_dim, a + t0, r + t0,
+                          h + t0 * value_dim, den + t0, strip, ld, start, seq_len, head_dim, value_dim, min_log);
+            for (int64_t t = t0 + start; t < t0 + end; ++t)
+                normalise_row(h + t * value_dim, value_dim, den[t], log_m[t], eps);
+        }
+        free(strip);
     }
     free(kt);
-    free(strip);
-    return status;
+    return failed ? -1 : 0;
 }
 
 /* The parallel form's backward pass (vil.ops.parallel.parallel_backward) for each matrix, given d_num (S, DHV) and
@@ -274,60 +303,119 @@ int vil_mlstm_parallel(const float *q, const float *k, const float *v, const flo
 int vil_mlstm_parallel_backward(const float *q, const float *k, const float *v, const float *d_num, const float *d_den,
                                 const float *a, const float *r, float *dq, float *dk, float *dv, float *row_sum,
                                 float *col_sum, int64_t mats, int64_t seq_len, int64_t head_dim, int64_t value_dim,
-                                float min_log) {
+                                float min_log, int64_t threads) {
     const int64_t ld = padded(seq_len);
-    float *kt = buffer(head_dim * ld), *vt = buffer(value_dim * ld);
-    float *p = buffer(STRIP_ROWS * ld), *ds = buffer(STRIP_ROWS * ld);
-    int status = kt && vt && p && ds ? 0 : -1;
-    if (status == 0) { /* dk, dv and col_sum accumulate */
-        memset(dk, 0, (size_t)(mats * seq_len * head_dim) * sizeof(float));
-        memset(dv, 0, (size_t)(mats * seq_len * value_dim) * sizeof(float));
-        memset(col_sum, 0, (size_t)(mats * seq_len) * sizeof(float));
+    int failed = 0;
+#pragma omp parallel num_threads(threads)
+    {
+        float *kt = buffer(head_dim * ld), *vt = buffer(value_dim * ld);
+        float *p = buffer(STRIP_ROWS * ld), *ds = buffer(STRIP_ROWS * ld);
+        const int ready = kt && vt && p && ds;
+        if (!ready) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t m = 0; m < mats; ++m) {
+            if (!ready) continue;
+            const int64_t t0 = m * seq_len;
+            /* dk, dv and col_sum accumulate over the strips */
+            memset(dk + t0 * head_dim, 0, (size_t)(seq_len * head_dim) * sizeof(float));
+            memset(dv + t0 * value_dim, 0, (size_t)(seq_len * value_dim) * sizeof(float));
+            memset(col_sum + t0, 0, (size_t)seq_len * sizeof(float));
+            strips_backward(q + t0 * head_dim, k + t0 * head_dim, v + t0 * value_dim, d_num + t0 * value_dim,
+                            d_den + t0, a + t0, r + t0, dq + t0 * head_dim, dk + t0 * head_dim, dv + t0 * value_dim,
+                            row_sum + t0, col_sum + t0, kt, vt, p, ds, ld, seq_len, head_dim, value_dim, min_log);
+        }
+        free(kt);
+        free(vt);
+        free(p);
+        free(ds);
     }
-    for (int64_t m = 0; status == 0 && m < mats; ++m) {
-        const int64_t t0 = m * seq_len;
-        strips_backward(q + t0 * head_dim, k + t0 * head_dim, v + t0 * value_dim, d_num + t0 * value_dim, d_den + t0,
-                        a + t0, r + t0, dq + t0 * head_dim, dk + t0 * head_dim, dv + t0 * value_dim, row_sum + t0,
-                        col_sum + t0, kt, vt, p, ds, ld, seq_len, head_dim, value_dim, min_log);
-    }
-    free(kt);
-    free(vt);
-    free(p);
-    free(ds);
-    return status;
+    return failed ? -1 : 0;
 }
 
-/* ---- the chunkwise form's forward pass, one chunk after another ------------------------------------------------
+/* ---- the chunkwise form's forward pass --------------------------------------------------------------------------
  * vil.ops.chunkwise._forward for each matrix, with the gates' share computed by the caller. Chunks are L tokens;
  * q, k (S, DH) and v, h (S, DHV) unpadded, the last chunk ragged; the per-token gate rows are laid out in chunks,
  * (NC * L): a = i - b + log_scale, r = the row stabiliser, inter = the weight of the state read, log_m = b + r,
  * write = the weight of each token's write into the state; alpha (NC) the decay of the state over each chunk.
- * The state C (DH x DHV), n (DH) starts at c0, n0 and ends in c_last, n_last; c_prev and n_prev, the state before
- * every chunk (NC x DH x DHV, NC x DH), are written where not NULL (training keeps them for the backward pass).
- * den (NC * L) receives the readout's denominators. Returns 0, or -1 if the buffers could not be allocated. */
+ * The state C (DH x DHV), n (DH) starts at c0, n0 and ends in c_last, n_last; c_prev and n_prev receive the state
+ * before every chunk (NC x DH x DHV, NC x DH). den (NC * L) receives the readout's denominators. With h NULL only the states are computed (q, a, r, inter, log_m and den are not read): the backward
+ * pass recomputes them so that training need not keep them. Returns 0, or -1 if the buffers could not be allocated. */
 int vil_mlstm_chunkwise(const float *q, const float *k, const float *v, const float *a, const float *r,
                         const float *inter, const float *log_m, const float *write, const float *alpha,
                         const float *c0, const float *n0, float *h, float *den, float *c_prev, float *n_prev,
                         float *c_last, float *n_last, int64_t mats, int64_t seq_len, int64_t chunk, int64_t head_dim,
-                        int64_t value_dim, float eps, float min_log) {
+                        int64_t value_dim, float eps, float min_log, int64_t threads) {
     const int64_t chunks = (seq_len + chunk - 1) / chunk, ld = padded(chunk), state = head_dim * value_dim;
-    float *kt = buffer(head_dim * ld), *strip = buffer(STRIP_ROWS * ld), *scaled = buffer(chunk * head_dim);
-    int status = kt && strip && scaled ? 0 : -1;
-    for (int64_t m = 0; status == 0 && m < mats; ++m) {
-        float *c = c_last + m * state, *n = n_last + m * head_dim;
-        memcpy(c, c0 + m * state, (size_t)state * sizeof(float));
-        memcpy(n, n0 + m * head_dim, (size_t)head_dim * sizeof(float));
-        for (int64_t j = 0; j < chunks; ++j) {
-            const int64_t s0 = j * chunk, rows = seq_len - s0 < chunk ? seq_len - s0 : chunk;
-            const int64_t t0 = m * seq_len + s0, g0 = (m * chunks + j) * chunk; /* token row, gate row */
-            const float *qc = q + t0 * head_dim, *kc = k + t0 * head_dim, *vc = v + t0 * value_dim;
+    const int64_t items = mats * chunks;
+    float *c_states = c_prev, *n_states = n_prev;
+    int failed = 0;
+#pragma omp parallel num_threads(threads)
+    {
+        float *kt = buffer(head_dim * ld), *strip = buffer(STRIP_ROWS * ld), *scaled = buffer(chunk * head_dim);
+        const int ready = kt && strip && scaled;
+        if (!ready) {
+#pragma omp atomic write
+            failed = 1;
+        }
+        /* 1. each chunk by itself: the intra-chunk part of h and den (the parallel form in strips), and what the
+         * chunk writes into the state, U = sum_s write[s] k[s] v[s]^T and u = sum_s write[s] k[s], kept in the
+         * chunk's state slot for now */
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t item = 0; item < items; ++item) {
+            if (!ready) continue;
+            const int64_t m = item / chunks, s0 = item % chunks * chunk;
+            const int64_t rows = seq_len - s0 < chunk ? seq_len - s0 : chunk;
+            const int64_t t0 = m * seq_len + s0, g0 = item * chunk; /* token row, gate row */
+            const float *kc = k + t0 * head_dim, *vc = v + t0 * value_dim;
+            if (h)
+                strips_forward(q + t0 * head_dim, kc, vc, a + g0, r + g0, h + t0 * value_dim, den + g0, kt, strip, ld,
+                               rows, head_dim, value_dim, min_log);
+            float *u = n_states + item * head_dim;
+            memset(u, 0, (size_t)head_dim * sizeof(float));
+            for (int64_t t = 0; t < rows; ++t) {
+                const float weight = write[g0 + t];
+                for (int64_t e = 0; e < head_dim; ++e) {
+                    scaled[t * head_dim + e] = weight * kc[t * head_dim + e];
+                    u[e] += scaled[t * head_dim + e];
+                }
+            }
+            gemm(head_dim, value_dim, rows, scaled, 1, head_dim, vc, value_dim, c_states + item * state, value_dim, 0);
+        }
+        /* 2. the state recurrence, matrix by matrix: C = alpha C + U over the chunks (d x d adds per chunk); each
+         * slot gets the state before its chunk */
+#pragma omp for schedule(static)
+        for (int64_t m = 0; m < mats; ++m) {
+            if (failed) continue;
+            float *c = c_last + m * state, *n = n_last + m * head_dim;
+            memcpy(c, c0 + m * state, (size_t)state * sizeof(float));
+            memcpy(n, n0 + m * head_dim, (size_t)head_dim * sizeof(float));
+            for (int64_t j = 0; j < chunks; ++j) {
+                const float decay = alpha[m * chunks + j];
+                float *slot = c_states + (m * chunks + j) * state, *slot_n = n_states + (m * chunks + j) * head_dim;
+                for (int64_t e = 0; e < state; ++e) {
+                    const float update = slot[e];
+                    slot[e] = c[e];
+                    c[e] = decay * c[e] + update;
+                }
+                for (int64_t e = 0; e < head_dim; ++e) {
+                    const float update = slot_n[e];
+                    slot_n[e] = n[e];
+                    n[e] = decay * n[e] + update;
+                }
+            }
+        }
+        /* 3. each chunk by itself again: the state's share, h += inter (q C), den += inter (q . n); the readout */
+#pragma omp for schedule(static)
+        for (int64_t item = 0; item < items; ++item) {
+            if (!ready || h == NULL) continue;
+            const int64_t m = item / chunks, s0 = item % chunks * chunk;
+            const int64_t rows = seq_len - s0 < chunk ? seq_len - s0 : chunk;
+            const int64_t t0 = m * seq_len + s0, g0 = item * chunk;
+            const float *qc = q + t0 * head_dim, *n = n_states + item * head_dim;
             float *hc = h + t0 * value_dim;
-            if (c_prev) memcpy(c_prev + (m * chunks + j) * state, c, (size_t)state * sizeof(float));
-            if (n_prev) memcpy(n_prev + (m * chunks + j) * head_dim, n, (size_t)head_dim * sizeof(float));
-
-            /* inside the chunk: the parallel form in strips */
-            strips_forward(qc, kc, vc, a + g0, r + g0, hc, den + g0, kt, strip, ld, rows, head_dim, value_dim, min_log);
-            /* the state's share: h += inter (q C), den += inter (q . n); then the readout */
             for (int64_t t = 0; t < rows; ++t) {
                 const float weight = inter[g0 + t];
                 float dot = 0.0f;
@@ -337,29 +425,16 @@ int vil_mlstm_chunkwise(const float *q, const float *k, const float *v, const fl
                 }
                 den[g0 + t] += dot;
             }
-            gemm(rows, value_dim, head_dim, scaled, head_dim, 1, c, value_dim, hc, value_dim, 1);
+            gemm(rows, value_dim, head_dim, scaled, head_dim, 1, c_states + item * state, value_dim, hc, value_dim, 1);
             for (int64_t t = 0; t < rows; ++t)
                 normalise_row(hc + t * value_dim, value_dim, den[g0 + t], log_m[g0 + t], eps);
             for (int64_t t = rows; t < chunk; ++t) den[g0 + t] = 0.0f; /* the padding of the last chunk */
-
-            /* the state after the chunk: C = alpha C + sum_s write[s] k[s] v[s]^T, n = alpha n + sum_s write[s] k[s] */
-            const float decay = alpha[m * chunks + j];
-            for (int64_t e = 0; e < state; ++e) c[e] *= decay;
-            for (int64_t e = 0; e < head_dim; ++e) n[e] *= decay;
-            for (int64_t t = 0; t < rows; ++t) {
-                const float weight = write[g0 + t];
-                for (int64_t e = 0; e < head_dim; ++e) {
-                    scaled[t * head_dim + e] = weight * kc[t * head_dim + e];
-                    n[e] += scaled[t * head_dim + e];
-                }
-            }
-            gemm(head_dim, value_dim, rows, scaled, 1, head_dim, vc, value_dim, c, value_dim, 1);
         }
+        free(kt);
+        free(strip);
+        free(scaled);
     }
-    free(kt);
-    free(strip);
-    free(scaled);
-    return status;
+    return failed ? -1 : 0;
 }
 
 /* ---- the chunkwise form's backward pass through each chunk's outputs -------------------------------------------
@@ -374,13 +449,23 @@ int vil_mlstm_chunkwise_backward(const float *q, const float *k, const float *v,
                                  const float *d_den, const float *a, const float *r, const float *inter,
                                  const float *c_prev, const float *n_prev, float *dq, float *dk, float *dv,
                                  float *row_sum, float *col_sum, float *dc_out, float *dn_out, int64_t mats,
-                                 int64_t seq_len, int64_t chunk, int64_t head_dim, int64_t value_dim, float min_log) {
+                                 int64_t seq_len, int64_t chunk, int64_t head_dim, int64_t value_dim, float min_log,
+                                 int64_t threads) {
     const int64_t chunks = (seq_len + chunk - 1) / chunk, ld = padded(chunk), state = head_dim * value_dim;
-    float *kt = buffer(head_dim * ld), *vt = buffer(value_dim * ld), *ct = buffer(state);
-    float *p = buffer(STRIP_ROWS * ld), *ds = buffer(STRIP_ROWS * ld), *scaled = buffer(chunk * value_dim);
-    int status = kt && vt && ct && p && ds && scaled ? 0 : -1;
-    for (int64_t m = 0; status == 0 && m < mats; ++m) {
-        for (int64_t j = 0; j < chunks; ++j) {
+    int failed = 0;
+#pragma omp parallel num_threads(threads)
+    {
+        float *kt = buffer(head_dim * ld), *vt = buffer(value_dim * ld), *ct = buffer(state);
+        float *p = buffer(STRIP_ROWS * ld), *ds = buffer(STRIP_ROWS * ld), *scaled = buffer(chunk * value_dim);
+        const int ready = kt && vt && ct && p && ds && scaled;
+        if (!ready) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t item = 0; item < mats * chunks; ++item) {
+            if (!ready) continue;
+            const int64_t m = item / chunks, j = item % chunks;
             const int64_t s0 = j * chunk, rows = seq_len - s0 < chunk ? seq_len - s0 : chunk;
             const int64_t t0 = m * seq_len + s0, g0 = (m * chunks + j) * chunk, state0 = (m * chunks + j);
             const float *qc = q + t0 * head_dim, *kc = k + t0 * head_dim, *vc = v + t0 * value_dim;
@@ -415,12 +500,12 @@ int vil_mlstm_chunkwise_backward(const float *q, const float *k, const float *v,
             }
             gemm(head_dim, value_dim, rows, qc, 1, head_dim, scaled, value_dim, dc_out + state0 * state, value_dim, 0);
         }
+        free(kt);
+        free(vt);
+        free(ct);
+        free(p);
+        free(ds);
+        free(scaled);
     }
-    free(kt);
-    free(vt);
-    free(ct);
-    free(p);
-    free(ds);
-    free(scaled);
-    return status;
+    return failed ? -1 : 0;
 }

@@ -81,8 +81,9 @@ class MLSTMCell(nn.Module):
         weights = [q_proj.weight, k_proj.weight, v_proj.weight]
         biases = [q_proj.bias, k_proj.bias, v_proj.bias] if q_proj.bias is not None else []
         fused = kernels.headwise_qkv(
-            qk_input, v_input, weights, biases or [None] * 3, self.num_heads, gates=(w_qk, w_v, gate_bias)
-        )
+            qk_input, v_input, weights, biases or [None] * 3, self.num_heads, gates=(w_qk, w_v, gate_bias),
+            reuse=not torch.is_grad_enabled(),  # q, k, v are dead after the cell: one set of buffers for all blocks
+        )  # fmt: skip
         if fused is not None:  # no gradients needed: q, k, v and the gates in one pass
             q, k, v, gates = fused
             igate, fgate = gates.chunk(2, dim=1)  # (B, NH, S) each
@@ -103,7 +104,10 @@ class _HeadwiseQKV:
 
     def __call__(self, qk_input, v_input, q_weight, k_weight, v_weight, q_bias=None, k_bias=None, v_bias=None):
         weights, biases = [q_weight, k_weight, v_weight], [q_bias, k_bias, v_bias]
-        fused = kernels.headwise_qkv(qk_input, v_input, weights, biases, self.num_heads)
+        # without autograd (mlstm_projected's forward pass and its recomputation) q, k, v are dead after the cell
+        fused = kernels.headwise_qkv(
+            qk_input, v_input, weights, biases, self.num_heads, reuse=not torch.is_grad_enabled()
+        )
         if fused is not None:
             return fused
         q, k = headwise_linear(qk_input, weights[:2], biases[:2], self.num_heads)
@@ -184,7 +188,9 @@ class _GatedBranchOutput:
     with a fused kernel for the forward and the backward pass where the kernels apply."""
 
     def __call__(self, z, h, c, skip, norm_weight, norm_bias=None) -> torch.Tensor:
-        fused = kernels.gated_branch_output(z, h, c, skip, norm_weight, norm_bias, OUTNORM_EPS)
+        # without autograd the result goes straight into proj_down (gated_projection): one buffer for all blocks
+        reuse = not torch.is_grad_enabled()
+        fused = kernels.gated_branch_output(z, h, c, skip, norm_weight, norm_bias, OUTNORM_EPS, reuse=reuse)
         if fused is not None:
             return fused
         return branch_output(h, c, skip, norm_weight, norm_bias) * F.silu(z)
@@ -193,7 +199,9 @@ class _GatedBranchOutput:
     def hand_backward(inputs, d_gated):
         z, h, c, skip, norm_weight, *norm_bias = inputs
         norm_bias = norm_bias[0] if norm_bias else None
-        result = kernels.gated_branch_output_backward(z, h, c, skip, norm_weight, norm_bias, OUTNORM_EPS, d_gated)
+        result = kernels.gated_branch_output_backward(
+            z, h, c, skip, norm_weight, norm_bias, OUTNORM_EPS, d_gated, reuse=True
+        )
         if result is None:
             return None
         gated, grads = result

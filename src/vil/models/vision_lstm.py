@@ -14,6 +14,7 @@ from ..layers.mlstm_layer import MLSTMCell, ViLBlock
 from ..layers.norm import ResidualLayerNorm
 from ..layers.pooling import pool_tokens, pooled_dim
 from ..layers.traversal import block_traversals
+from ..utils.cpu_allocator import tune_on_first_use
 from .config import ViLConfig, check_image_size
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ class VisionLSTM(nn.Module):
 
     def __init__(self, config: ViLConfig | None = None, **overrides):
         super().__init__()
+        tune_on_first_use()  # malloc keeps freed tensors for reuse (vil.utils.cpu_allocator; VIL_MALLOC_TUNING=0: off)
         config = (config or ViLConfig()).replace(**overrides) if overrides else (config or ViLConfig())
         self.config = config
         self.num_classes = config.num_classes

@@ -13,8 +13,9 @@ including t; a[s] = i[s] - b[s]; amax[t] = max_{s<=t} a[s]; the state before the
 normaliser n. With r[t] = max(m_prev, amax[t]) the parallel form's stabiliser is
 M[t] = b[t] + r[t], the intra-chunk weights are exp(a[s] - r[t]) (s <= t) and the state's weight exp(m_prev - r[t]).
 
-The backward pass is written by hand (:class:`_ChunkwiseMLSTM`): it keeps q, k, v, the gates, the chunk states
-and h, and recomputes the L x L matrices, so that training memory stays linear in S with a small constant.
+The backward pass is written by hand (:class:`_ChunkwiseMLSTM`): it keeps q, k, v, the gates and h, and
+recomputes the L x L matrices and (where the CPU kernels run) the states before each chunk, so that training
+memory stays linear in S with a small constant.
 """
 
 from __future__ import annotations
@@ -164,7 +165,21 @@ def _inter_readout(q, c_prev, n_prev):
     return q @ c_prev, torch.einsum("...ld,...d->...l", q, n_prev)  # einsum: ~10x faster than a batched q @ n
 
 
-def _forward(chunked: _Chunked, c0, n0, m0, eps: float, keep_states: bool = True):
+def _states_before_chunks(chunked: _Chunked, write_weight, alpha, c0, n0):
+    """The state before each chunk, (B, NH, NC, DH, DHV) and (B, NH, NC, DH), and after the last one, for write
+    weights with beta folded in (the chunk updates come out as beta U, beta u)."""
+    updates, update_n = chunked.chunk_updates(chunked.weighted_keys(write_weight))  # beta U, beta u
+    c_states, n_states = [c0], [n0]
+    for j in range(chunked.num_chunks):
+        c_states.append(torch.addcmul(updates[:, :, j], alpha[..., j, None, None], c_states[-1]))
+        n_states.append(torch.addcmul(update_n[:, :, j], alpha[..., j, None], n_states[-1]))
+    c_last, n_last = c_states.pop(), n_states.pop()
+    return torch.stack(c_states, dim=2), torch.stack(n_states, dim=2), c_last, n_last
+
+
+def _forward(chunked: _Chunked, c0, n0, m0, eps: float):
+    """-> h, the states (before each chunk, or None where the backward pass recomputes them, and after the last),
+    the stabilisers and the readout's denominators."""
     m_all = _stabilisers(chunked, m0)  # (B, NH, NC+1)
     m_prev = m_all[..., :-1]
     alpha, beta = _chunk_state_weights(m_prev, chunked.a_last)  # (B, NH, NC)
@@ -172,24 +187,17 @@ def _forward(chunked: _Chunked, c0, n0, m0, eps: float, keep_states: bool = True
     inter_weight = stabilised_exp(m_prev.unsqueeze(-1) - r)  # (B, NH, NC, L); 0 when there is no past
     log_m_row = chunked.b + r
 
-    # one chunk after another in the fused CPU kernel: no chunk copies of q, k, v and no stacked states in inference
+    # the fused CPU kernel: no chunk copies of q, k, v, and the states before each chunk (a d x d matrix per chunk
+    # and head, as much as a quarter of a block's saved activations at 1024 px) are not kept but recomputed in the
+    # backward pass (kernels.mlstm_chunk_states: the state writes again, a few percent of the cell's backward)
     write_weight = chunked.write_weights(beta)  # beta folded in: the chunk updates come out as beta U, beta u
     gate_rows = (chunked.scaled_a, r, inter_weight, log_m_row, write_weight)
-    fused = kernels.mlstm_chunkwise(
-        *chunked.inputs, gate_rows, alpha, c0, n0, chunked.chunk, keep_states, eps, MIN_LOG_DECAY
-    )
+    fused = kernels.mlstm_chunkwise(*chunked.inputs, gate_rows, alpha, c0, n0, chunked.chunk, eps, MIN_LOG_DECAY)
     if fused is not None:
-        h, denominator, *states = fused
-        return h, tuple(states), m_all, denominator
+        h, denominator, c_last, n_last = fused
+        return h, (None, None, c_last, n_last), m_all, denominator
 
-    updates, update_n = chunked.chunk_updates(chunked.weighted_keys(write_weight))  # beta U, beta u
-    # the state before each chunk (B, NH, NC, DH, DHV) and (B, NH, NC, DH), and after the last one
-    c_states, n_states = [c0], [n0]
-    for j in range(chunked.num_chunks):
-        c_states.append(torch.addcmul(updates[:, :, j], alpha[..., j, None, None], c_states[-1]))
-        n_states.append(torch.addcmul(update_n[:, :, j], alpha[..., j, None], n_states[-1]))
-    c_last, n_last = c_states.pop(), n_states.pop()
-    c_prev, n_prev = torch.stack(c_states, dim=2), torch.stack(n_states, dim=2)
+    c_prev, n_prev, c_last, n_last = _states_before_chunks(chunked, write_weight, alpha, c0, n0)
 
     scores = chunked.q @ chunked.k.transpose(-2, -1)  # (B, NH, NC, L, L)
     denominator = r.new_empty(r.shape)  # (B, NH, NC, L)
@@ -205,8 +213,7 @@ def _forward(chunked: _Chunked, c0, n0, m0, eps: float, keep_states: bool = True
 class _ChunkwiseMLSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, igate, fgate, c0, n0, m0, chunk_size, eps):
-        keep_states = any(ctx.needs_input_grad)  # the states before each chunk are kept only for a backward pass
-        outputs, saved = chunkwise_forward(q, k, v, igate, fgate, c0, n0, m0, chunk_size, eps, keep_states)
+        outputs, saved = chunkwise_forward(q, k, v, igate, fgate, c0, n0, m0, chunk_size, eps)
         ctx.save_for_backward(q, k, v, igate, fgate, *saved)
         ctx.chunk_size, ctx.eps = chunk_size, eps
         return outputs
@@ -219,24 +226,27 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
         return *grads, None, None
 
 
-def chunkwise_forward(q, k, v, igate, fgate, c0, n0, m0, chunk_size: int, eps: float = EPS, keep_states=True):
-    """-> (h, c_last, n_last, m_last), and what :func:`chunkwise_backward` needs besides the inputs (without the
-    states before each chunk, None, unless ``keep_states``)."""
+def chunkwise_forward(q, k, v, igate, fgate, c0, n0, m0, chunk_size: int, eps: float = EPS):
+    """-> (h, c_last, n_last, m_last), and what :func:`chunkwise_backward` needs besides the inputs."""
     chunked = _Chunked(q, k, v, igate, fgate, chunk_size)
-    h, (c_prev, n_prev, c_last, n_last), m_all, denominator = _forward(
-        chunked, c0.to(q.dtype), n0.to(q.dtype), m0.to(q.dtype), eps, keep_states
-    )
-    return (h, c_last, n_last, m_all[..., -1]), (c_prev, n_prev, c_last, n_last, m_all, denominator, h)
+    c0, n0 = c0.to(q.dtype), n0.to(q.dtype)
+    h, (c_prev, n_prev, c_last, n_last), m_all, denominator = _forward(chunked, c0, n0, m0.to(q.dtype), eps)
+    return (h, c_last, n_last, m_all[..., -1]), (c_prev, n_prev, c_last, n_last, m_all, denominator, h, c0, n0)
 
 
 def chunkwise_backward(q, k, v, igate, fgate, saved, dh, chunk_size: int, eps: float = EPS,
                        dc_last=None, dn_last=None, dm_last=None):  # fmt: skip
     """Gradients of h and the final state with respect to q, k, v, igate, fgate and the initial c, n, m."""
-    c_prev, n_prev, c_last, n_last, m_all, denominator, h = saved
+    c_prev, n_prev, c_last, n_last, m_all, denominator, h, c0, n0 = saved
     chunked = _Chunked(q, k, v, igate, fgate, chunk_size)
     batch, heads, seq_len = chunked.shape[:3]
     amax = chunked.amax
     m_prev = m_all[..., :-1]  # (B, NH, NC)
+    alpha, beta = _chunk_state_weights(m_prev, chunked.a_last)
+    if c_prev is None:  # not kept by the forward pass: recomputed from k, v and the gates
+        write_weight = chunked.write_weights(beta)
+        states = kernels.mlstm_chunk_states(*chunked.inputs[1:], write_weight, alpha, c0, n0, chunked.chunk)
+        c_prev, n_prev = states or _states_before_chunks(chunked, write_weight, alpha, c0, n0)[:2]
 
     # --- recompute what the outputs were made of
     r = torch.maximum(m_prev.unsqueeze(-1), amax)  # (B, NH, NC, L)
@@ -270,7 +280,6 @@ def chunkwise_backward(q, k, v, igate, fgate, saved, dh, chunk_size: int, eps: f
     dm_prev_out += (dr * ~from_amax).sum(dim=-1)
 
     # --- the state recurrence, backwards over chunks
-    alpha, beta = _chunk_state_weights(m_prev, chunked.a_last)
     states_after = (torch.cat([c_prev[:, :, 1:], c_last.unsqueeze(2)], dim=2),
                     torch.cat([n_prev[:, :, 1:], n_last.unsqueeze(2)], dim=2))  # fmt: skip
     (d_updates, d_update_n), d_a_last, d_g, (dc0, dn0, dm0) = _scan_backward(
