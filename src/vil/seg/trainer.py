@@ -28,7 +28,6 @@ from ..train.batching import plan_batches
 from ..train.distributed import DistEnv, ShardedEvalSampler, all_gather_objects, all_reduce_sum
 from ..train.errors import Diverged
 from ..train.state import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
-from ..utils.optional import EXTRA, available
 from .data import IGNORE_INDEX, check_bad_samples, collate_samples
 from .files import CHECKPOINT, MODEL_FINAL, save_segmenter
 from .inference import InferenceSettings, evaluate
@@ -150,14 +149,7 @@ class SegTrainer:
         )
 
     def _open_tensorboard(self, purge_step: int | None):
-        if not self.env.is_main:
-            return None
-        if not available("tensorboard"):
-            logger.warning("no TensorBoard logs: tensorboard is not installed (pip install 'vil[%s]')", EXTRA)
-            return None
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(str(self.run_dir / run_files.TENSORBOARD), purge_step=purge_step)
+        return run_files.open_tensorboard(self.run_dir, purge_step) if self.env.is_main else None
 
     def facts(self) -> dict:
         return dict(

@@ -15,10 +15,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from pathlib import Path
 
 from ..data.folder import BadFile
 from ..io_utils import write_json, write_text
+from ..utils.optional import EXTRA, available
 from .config import TrainConfig
 
 CONFIG = "config.json"
@@ -72,3 +74,15 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
 
 def write_skipped(run_dir: Path, skipped: list[BadFile]) -> None:
     write_text(run_dir / SKIPPED, "".join(f"{bad.path}\t{bad.reason}\n" for bad in skipped))
+
+
+def open_tensorboard(run_dir: Path, purge_step: int | None):
+    """A TensorBoard writer for the run directory, or None (one warning line) where tensorboard is not installed."""
+    if not available("tensorboard"):
+        logging.getLogger(__name__).warning(
+            "no TensorBoard logs: tensorboard is not installed (pip install 'vil[%s]')", EXTRA
+        )
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(run_dir / TENSORBOARD), purge_step=purge_step)

@@ -161,14 +161,7 @@ class Trainer:
         return torch.compile(model) if self.config.compile else model
 
     def _open_tensorboard(self, purge_step: int | None):
-        if not self.env.is_main:
-            return None
-        if not available("tensorboard"):
-            logger.warning("no TensorBoard logs: tensorboard is not installed (pip install 'vil[%s]')", EXTRA)
-            return None
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(str(self.run_dir / run_files.TENSORBOARD), purge_step=purge_step)
+        return run_files.open_tensorboard(self.run_dir, purge_step) if self.env.is_main else None
 
     def facts(self) -> dict:
         """What config.json records next to the config: how the run was laid out on this machine."""
