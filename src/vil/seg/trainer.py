@@ -27,6 +27,7 @@ from ..train import run_files
 from ..train.batching import plan_batches
 from ..train.distributed import DistEnv, ShardedEvalSampler, all_gather_objects, all_reduce_sum
 from ..train.errors import Diverged
+from ..train.optim import current_lr, optimizer_step
 from ..train.state import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
 from .data import IGNORE_INDEX, check_bad_samples, collate_samples
 from .files import CHECKPOINT, MODEL_FINAL, save_segmenter
@@ -287,9 +288,9 @@ class SegTrainer:
         self.step += 1
         if self.tensorboard is not None and self.step % TENSORBOARD_EVERY == 0 and math.isfinite(step_loss):
             self.tensorboard.add_scalar("train/loss", step_loss, self.step)
-            self.tensorboard.add_scalar("train/lr", self._lr(), self.step)
+            self.tensorboard.add_scalar("train/lr", current_lr(self.optimizer), self.step)
         if self.progress is not None:
-            self.progress.step(step_loss, self._lr())
+            self.progress.step(step_loss, current_lr(self.optimizer))
 
     def _forward_backward(self, images, masks, last: bool) -> torch.Tensor:
         images, masks = images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
@@ -305,19 +306,7 @@ class SegTrainer:
         return loss
 
     def _optimizer_step(self) -> None:
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        if self.config.clip_grad is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def _lr(self) -> float:
-        return max(group["lr"] for group in self.optimizer.param_groups)
+        optimizer_step(self.optimizer, self.scaler, self.model.parameters(), self.config.clip_grad)
 
     def _note_skipped(self, bad) -> None:
         for item in bad:
@@ -343,7 +332,7 @@ class SegTrainer:
         result = merged.compute(self.data.classes)
         row = dict(
             step=self.step,
-            lr=self._lr(),
+            lr=current_lr(self.optimizer),
             miou=result["miou"],
             aacc=result["aacc"],
             macc=result["macc"],

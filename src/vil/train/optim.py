@@ -78,3 +78,17 @@ def create_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, step
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
     """The lr of the parameter groups at full scale (the head's, with layer-wise decay)."""
     return max(group["lr"] for group in optimizer.param_groups)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler, parameters, clip_grad: float | None) -> None:
+    """One update from the accumulated gradients: unscale (fp16), clip, step, then clear the gradients."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if clip_grad is not None:
+        torch.nn.utils.clip_grad_norm_(parameters, clip_grad)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)

@@ -35,7 +35,7 @@ from .distributed import DistEnv, ShardedEvalSampler, all_gather_objects, all_re
 from .errors import Diverged, OutOfMemory
 from .evaluate import evaluate
 from .model_setup import ADAPTABLE_FIELDS, adapt_pretrained, run_model_config
-from .optim import create_optimizer, create_scheduler, current_lr
+from .optim import create_optimizer, create_scheduler, current_lr, optimizer_step
 from .recipes import NEEDS_INIT
 from .state import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
 
@@ -362,16 +362,7 @@ class Trainer:
         return F.cross_entropy(logits, targets, label_smoothing=self.config.label_smoothing)
 
     def _optimizer_step(self) -> None:
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        if self.config.clip_grad is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer_step(self.optimizer, self.scaler, self.model.parameters(), self.config.clip_grad)
         self.step += 1
         if self.ema is not None:
             self.ema.update(self.model, step=self.step)
