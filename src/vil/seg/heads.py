@@ -1,4 +1,4 @@
-"""The UperNet decoder and the auxiliary FCN head, as mmsegmentation's UPerHead and FCNHead (DESIGN.md section 2.6),
+"""The UperNet decoder and the auxiliary FCN head, as mmsegmentation's UPerHead and FCNHead (docs/design.md §8),
 and a linear head for small tasks.
 
 ConvModule = Conv (no bias) + BatchNorm + ReLU. UperNet: pyramid pooling on the coarsest level, an FPN (1x1

@@ -12,7 +12,7 @@ def _up2(dim: int) -> nn.ConvTranspose2d:
 
 def scale_module(dim: int, scale: float) -> nn.Module:
     """x4: ConvTranspose -> BatchNorm -> GELU -> ConvTranspose; x2: ConvTranspose; x1: identity; x1/2, x1/4: max
-    pooling (DESIGN.md section 2.6)."""
+    pooling (docs/design.md §8)."""
     if scale == 4:
         return nn.Sequential(_up2(dim), nn.BatchNorm2d(dim), nn.GELU(), _up2(dim))
     if scale == 2:
