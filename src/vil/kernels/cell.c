@@ -22,8 +22,8 @@
 
 #define STRIP_ROWS 16 /* rows of the S x S matrices computed at once: 16 x S floats stay in L1/L2 */
 
-/* ---- the stabilised decay of one row --------------------------------------------------------------------------
- * D[s] = exp(clamp(a[s] - rt, min_log, 0)) for s < limit; the row's entries from limit to width are zeroed. */
+/* ---- the stabilised decay --------------------------------------------------------------------------------------
+ * D[t, s] = exp(clamp(a[s] - r[t], min_log, 0)) for s <= t, 0 above the diagonal. */
 #ifdef VEC
 static inline vec decay_vec(vec a, float rt, float min_log) {
     return vexp(vmin(vmax(vsub(a, vset1(rt)), vset1(min_log)), vzero()));
@@ -34,40 +34,10 @@ static inline float decay1(float a, float rt, float min_log) {
     return expf(log_decay < min_log ? min_log : (log_decay > 0.0f ? 0.0f : log_decay));
 }
 
-/* row[s] *= D[s]; returns the sum of the new row */
-static float decay_row(float *row, const float *a, float rt, int64_t limit, int64_t width, float min_log) {
-    float total = 0.0f;
-    int64_t s = 0;
-#ifdef VEC
-    vec acc = vzero();
-    for (; s + VW <= limit; s += VW) {
-        const vec value = vmul(vload(row + s), decay_vec(vload(a + s), rt, min_log));
-        vstore(row + s, value);
-        acc = vadd(acc, value);
-    }
-#if defined(__AVX512F__)
-    if (s < limit) { /* the diagonal's ragged end, masked */
-        const __mmask16 mask = (__mmask16)((1u << (limit - s)) - 1u);
-        const vec decay = decay_vec(_mm512_maskz_loadu_ps(mask, a + s), rt, min_log);
-        const vec value = vmul(_mm512_maskz_loadu_ps(mask, row + s), decay);
-        _mm512_mask_storeu_ps(row + s, mask, value);
-        acc = vadd(acc, value); /* masked-off lanes hold 0 * exp(...) = 0 */
-        s = limit;
-    }
-#endif
-    total = vsum(acc);
-#endif
-    for (; s < limit; ++s) {
-        row[s] *= decay1(a[s], rt, min_log);
-        total += row[s];
-    }
-    if (limit < width) memset(row + limit, 0, (size_t)(width - limit) * sizeof(float));
-    return total;
-}
-
-/* The backward pass of decay_row with the readout's denominator: p (raw q.k) becomes P = p D and ds (raw dL/dP)
- * becomes dL/d(q.k) = (ds + dd) D; with g = (ds + dd) P, the gradient of the log decay, col_sum[s] += g[s] and the
- * row's sum of g is returned. */
+/* The backward pass of one row's decay (decay_strip) with the readout's denominator, for row t (stabiliser rt) and
+ * the columns s < limit (zeroed from limit to width): p (raw q.k) becomes P = p D and ds (raw dL/dP) becomes
+ * dL/d(q.k) = (ds + dd) D; with g = (ds + dd) P, the gradient of the log decay, col_sum[s] += g[s] and the row's
+ * sum of g is returned. */
 static float decay_row_backward(float *p, float *ds, const float *a, float rt, float dd, float *col_sum, int64_t limit,
                                 int64_t width, float min_log) {
     float total = 0.0f;
@@ -115,20 +85,31 @@ static float decay_row_backward(float *p, float *ds, const float *a, float rt, f
 
 /* ---- small matrix products ------------------------------------------------------------------------------------
  * c (m x n, row stride ldc) = (or +=) sum_k A(i, k) b[k][j], with A(i, k) = a[i * a_row + k * a_col]: any of the
- * strip's products, with a or its transpose read in place. A register tile of TILE_ROWS x TILE_VECS vectors of c
- * is kept while k runs; b's rows are read as vectors, A's elements broadcast. */
+ * strip's products, with a or its transpose read in place. A register tile of up to TILE_MAX_ROWS rows x
+ * TILE_VECS vectors of c is kept while k runs; b's rows are read as vectors, A's elements broadcast. Narrow
+ * products (one or two vectors wide, e.g. a transposed strip) take taller tiles, so that enough independent
+ * accumulators hide the FMA latency. Each element's sum runs over k in order whatever the tile: the tile shape
+ * never changes a result. */
 #ifdef VEC
-#define TILE_ROWS 4
+#define TILE_MAX_ROWS 8
 #if VW == 16
-#define TILE_VECS 6 /* 24 accumulators + 6 of b + 1 of a: 31 of the 32 registers */
+#define TILE_VECS 6    /* 4 rows x 6: 24 accumulators + 6 of b + 1 of a: 31 of the 32 registers */
+#define ACCUMULATORS 24
 #else
-#define TILE_VECS 3 /* AVX2: 12 + 3 + 1 of 16 */
+#define TILE_VECS 3 /* AVX2: 4 x 3 = 12 + 3 + 1 of 16 */
+#define ACCUMULATORS 12
 #endif
+
+/* the rows of a tile `vecs` vectors wide */
+static inline int tile_rows(int vecs) {
+    const int rows = ACCUMULATORS / vecs;
+    return rows > TILE_MAX_ROWS ? TILE_MAX_ROWS : rows;
+}
 
 static inline __attribute__((always_inline)) void tile(const int rows, const int vecs, int64_t depth, const float *a,
                                                        int64_t a_row, int64_t a_col, const float *b, int64_t ldb,
                                                        float *c, int64_t ldc, int accumulate) {
-    vec acc[TILE_ROWS][TILE_VECS];
+    vec acc[TILE_MAX_ROWS][TILE_VECS];
     for (int i = 0; i < rows; ++i)
         for (int j = 0; j < vecs; ++j) acc[i][j] = accumulate ? vload(c + i * ldc + j * VW) : vzero();
     for (int64_t k = 0; k < depth; ++k) {
@@ -146,19 +127,27 @@ static inline __attribute__((always_inline)) void tile(const int rows, const int
         for (int j = 0; j < vecs; ++j) vstore(c + i * ldc + j * VW, acc[i][j]);
 }
 
-/* tile() with its sizes as constants, so that the compiler keeps the accumulators in registers */
+/* tile() with its sizes as constants, so that the compiler keeps the accumulators in registers; only the shapes
+ * tile_rows() allows are compiled */
 static void tile_of(int rows, int vecs, int64_t depth, const float *a, int64_t a_row, int64_t a_col, const float *b,
                     int64_t ldb, float *c, int64_t ldc, int accumulate) {
 #define TILE_CASE(R, V) \
     case (R) * 8 + (V): tile(R, V, depth, a, a_row, a_col, b, ldb, c, ldc, accumulate); return;
+#define TILE_ROWS_UP_TO_4(V) TILE_CASE(1, V) TILE_CASE(2, V) TILE_CASE(3, V) TILE_CASE(4, V)
+#define TILE_ROWS_UP_TO_6(V) TILE_ROWS_UP_TO_4(V) TILE_CASE(5, V) TILE_CASE(6, V)
+#define TILE_ROWS_UP_TO_8(V) TILE_ROWS_UP_TO_6(V) TILE_CASE(7, V) TILE_CASE(8, V)
+    switch (rows * 8 + vecs) {
 #if TILE_VECS == 6
-#define TILE_WIDTHS(R) TILE_CASE(R, 1) TILE_CASE(R, 2) TILE_CASE(R, 3) TILE_CASE(R, 4) TILE_CASE(R, 5) TILE_CASE(R, 6)
+        TILE_ROWS_UP_TO_8(1) TILE_ROWS_UP_TO_8(2) TILE_ROWS_UP_TO_8(3) TILE_ROWS_UP_TO_6(4) TILE_ROWS_UP_TO_4(5)
+        TILE_ROWS_UP_TO_4(6)
 #else
-#define TILE_WIDTHS(R) TILE_CASE(R, 1) TILE_CASE(R, 2) TILE_CASE(R, 3)
+        TILE_ROWS_UP_TO_8(1) TILE_ROWS_UP_TO_6(2) TILE_ROWS_UP_TO_4(3)
 #endif
-    switch (rows * 8 + vecs) { TILE_WIDTHS(1) TILE_WIDTHS(2) TILE_WIDTHS(3) TILE_WIDTHS(4) }
+    }
 #undef TILE_CASE
-#undef TILE_WIDTHS
+#undef TILE_ROWS_UP_TO_4
+#undef TILE_ROWS_UP_TO_6
+#undef TILE_ROWS_UP_TO_8
 }
 #endif
 
@@ -168,8 +157,9 @@ static void gemm(int64_t m_total, int64_t n_total, int64_t depth, const float *a
 #ifdef VEC
     while (n + VW <= n_total) {
         const int vecs = (n_total - n) / VW > TILE_VECS ? TILE_VECS : (int)((n_total - n) / VW);
-        for (int64_t m = 0; m < m_total; m += TILE_ROWS) {
-            const int rows = m_total - m < TILE_ROWS ? (int)(m_total - m) : TILE_ROWS;
+        const int tall = tile_rows(vecs);
+        for (int64_t m = 0; m < m_total; m += tall) {
+            const int rows = m_total - m < tall ? (int)(m_total - m) : tall;
             tile_of(rows, vecs, depth, a + m * a_row, a_row, a_col, b + n, ldb, c + m * ldc + n, ldc, accumulate);
         }
         n += vecs * VW;
@@ -213,31 +203,73 @@ static void normalise_row(float *h, int64_t width, float den, float log_m, float
     for (int64_t j = 0; j < width; ++j) h[j] *= scale;
 }
 
-/* One strip of strips_forward: rows [start, start + STRIP_ROWS) of h and den, with kt = k^T (DH x ld). */
-static void strip_forward(const float *q, const float *kt, const float *v, const float *a, const float *r, float *h,
-                          float *den, float *strip, int64_t ld, int64_t start, int64_t seq_len, int64_t head_dim,
+/* ---- the forward strip, transposed ----------------------------------------------------------------------------
+ * The forward pass computes a strip's scores transposed, pt[s][i] = q[start + i] . k[s] (end x STRIP_ROWS): one
+ * vector per token s holds the strip's rows, so k is read as it is stored (no transposed copy of k per matrix,
+ * which would tie a thread to a matrix), only the strip's rows of q are transposed (STRIP_ROWS x DH floats), and
+ * the decay, the diagonal's mask and the row sums are vector operations along the rows. */
+
+/* qt (DH x STRIP_ROWS) = the transpose of `rows` rows of q (rows x DH); zero in the lanes from rows on */
+static void transpose_strip(const float *q, int64_t rows, int64_t head_dim, float *qt) {
+    for (int64_t d = 0; d < head_dim; ++d) {
+        for (int64_t i = 0; i < rows; ++i) qt[d * STRIP_ROWS + i] = q[i * head_dim + d];
+        for (int64_t i = rows; i < STRIP_ROWS; ++i) qt[d * STRIP_ROWS + i] = 0.0f;
+    }
+}
+
+/* STRIP_ROWS zeros then STRIP_ROWS ones: the STRIP_ROWS floats from ONES_FROM + STRIP_ROWS - o are 1 in the lanes
+ * i >= o, the rows t = start + i that see token s = start + o on the diagonal */
+static const float ONES_FROM[2 * STRIP_ROWS] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+};
+
+/* In place, pt (end x STRIP_ROWS) -> P: pt[s][i] *= D[start + i, s] (zero for s > start + i), and
+ * den[i] = sum_s P[start + i, s]. r holds the strip's rows' stabilisers r[start + i], STRIP_ROWS of them. */
+static void decay_strip(float *pt, const float *a, const float *r, int64_t start, int64_t end, float *den,
+                        float min_log) {
+#ifdef VEC
+    for (int64_t lane = 0; lane < STRIP_ROWS; lane += VW) {
+        const vec rt = vload(r + lane);
+        vec total = vzero();
+        for (int64_t s = 0; s < end; ++s) {
+            float *row = pt + s * STRIP_ROWS + lane;
+            vec weight = vexp(vmin(vmax(vsub(vset1(a[s]), rt), vset1(min_log)), vzero()));
+            if (s >= start) weight = vmul(weight, vload(ONES_FROM + STRIP_ROWS - (s - start) + lane));
+            const vec value = vmul(vload(row), weight);
+            vstore(row, value);
+            total = vadd(total, value);
+        }
+        vstore(den + lane, total);
+    }
+#else
+    for (int64_t i = 0; i < STRIP_ROWS; ++i) den[i] = 0.0f;
+    for (int64_t s = 0; s < end; ++s)
+        for (int64_t i = 0; i < STRIP_ROWS; ++i) {
+            const float mask = s >= start ? ONES_FROM[STRIP_ROWS - (s - start) + i] : 1.0f;
+            pt[s * STRIP_ROWS + i] *= decay1(a[s], r[i], min_log) * mask;
+            den[i] += pt[s * STRIP_ROWS + i];
+        }
+#endif
+}
+
+/* One strip of the parallel form, before the readout: rows [start, start + STRIP_ROWS) of h (not yet normalised)
+ * and den, h[t] = sum_{s <= t} P[t, s] v[s] and den[t] = sum_s P[t, s] with P = (q.k^T) D. a and r are the
+ * sequence's gate rows (a[s], r[t] as in decay1); qt (DH x STRIP_ROWS) and pt (seq_len x STRIP_ROWS) are
+ * scratch. Shared by the parallel form (strips of the whole sequence) and the chunkwise form (of one chunk). */
+static void strip_forward(const float *q, const float *k, const float *v, const float *a, const float *r, float *h,
+                          float *den, float *qt, float *pt, int64_t start, int64_t seq_len, int64_t head_dim,
                           int64_t value_dim, float min_log) {
     const int64_t end = start + STRIP_ROWS < seq_len ? start + STRIP_ROWS : seq_len, rows = end - start;
-    const int64_t width = padded(end); /* rows [start, end) see columns [0, end) */
-    gemm(rows, width, head_dim, q + start * head_dim, head_dim, 1, kt, ld, strip, ld, 0); /* q.k^T */
-    for (int64_t i = 0; i < rows; ++i)
-        den[start + i] = decay_row(strip + i * ld, a, r[start + i], start + i + 1, width, min_log);
-    gemm(rows, value_dim, end, strip, ld, 1, v, value_dim, h + start * value_dim, value_dim, 0); /* P v */
+    float row_max[STRIP_ROWS], sums[STRIP_ROWS];
+    for (int64_t i = 0; i < STRIP_ROWS; ++i) row_max[i] = r[i < rows ? start + i : end - 1]; /* finite past rows */
+    transpose_strip(q + start * head_dim, rows, head_dim, qt);
+    gemm(end, STRIP_ROWS, head_dim, k, head_dim, 1, qt, STRIP_ROWS, pt, STRIP_ROWS, 0); /* (q.k^T)^T */
+    decay_strip(pt, a, row_max, start, end, sums, min_log);
+    for (int64_t i = 0; i < rows; ++i) den[start + i] = sums[i];
+    gemm(rows, value_dim, end, pt, 1, STRIP_ROWS, v, value_dim, h + start * value_dim, value_dim, 0); /* P v */
 }
 
-/* The parallel form over one sequence of `seq_len` tokens, before the readout: h[t] = sum_{s <= t} P[t, s] v[s]
- * (not yet normalised) and den[t] = sum_s P[t, s], with P = (q.k^T) D. a and r are the sequence's gate rows
- * (a[s], r[t] as in decay_row); kt (DH x ld) and strip (STRIP_ROWS x ld) are scratch buffers, ld >= padded(seq_len).
- * Shared by the parallel form (the whole sequence) and the chunkwise form (one chunk). */
-static void strips_forward(const float *q, const float *k, const float *v, const float *a, const float *r, float *h,
-                           float *den, float *kt, float *strip, int64_t ld, int64_t seq_len, int64_t head_dim,
-                           int64_t value_dim, float min_log) {
-    transpose(k, seq_len, head_dim, kt, ld);
-    for (int64_t start = 0; start < seq_len; start += STRIP_ROWS)
-        strip_forward(q, kt, v, a, r, h, den, strip, ld, start, seq_len, head_dim, value_dim, min_log);
-}
-
-/* The backward pass of strips_forward for one sequence, given d_num (seq_len x DHV) and d_den (seq_len), the
+/* The backward pass of the strips of strip_forward over one sequence, given d_num (seq_len x DHV) and d_den (seq_len), the
  * gradients of the readout's numerator and denominator: dq is set, dk and dv are increased, row_sum[t] = sum_s and
  * col_sum[s] += sum_t of dL/d log decay[t, s]. kt, vt (DH x ld, DHV x ld), p and ds (STRIP_ROWS x ld) are scratch. */
 static void strips_backward(const float *q, const float *k, const float *v, const float *d_num, const float *d_den,
@@ -267,33 +299,31 @@ static void strips_backward(const float *q, const float *k, const float *v, cons
 int vil_mlstm_parallel(const float *q, const float *k, const float *v, const float *a, const float *r,
                        const float *log_m, float *h, float *den, int64_t mats, int64_t seq_len, int64_t head_dim,
                        int64_t value_dim, float eps, float min_log, int64_t threads) {
-    const int64_t ld = padded(seq_len), strips = (seq_len + STRIP_ROWS - 1) / STRIP_ROWS;
-    float *kt = buffer(mats * head_dim * ld); /* k^T of every matrix, so that any thread can take any strip */
-    int failed = kt == NULL;
-#pragma omp parallel num_threads(threads) if (!failed)
+    const int64_t strips = (seq_len + STRIP_ROWS - 1) / STRIP_ROWS;
+    int failed = 0;
+#pragma omp parallel num_threads(threads)
     {
-        float *strip = buffer(STRIP_ROWS * ld);
-        if (strip == NULL) {
+        float *qt = buffer(head_dim * STRIP_ROWS), *pt = buffer(seq_len * STRIP_ROWS);
+        const int ready = qt && pt;
+        if (!ready) {
 #pragma omp atomic write
             failed = 1;
         }
-#pragma omp for schedule(static)
-        for (int64_t m = 0; m < mats; ++m)
-            if (kt) transpose(k + m * seq_len * head_dim, seq_len, head_dim, kt + m * head_dim * ld, ld);
-        /* the longest strips (the last rows) first */
+        /* matrix after matrix, so that a thread's next strip reads the q, k, v it just read; in a matrix the
+         * longest strips (the last rows) first */
 #pragma omp for schedule(dynamic, 1)
         for (int64_t item = 0; item < mats * strips; ++item) {
-            if (strip == NULL || kt == NULL) continue;
-            const int64_t m = item % mats, start = (strips - 1 - item / mats) * STRIP_ROWS, t0 = m * seq_len;
+            if (!ready) continue;
+            const int64_t m = item / strips, start = (strips - 1 - item % strips) * STRIP_ROWS, t0 = m * seq_len;
             const int64_t end = start + STRIP_ROWS < seq_len ? start + STRIP_ROWS : seq_len;
-            strip_forward(q + t0 * head_dim, kt + m * head_dim * ld, v + t0 * value_dim, a + t0, r + t0,
-                          h + t0 * value_dim, den + t0, strip, ld, start, seq_len, head_dim, value_dim, min_log);
+            strip_forward(q + t0 * head_dim, k + t0 * head_dim, v + t0 * value_dim, a + t0, r + t0,
+                          h + t0 * value_dim, den + t0, qt, pt, start, seq_len, head_dim, value_dim, min_log);
             for (int64_t t = t0 + start; t < t0 + end; ++t)
                 normalise_row(h + t * value_dim, value_dim, den[t], log_m[t], eps);
         }
-        free(strip);
+        free(qt);
+        free(pt);
     }
-    free(kt);
     return failed ? -1 : 0;
 }
 
@@ -348,14 +378,15 @@ int vil_mlstm_chunkwise(const float *q, const float *k, const float *v, const fl
                         const float *c0, const float *n0, float *h, float *den, float *c_prev, float *n_prev,
                         float *c_last, float *n_last, int64_t mats, int64_t seq_len, int64_t chunk, int64_t head_dim,
                         int64_t value_dim, float eps, float min_log, int64_t threads) {
-    const int64_t chunks = (seq_len + chunk - 1) / chunk, ld = padded(chunk), state = head_dim * value_dim;
+    const int64_t chunks = (seq_len + chunk - 1) / chunk, state = head_dim * value_dim;
     const int64_t items = mats * chunks;
     float *c_states = c_prev, *n_states = n_prev;
     int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
-        float *kt = buffer(head_dim * ld), *strip = buffer(STRIP_ROWS * ld), *scaled = buffer(chunk * head_dim);
-        const int ready = kt && strip && scaled;
+        float *qt = buffer(head_dim * STRIP_ROWS), *pt = buffer(chunk * STRIP_ROWS);
+        float *scaled = buffer(chunk * head_dim);
+        const int ready = qt && pt && scaled;
         if (!ready) {
 #pragma omp atomic write
             failed = 1;
@@ -370,9 +401,9 @@ int vil_mlstm_chunkwise(const float *q, const float *k, const float *v, const fl
             const int64_t rows = seq_len - s0 < chunk ? seq_len - s0 : chunk;
             const int64_t t0 = m * seq_len + s0, g0 = item * chunk; /* token row, gate row */
             const float *kc = k + t0 * head_dim, *vc = v + t0 * value_dim;
-            if (h)
-                strips_forward(q + t0 * head_dim, kc, vc, a + g0, r + g0, h + t0 * value_dim, den + g0, kt, strip, ld,
-                               rows, head_dim, value_dim, min_log);
+            for (int64_t start = 0; h && start < rows; start += STRIP_ROWS)
+                strip_forward(q + t0 * head_dim, kc, vc, a + g0, r + g0, h + t0 * value_dim, den + g0, qt, pt, start,
+                              rows, head_dim, value_dim, min_log);
             float *u = n_states + item * head_dim;
             memset(u, 0, (size_t)head_dim * sizeof(float));
             for (int64_t t = 0; t < rows; ++t) {
@@ -430,8 +461,8 @@ int vil_mlstm_chunkwise(const float *q, const float *k, const float *v, const fl
                 normalise_row(hc + t * value_dim, value_dim, den[g0 + t], log_m[g0 + t], eps);
             for (int64_t t = rows; t < chunk; ++t) den[g0 + t] = 0.0f; /* the padding of the last chunk */
         }
-        free(kt);
-        free(strip);
+        free(qt);
+        free(pt);
         free(scaled);
     }
     return failed ? -1 : 0;
