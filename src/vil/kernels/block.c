@@ -52,17 +52,37 @@ static void headwise_row(const float *x, const float *wt, const float *bias, flo
     }
 }
 
-/* sum_e wa[e] a[e] + wb[e] b[e] over dim channels */
-static float dot2(const float *wa, const float *a, const float *wb, const float *b, int64_t dim) {
-    float total = 0.0f;
+/* out[j] = bias[j] + sum_e wa[j][e] a[e] + wb[j][e] b[e] over dim channels, for the gates j < count (wa, wb:
+ * count x dim), count <= GATE_BLOCK. One accumulator per gate, all updated in one pass over the channels: independent
+ * chains of FMAs whose latency is hidden (a gate at a time would wait on every FMA), and a and b read once. */
+#define GATE_BLOCK 8
+static inline __attribute__((always_inline)) void gate_dots_of(const int count, const float *wa, const float *a,
+                                                               const float *wb, const float *b, const float *bias,
+                                                               float *out, int64_t dim) {
+    float totals[GATE_BLOCK] = {0};
     int64_t e = 0;
 #ifdef VEC
-    vec acc = vzero();
-    for (; e + VW <= dim; e += VW) acc = vfmadd(vload(wb + e), vload(b + e), vfmadd(vload(wa + e), vload(a + e), acc));
-    total = vsum(acc);
+    vec acc[GATE_BLOCK];
+    for (int j = 0; j < count; ++j) acc[j] = vzero();
+    for (; e + VW <= dim; e += VW) {
+        const vec av = vload(a + e), bv = vload(b + e);
+        for (int j = 0; j < count; ++j) acc[j] = vfmadd(vload(wb + j * dim + e), bv, vfmadd(vload(wa + j * dim + e), av, acc[j]));
+    }
+    for (int j = 0; j < count; ++j) totals[j] = vsum(acc[j]);
 #endif
-    for (; e < dim; ++e) total += wa[e] * a[e] + wb[e] * b[e];
-    return total;
+    for (int j = 0; j < count; ++j) {
+        for (int64_t f = e; f < dim; ++f) totals[j] += wa[j * dim + f] * a[f] + wb[j * dim + f] * b[f];
+        out[j] = bias[j] + totals[j];
+    }
+}
+
+/* gate_dots_of for any count: blocks of GATE_BLOCK gates, the full ones with the count as a constant */
+static void gate_dots(const float *wa, const float *a, const float *wb, const float *b, const float *bias, float *out,
+                      int64_t count, int64_t dim) {
+    int64_t j = 0;
+    for (; j + GATE_BLOCK <= count; j += GATE_BLOCK)
+        gate_dots_of(GATE_BLOCK, wa + j * dim, a, wb + j * dim, b, bias + j, out + j, dim);
+    for (; j < count; ++j) gate_dots_of(1, wa + j * dim, a, wb + j * dim, b, bias + j, out + j, dim);
 }
 
 /* q, k = headwise(qk_in), v = headwise(v_in), each (B, NH, S, DH); qk_in and v_in are (B, S, E) with E = NH * DH.
@@ -84,9 +104,10 @@ void vil_headwise_qkv(const float *qk_in, const float *v_in, const float *wq, co
             headwise_row(qk_in + row, wk, bk, k + dst, from, to, dim);
             headwise_row(v_in + row, wv, bv, v + dst, from, to, dim);
         }
-        for (int64_t j = 0; gates && j < num_gates; ++j) {
-            gates[(b * num_gates + j) * seq_len + s] =
-                gate_bias[j] + dot2(gate_wqk + j * dim, qk_in + row, gate_wv + j * dim, v_in + row, dim);
+        if (gates) {
+            float row_gates[ROW_BUFFER];
+            gate_dots(gate_wqk, qk_in + row, gate_wv, v_in + row, gate_bias, row_gates, num_gates, dim);
+            for (int64_t j = 0; j < num_gates; ++j) gates[(b * num_gates + j) * seq_len + s] = row_gates[j];
         }
     }
 }
