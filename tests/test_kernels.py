@@ -226,6 +226,30 @@ def test_cell_backward_kernels_are_as_accurate_as_torch(backend, gate_scale, sha
         _assert_as_accurate(g, w, x)
 
 
+@pytest.mark.parametrize("shape", CELL_SHAPES)
+def test_chunkwise_state_gradients_are_as_accurate_as_torch(shape):
+    # the state recurrence's backward pass (kernels.mlstm_state_backward) with a state in and out: the loss reads
+    # the final state too, so dL/d(c, n, m) of the initial state and the final state's gradients all take part
+    inputs = _cell_inputs(*shape, 3.0)
+    batch, heads, _, head_dim = inputs[0].shape
+    state = [torch.randn(batch, heads, head_dim, inputs[2].shape[-1]), torch.randn(batch, heads, head_dim),
+             torch.randn(batch, heads)]  # fmt: skip
+    weights = [torch.randn(*x.shape) for x in (inputs[2], *state)]
+
+    def gradients(dtype=torch.float32):
+        leaves = [x.to(dtype, copy=True).requires_grad_() for x in (*inputs, *state)]
+        h, final = mlstm(*leaves[:5], backend="chunkwise", chunk_size=16, initial_state=MLSTMState(*leaves[5:]),
+                         return_state=True)  # fmt: skip
+        sum((y * w.to(dtype)).sum() for y, w in zip((h, *final), weights, strict=True)).backward()
+        return [x.grad for x in leaves]
+
+    exact, got = gradients(torch.float64), gradients()
+    with kernels.disabled():
+        want = gradients()
+    for g, w, x in zip(got, want, exact, strict=True):
+        _assert_as_accurate(g, w, x)
+
+
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_gated_branch_output_backward_matches_autograd(shape, with_bias):

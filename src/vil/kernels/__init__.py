@@ -38,7 +38,8 @@ __all__ = [
     "CACHE", "PART_ROWS", "ROW_BUFFER", "SWITCH", "conv2d_silu", "conv2d_silu_backward", "conv2d_silu_supported",
     "disabled", "gated_branch_output", "gated_branch_output_backward",
     "headwise_backward_applies", "headwise_qkv", "headwise_qkv_backward", "library", "mlstm_chunkwise",
-    "mlstm_chunk_states", "mlstm_chunkwise_backward", "mlstm_parallel", "mlstm_parallel_backward", "reset", "usable",
+    "mlstm_chunk_states", "mlstm_chunkwise_backward", "mlstm_parallel", "mlstm_parallel_backward", "mlstm_state_backward",
+    "reset", "usable",
 ]  # fmt: skip
 
 
@@ -326,13 +327,40 @@ def mlstm_chunkwise_backward(
     dq, dk = (q.new_empty(batch, heads, chunks, chunk, head_dim) for _ in range(2))
     dv = torch.empty_like(d_num)
     row_sum, col_sum = torch.empty_like(d_den), torch.empty_like(d_den)
-    dc_out, dn_out = torch.empty_like(c_prev), torch.empty_like(n_prev)
+    # dL/d of the states: read only by mlstm_state_backward right after, which turns them into the chunk updates'
+    # gradients in place, dead before the next block's backward pass
+    dc_out, dn_out = reused("chunkwise.dc_out", c_prev.shape, c_prev), reused("chunkwise.dn_out", n_prev.shape, n_prev)
     outputs = (dq, dk, dv, row_sum, col_sum, dc_out, dn_out)
     status = library().vil_mlstm_chunkwise_backward(
         *map(_pointer, (q, k, v, d_num, d_den, *gate_rows, c_prev, n_prev, *outputs)),
         batch * heads, seq_len, chunk, head_dim, value_dim, min_log, _threads(),
     )  # fmt: skip
     return outputs if status == 0 else None
+
+
+def mlstm_state_backward(
+    states: tuple[torch.Tensor, ...], alpha: torch.Tensor, beta: torch.Tensor, from_a_last: torch.Tensor,
+    d_states_out: tuple[torch.Tensor, torch.Tensor], dm_out: torch.Tensor, d_last: tuple[torch.Tensor | None, ...],
+) -> tuple | None:  # fmt: skip
+    """The chunkwise form's state recurrence backwards over the chunks (see cell.c), as
+    vil.ops.chunkwise._scan_backward: ``states`` = (c_prev (B, NH, NC, DH, DHV), n_prev (B, NH, NC, DH), c_last,
+    n_last); alpha, beta, from_a_last (bool), dm_out (B, NH, NC); ``d_states_out`` = dL/d (c_prev, n_prev) through
+    the chunks' outputs, overwritten with the gradients of the chunk updates; ``d_last`` = dL/d of the final (c, n,
+    m) or Nones. -> ((dU, du), d_a_last, d_g, (dc0, dn0, dm0)). None where it does not apply."""
+    d_c, d_n = d_states_out
+    tensors = (*states, alpha, beta, dm_out, d_c, d_n, *d_last)
+    if not _applies(*tensors) or not all(t.is_contiguous() for t in (d_c, d_n)):
+        return None
+    c_prev, n_prev, c_last, n_last, alpha, beta, dm_out, *last = _contiguous(*states, alpha, beta, dm_out, *d_last)
+    batch, heads, chunks, head_dim, value_dim = c_prev.shape
+    d_a_last, d_g = torch.empty_like(alpha), torch.empty_like(alpha)
+    dc0, dn0, dm0 = torch.empty_like(c_last), torch.empty_like(n_last), alpha.new_empty(batch, heads)
+    from_a_last = from_a_last.to(alpha.dtype).contiguous()
+    status = library().vil_mlstm_state_backward(
+        *map(_pointer, (c_prev, n_prev, c_last, n_last, alpha, beta, from_a_last, dm_out, d_c, d_n, *last)),
+        *map(_pointer, (d_a_last, d_g, dc0, dn0, dm0)), batch * heads, chunks, head_dim, value_dim, _threads(),
+    )  # fmt: skip
+    return ((d_c, d_n), d_a_last, d_g, (dc0, dn0, dm0)) if status == 0 else None
 
 
 def headwise_backward_applies(qk_input: torch.Tensor, v_input: torch.Tensor, weights: list[torch.Tensor]) -> bool:

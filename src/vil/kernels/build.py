@@ -52,10 +52,12 @@ _SIGNATURES = {
     "vil_mlstm_parallel_backward": [_POINTER] * 12 + [_INT] * 4 + [_FLOAT, _INT],
     "vil_mlstm_chunkwise": [_POINTER] * 17 + [_INT] * 5 + [_FLOAT] * 2 + [_INT],
     "vil_mlstm_chunkwise_backward": [_POINTER] * 17 + [_INT] * 5 + [_FLOAT, _INT],
+    "vil_mlstm_state_backward": [_POINTER] * 18 + [_INT] * 5,
 }
 # these return 0, or -1 when their buffers could not be allocated
 _RETURNS_STATUS = (
     "vil_mlstm_parallel", "vil_mlstm_parallel_backward", "vil_mlstm_chunkwise", "vil_mlstm_chunkwise_backward",
+    "vil_mlstm_state_backward",
 )  # fmt: skip
 
 

@@ -540,3 +540,101 @@ int vil_mlstm_chunkwise_backward(const float *q, const float *k, const float *v,
     }
     return failed ? -1 : 0;
 }
+
+/* ---- the chunkwise form's state recurrence, backwards over the chunks ------------------------------------------
+ * vil.ops.chunkwise._scan_backward for each matrix: C_j = alpha_j C_{j-1} + beta_j U_j (the same for n) and
+ * m_j = g_j + max(m_{j-1}, a_last_j). c_prev (NC, DH, DHV) and n_prev (NC, DH) are the states before each chunk,
+ * c_last and n_last the state after the last; alpha, beta, from_a_last (1 where a_last_j > m_{j-1}, else 0) and
+ * dm_out (dL/d m_{j-1} through chunk j's outputs) have NC entries. d_c (NC, DH, DHV) and d_n (NC, DH) hold dL/d of
+ * the state before each chunk through that chunk's outputs, and are overwritten with beta_j dL/dC_j and
+ * beta_j dL/dn_j (C_j the state after chunk j), the gradients of the chunk's updates that _scan_backward returns. dc_last, dn_last, dm_last are
+ * dL/d of the final state (NULL: none). Out: d_a_last, d_g (NC) and dL/d of the initial state dc0, dn0, dm0.
+ *
+ * Threads: the d x d recurrence is split into parts of STATE_ROWS rows of C (part 0 also takes n), items that run
+ * the whole recurrence on their rows and write their share of the two dot products per chunk; the scalar m
+ * recurrence then adds the shares in part order, per matrix: the same results for any thread count. */
+#define STATE_ROWS 16
+
+static float dot(const float *x, const float *y, int64_t n) {
+    float total = 0.0f;
+    int64_t e = 0;
+#ifdef VEC
+    vec acc = vzero();
+    for (; e + VW <= n; e += VW) acc = vfmadd(vload(x + e), vload(y + e), acc);
+    total = vsum(acc);
+#endif
+    for (; e < n; ++e) total += x[e] * y[e];
+    return total;
+}
+
+/* running = d_out + alpha running after out = running * beta, for n floats: one chunk of the reverse recurrence */
+static void state_step_backward(float *running, float *d_out, float alpha, float beta, int64_t n) {
+    for (int64_t e = 0; e < n; ++e) {
+        const float after = running[e];
+        running[e] = d_out[e] + alpha * after;
+        d_out[e] = after * beta;
+    }
+}
+
+int vil_mlstm_state_backward(const float *c_prev, const float *n_prev, const float *c_last, const float *n_last,
+                             const float *alpha, const float *beta, const float *from_a_last, const float *dm_out,
+                             float *d_c, float *d_n, const float *dc_last, const float *dn_last, const float *dm_last,
+                             float *d_a_last, float *d_g, float *dc0, float *dn0, float *dm0, int64_t mats,
+                             int64_t chunks, int64_t head_dim, int64_t value_dim, int64_t threads) {
+    const int64_t parts = (head_dim + STATE_ROWS - 1) / STATE_ROWS, state = head_dim * value_dim;
+    /* shares[((m * parts + p) * chunks + j) * 2 + {0, 1}]: part p's share of <dC_after_j, C_prev_j> and of
+     * <dC_after_j, C_after_j> (with n's terms in part 0) */
+    float *shares = buffer(mats * parts * chunks * 2);
+    if (shares == NULL) return -1;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t item = 0; item < mats * parts; ++item) {
+        const int64_t m = item / parts, p = item % parts;
+        const int64_t row0 = p * STATE_ROWS, rows = head_dim - row0 < STATE_ROWS ? head_dim - row0 : STATE_ROWS;
+        const int64_t offset = row0 * value_dim, width = rows * value_dim; /* this part's floats of a state */
+        float *running = dc0 + m * state + offset, *running_n = dn0 + m * head_dim;
+        if (dc_last) memcpy(running, dc_last + m * state + offset, (size_t)width * sizeof(float));
+        else memset(running, 0, (size_t)width * sizeof(float));
+        if (p == 0) {
+            if (dn_last) memcpy(running_n, dn_last + m * head_dim, (size_t)head_dim * sizeof(float));
+            else memset(running_n, 0, (size_t)head_dim * sizeof(float));
+        }
+        for (int64_t j = chunks - 1; j >= 0; --j) {
+            const int64_t slot = m * chunks + j;
+            const float *before = c_prev + slot * state + offset;
+            const float *after = (j + 1 < chunks ? c_prev + (slot + 1) * state : c_last + m * state) + offset;
+            float *share = shares + ((m * parts + p) * chunks + j) * 2;
+            share[0] = dot(running, before, width);
+            share[1] = dot(running, after, width);
+            if (p == 0) {
+                const float *n_before = n_prev + slot * head_dim;
+                const float *n_after = j + 1 < chunks ? n_prev + (slot + 1) * head_dim : n_last + m * head_dim;
+                share[0] += dot(running_n, n_before, head_dim);
+                share[1] += dot(running_n, n_after, head_dim);
+                state_step_backward(running_n, d_n + slot * head_dim, alpha[slot], beta[slot], head_dim);
+            }
+            state_step_backward(running, d_c + slot * state + offset, alpha[slot], beta[slot], width);
+        }
+    }
+    /* alpha = exp(m_prev - r), beta = exp(a_last - r), beta U = C_after - alpha C_prev: the log weights' gradients,
+     * and the m recurrence, matrix by matrix */
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t m = 0; m < mats; ++m) {
+        float d_m = dm_last ? dm_last[m] : 0.0f;
+        for (int64_t j = chunks - 1; j >= 0; --j) {
+            const int64_t slot = m * chunks + j;
+            float dot_prev = 0.0f, dot_after = 0.0f;
+            for (int64_t p = 0; p < parts; ++p) {
+                dot_prev += shares[((m * parts + p) * chunks + j) * 2];
+                dot_after += shares[((m * parts + p) * chunks + j) * 2 + 1];
+            }
+            const float d_log_alpha = dot_prev * alpha[slot], d_log_beta = dot_after - d_log_alpha;
+            const float d_r = d_m - d_log_alpha - d_log_beta;
+            d_g[slot] = d_m;
+            d_a_last[slot] = d_log_beta + d_r * from_a_last[slot];
+            d_m = d_log_alpha + d_r * (1.0f - from_a_last[slot]) + dm_out[slot];
+        }
+        dm0[m] = d_m;
+    }
+    free(shares);
+    return 0;
+}

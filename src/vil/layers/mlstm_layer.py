@@ -12,7 +12,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .. import kernels
 from ..ops.backend import mlstm
-from ..ops.projected import mlstm_projected, recompute_pays_off
+from ..ops.projected import hand_recompute_applies, mlstm_projected, recompute_pays_off
 from .conv import CausalConv1d, SequenceConv2d
 from .gated_projection import gated_projection
 from .headwise import HeadwiseLinear, fold_into_linear, headwise_linear
@@ -211,6 +211,57 @@ class _GatedBranchOutput:
 gated_branch_output = _GatedBranchOutput()
 
 
+class _GateProjectedInside:
+    """gated_branch_output with the output gate's pre-activation z = linear(x, z_weight, z_bias) computed inside it:
+    the layer then keeps x (the normed block input, which proj_up keeps for its own backward pass anyway) instead
+    of the E-wide z, and the backward pass recomputes z, at the price of one (B N, D) x (D, E) product."""
+
+    def __init__(self, has_bias: bool):
+        self.has_bias = has_bias
+
+    def _split(self, inputs):
+        """(x, z_weight, z_bias or None, the other inputs of gated_branch_output)"""
+        x, z_weight, *rest = inputs
+        z_bias = rest.pop(0) if self.has_bias else None
+        return x, z_weight, z_bias, rest
+
+    def __call__(self, *inputs) -> torch.Tensor:
+        x, z_weight, z_bias, rest = self._split(inputs)
+        return gated_branch_output(_gate_input(x, z_weight, z_bias), *rest)
+
+    def hand_backward(self, inputs, d_gated):
+        x, z_weight, z_bias, rest = self._split(inputs)
+        result = gated_branch_output.hand_backward([_gate_input(x, z_weight, z_bias), *rest], d_gated)
+        if result is None:
+            return None
+        gated, (dz, *d_rest) = result
+        flat_dz = dz.flatten(0, -2)  # (B N, E)
+        d_z_params = [flat_dz.t() @ x.flatten(0, -2)] + ([flat_dz.sum(dim=0)] if self.has_bias else [])
+        return gated, [dz @ z_weight, *d_z_params, *d_rest]
+
+
+def _gate_input(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """z = linear(x, weight, bias) (B, N, E); without autograd in a buffer that the next call overwrites (z is dead
+    once the gated output is made): a fresh E-wide tensor per block would leave a hole in the heap that the small
+    tensors kept for the backward pass split (see vil.utils.gradient_buffer)."""
+    if torch.is_grad_enabled() or x.device.type != "cpu":
+        return F.linear(x, weight, bias)
+    flat = x.flatten(0, -2)  # (B N, D)
+    z = kernels.reused("gate_input.z", (flat.shape[0], weight.shape[0]), x)
+    if bias is None:
+        torch.mm(flat, weight.t(), out=z)
+    else:
+        torch.addmm(bias, flat, weight.t(), out=z)
+    return z.view(*x.shape[:-1], weight.shape[0])
+
+
+# From this many tokens per image on, training recomputes the output gate's z in the backward pass instead of keeping
+# it (a sixth of what a block keeps): at 1024 tokens (512 px, patch 16) and beyond, the cell's cost per token has
+# grown so far that the extra (D x E) product costs ~1-2 % of a training step, while memory is what limits the image
+# size. Shorter sequences keep z: there the product would cost ~5 % of a step.
+RECOMPUTE_Z_MIN_TOKENS = 1024
+
+
 def _gate(z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return h * F.silu(z)
 
@@ -261,9 +312,16 @@ class MLSTMLayer(nn.Module):
         if len(self.traversals) == 1:
             # one direction: reorder the narrow (D-wide) input and output instead of the E-wide branch tensors
             traversal = self.traversals[0]
-            x_mlstm, z = self._project_up(to_traversal(x, grid, traversal, has_cls))
+            x = to_traversal(x, grid, traversal, has_cls)
+            (x_weight, z_weight), (x_bias, z_bias) = self._up_halves()
+            x_mlstm = F.linear(x, x_weight, x_bias)
             h_inputs = self.branches[0].output_inputs(x_mlstm, traversal_grid(grid, traversal), has_cls)
-            out = gated_projection(gated_branch_output, [z, *h_inputs], self.proj_down.weight, self.proj_down.bias)
+            if x.shape[1] >= RECOMPUTE_Z_MIN_TOKENS and hand_recompute_applies(x_mlstm):
+                make_gated = _GateProjectedInside(z_bias is not None)
+                gated_inputs = [x, z_weight, *([] if z_bias is None else [z_bias]), *h_inputs]
+            else:
+                make_gated, gated_inputs = gated_branch_output, [F.linear(x, z_weight, z_bias), *h_inputs]
+            out = gated_projection(make_gated, gated_inputs, self.proj_down.weight, self.proj_down.bias)
             return from_traversal(out, grid, traversal, has_cls)
         x_mlstm, z = self._project_up(x)
         h = None
@@ -275,12 +333,16 @@ class MLSTMLayer(nn.Module):
         # the output gate is per token, so it commutes with the reordering and is applied once to the sum
         return gated_projection(_gate, [z, h], self.proj_down.weight, self.proj_down.bias)
 
+    def _up_halves(self):
+        """proj_up's weight and bias as the halves that make x_mlstm and z: ((W_x, W_z), (b_x, b_z))."""
+        weights = self.proj_up.weight.chunk(2, dim=0)
+        return weights, (None, None) if self.proj_up.bias is None else self.proj_up.bias.chunk(2)
+
     def _project_up(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """proj_up as two products, so that x_mlstm and z each come out contiguous (B, N, E): the conv then reads
         x_mlstm in place instead of copying a strided half of the (B, N, 2E) output."""
-        weights = self.proj_up.weight.chunk(2, dim=0)
-        biases = (None, None) if self.proj_up.bias is None else self.proj_up.bias.chunk(2)
-        return F.linear(x, weights[0], biases[0]), F.linear(x, weights[1], biases[1])
+        (x_weight, z_weight), (x_bias, z_bias) = self._up_halves()
+        return F.linear(x, x_weight, x_bias), F.linear(x, z_weight, z_bias)
 
 
 class ViLBlock(nn.Module):

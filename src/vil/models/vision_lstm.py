@@ -15,6 +15,7 @@ from ..layers.norm import ResidualLayerNorm
 from ..layers.pooling import pool_tokens, pooled_dim
 from ..layers.traversal import block_traversals
 from ..utils.cpu_allocator import tune_on_first_use
+from ..utils.gradient_buffer import allocate_gradients_when_reached
 from .config import ViLConfig, check_image_size
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class VisionLSTM(nn.Module):
         x, grid = self._embed(x)
         for block in self.blocks:
             x = self._run_block(block, x, grid)
+        allocate_gradients_when_reached(x, self.blocks.parameters())  # keeps the heap whole (vil.utils.gradient_buffer)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -117,6 +119,8 @@ class VisionLSTM(nn.Module):
             x = self._run_block(block, x, grid)
             if index in take_indices:
                 intermediates.append(self._to_feature_map(self.norm(x) if norm else x, grid, output_fmt))
+            if index == max_index:  # a gradient through the last tap reaches every block up to it
+                allocate_gradients_when_reached(x, blocks[: index + 1].parameters())
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates

@@ -279,13 +279,14 @@ def chunkwise_backward(q, k, v, igate, fgate, saved, dh, chunk_size: int, eps: f
     d_amax = dr * from_amax
     dm_prev_out += (dr * ~from_amax).sum(dim=-1)
 
-    # --- the state recurrence, backwards over chunks
-    states_after = (torch.cat([c_prev[:, :, 1:], c_last.unsqueeze(2)], dim=2),
-                    torch.cat([n_prev[:, :, 1:], n_last.unsqueeze(2)], dim=2))  # fmt: skip
-    (d_updates, d_update_n), d_a_last, d_g, (dc0, dn0, dm0) = _scan_backward(
-        (c_prev, n_prev), states_after, alpha, beta, chunked.a_last > m_prev,
+    # --- the state recurrence, backwards over chunks: in one CPU kernel (in place of d_c_prev_out, d_n_prev_out),
+    # else chunk by chunk in PyTorch
+    scan = (
+        (c_prev, n_prev, c_last, n_last), alpha, beta, chunked.a_last > m_prev,
         (d_c_prev_out, d_n_prev_out), dm_prev_out, (dc_last, dn_last, dm_last),
     )  # fmt: skip
+    scanned = kernels.mlstm_state_backward(*scan) if fused is not None else None
+    (d_updates, d_update_n), d_a_last, d_g, (dc0, dn0, dm0) = scanned or _scan_backward(*scan)
 
     # U = (w k)^T v, u = sum_s w k
     write_weight = chunked.write_weights()
@@ -328,18 +329,20 @@ def _outputs_backward(chunked: _Chunked, d_num, d_den, r, inter_weight, c_prev, 
     return dq, dk, dv, d_log_decay_rows, da, d_c_prev_out, d_n_prev_out
 
 
-def _scan_backward(states_prev, states_after, alpha, beta, from_a_last, d_states_out, dm_prev_out, d_last):
+def _scan_backward(states, alpha, beta, from_a_last, d_states_out, dm_prev_out, d_last):
     """Backward of C_j = alpha_j C_{j-1} + beta_j U_j (the same for n) and m_j = g_j + max(m_{j-1}, a_last_j).
 
     Args:
-        states_prev, states_after: (C, n) before and after each chunk, (B, NH, NC, DH, DHV) and (B, NH, NC, DH).
+        states: (C, n) before each chunk, (B, NH, NC, DH, DHV) and (B, NH, NC, DH), and after the last chunk.
         alpha, beta, from_a_last (a_last_j > m_{j-1}): (B, NH, NC).
         d_states_out: dL/d(C, n) before each chunk through that chunk's outputs; dm_prev_out likewise for m.
         d_last: dL/d of the final (c, n, m), or None.
     Returns:
         dL/d(U, u) of each chunk, dL/d a_last, dL/dg, and dL/d of the initial (c, n, m).
     """
-    (c_prev, n_prev), (c_after, n_after), (d_c_out, d_n_out) = states_prev, states_after, d_states_out
+    (c_prev, n_prev, c_last, n_last), (d_c_out, d_n_out) = states, d_states_out
+    c_after = torch.cat([c_prev[:, :, 1:], c_last.unsqueeze(2)], dim=2)  # the states after each chunk
+    n_after = torch.cat([n_prev[:, :, 1:], n_last.unsqueeze(2)], dim=2)
     dc_last, dn_last, dm_last = d_last
     num_chunks = alpha.shape[-1]
 
