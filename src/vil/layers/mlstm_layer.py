@@ -256,9 +256,9 @@ def _gate_input(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
 
 # From this many tokens per image on, training recomputes the output gate's z in the backward pass instead of keeping
-# it (a sixth of what a block keeps): at 1024 tokens (512 px, patch 16) and beyond, the cell's cost per token has
-# grown so far that the extra (D x E) product costs ~1-2 % of a training step, while memory is what limits the image
-# size. Shorter sequences keep z: there the product would cost ~5 % of a step.
+# it (a sixth of what a block keeps): at 1024 px (4096 tokens) this lowered ViL-T's training-step memory growth from
+# ~1054 to ~967 MiB for ~5 % more time per step (one more (D x E) product per block), measured with
+# benchmarks/user_script.py; at high resolution memory is what limits the image size. Shorter sequences keep z.
 RECOMPUTE_Z_MIN_TOKENS = 1024
 
 
