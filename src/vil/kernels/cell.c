@@ -5,7 +5,8 @@
  * up to the tile's end, then applies the decay in a separate pass; at ViL's sizes (S = 196, DH = 96) the products
  * are small, so per-call overhead and the wasted upper triangle cost a third of the cell. Here a strip of
  * STRIP_ROWS rows is computed against the columns it sees, the decay applied while the strip is in cache, and the
- * strip's products run through one register-tiled kernel (gemm below). Layouts: q, k (mats, S, DH) and v
+ * strip's products run through one register-tiled kernel (gemm below); the forward pass forms its strips
+ * transposed (see strip_forward). Layouts: q, k (mats, S, DH) and v
  * (mats, S, DHV) contiguous; the gate rows a, r (mats, S).
  *
  * Threads (OpenMP, PyTorch's own runtime; the caller passes PyTorch's thread count): the work is cut into items
@@ -14,8 +15,9 @@
  * bit. The items: the parallel form's forward, one strip of one matrix (B NH S / STRIP_ROWS items); its
  * backward, one matrix (B NH: dk and dv sum over all strips); the chunkwise forward, one chunk of one matrix for
  * the intra-chunk part and the state's share, with only the d x d state recurrence (cheap) run matrix by matrix;
- * the chunkwise backward, one chunk of one matrix (B NH NC items). Items of unequal cost are handed out
- * dynamically. */
+ * the chunkwise backward, one chunk of one matrix (B NH NC items); the state recurrence's backward, rows of the state
+ * of one matrix, whose shares of each chunk's dot products are added in a fixed order. Items of unequal cost are
+ * handed out dynamically. */
 #include <stdlib.h>
 
 #include "vector.h"
