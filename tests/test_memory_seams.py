@@ -24,9 +24,10 @@ def _gradients(model: VisionLSTM, images: torch.Tensor) -> list[torch.Tensor]:
     return [p.grad.clone() for p in model.parameters()]
 
 
+@pytest.mark.parametrize("version", [1, 2])  # v1 has no biases
 @pytest.mark.parametrize("with_kernels", [True, False])
-def test_recomputed_gate_input_gives_the_gradients_of_the_kept_one(monkeypatch, with_kernels):
-    model, images = _small_model(), torch.randn(16, 3, 64, 64)
+def test_recomputed_gate_input_gives_the_gradients_of_the_kept_one(monkeypatch, with_kernels, version):
+    model, images = _small_model(version), torch.randn(16, 3, 64, 64)
     with kernels.disabled() if not with_kernels else torch.enable_grad():
         kept = _gradients(model, images)
         monkeypatch.setattr(mlstm_layer, "RECOMPUTE_Z_MIN_TOKENS", 1)  # every sequence recomputes z
