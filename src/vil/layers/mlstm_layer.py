@@ -227,32 +227,17 @@ class _GateProjectedInside:
 
     def __call__(self, *inputs) -> torch.Tensor:
         x, z_weight, z_bias, rest = self._split(inputs)
-        return gated_branch_output(_gate_input(x, z_weight, z_bias), *rest)
+        return gated_branch_output(F.linear(x, z_weight, z_bias), *rest)
 
     def hand_backward(self, inputs, d_gated):
         x, z_weight, z_bias, rest = self._split(inputs)
-        result = gated_branch_output.hand_backward([_gate_input(x, z_weight, z_bias), *rest], d_gated)
+        result = gated_branch_output.hand_backward([F.linear(x, z_weight, z_bias), *rest], d_gated)
         if result is None:
             return None
         gated, (dz, *d_rest) = result
         flat_dz = dz.flatten(0, -2)  # (B N, E)
         d_z_params = [flat_dz.t() @ x.flatten(0, -2)] + ([flat_dz.sum(dim=0)] if self.has_bias else [])
         return gated, [dz @ z_weight, *d_z_params, *d_rest]
-
-
-def _gate_input(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """z = linear(x, weight, bias) (B, N, E); without autograd in a buffer that the next call overwrites (z is dead
-    once the gated output is made): a fresh E-wide tensor per block would leave a hole in the heap that the small
-    tensors kept for the backward pass split (see vil.utils.gradient_buffer)."""
-    if torch.is_grad_enabled() or x.device.type != "cpu":
-        return F.linear(x, weight, bias)
-    flat = x.flatten(0, -2)  # (B N, D)
-    z = kernels.reused("gate_input.z", (flat.shape[0], weight.shape[0]), x)
-    if bias is None:
-        torch.mm(flat, weight.t(), out=z)
-    else:
-        torch.addmm(bias, flat, weight.t(), out=z)
-    return z.view(*x.shape[:-1], weight.shape[0])
 
 
 # From this many tokens per image on, training recomputes the output gate's z in the backward pass instead of keeping
