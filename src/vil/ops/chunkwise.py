@@ -288,15 +288,7 @@ def chunkwise_backward(q, k, v, igate, fgate, saved, dh, chunk_size: int, eps: f
     scanned = kernels.mlstm_state_backward(*scan) if fused is not None else None
     (d_updates, d_update_n), d_a_last, d_g, (dc0, dn0, dm0) = scanned or _scan_backward(*scan)
 
-    # U = (w k)^T v, u = sum_s w k
-    write_weight = chunked.write_weights()
-    weighted_keys = chunked.weighted_keys(write_weight)
-    d_weighted_keys = (chunked.v @ d_updates.transpose(-2, -1)).add_(d_update_n.unsqueeze(-2))  # (B, NH, NC, L, DH)
-    _add_product(dv, weighted_keys, d_updates)
-    d_log_w = _dot(d_weighted_keys, chunked.k) * write_weight
-    dk.addcmul_(d_weighted_keys, write_weight.unsqueeze(-1))
-    da += d_log_w
-    d_amax[..., -1] += d_a_last - d_log_w.sum(dim=-1)  # w = exp(a - a_last) / sqrt(DH), a_last = amax[last]
+    write_updates_backward(chunked, chunked.write_weights(), (d_updates, d_update_n), dk, dv, da, d_amax, d_a_last)
 
     # amax = cummax(a); a = i - b; g = b[last]; b = cumsum(log f) within each chunk; log f = logsigmoid(f)
     da.scatter_add_(-1, chunked.amax_index, d_amax)
@@ -307,6 +299,20 @@ def chunkwise_backward(q, k, v, igate, fgate, saved, dh, chunk_size: int, eps: f
     d_fgate = d_log_f.reshape(batch, heads, -1)[..., :seq_len] * torch.sigmoid(-fgate)
     return (chunked.unchunk(dq), chunked.unchunk(dk), chunked.unchunk(dv), d_igate, d_fgate,
             dc0, dn0, dm0)  # fmt: skip
+
+
+def write_updates_backward(chunked: _Chunked, write_weight, d_updates_both, dk, dv, da, d_amax, d_a_last) -> None:
+    """In place, the backward pass of each chunk's state update U = (w k)^T v, u = sum_s w k given dL/d(U, u)
+    ``d_updates_both``: dk, dv and da (B, NH, NC, L, ...) increased, and d_amax[..., -1] through w = exp(a -
+    a_last) / sqrt(DH), a_last = amax[last] (with dL/d a_last from the state recurrence, ``d_a_last``)."""
+    d_updates, d_update_n = d_updates_both
+    weighted_keys = chunked.weighted_keys(write_weight)
+    d_weighted_keys = (chunked.v @ d_updates.transpose(-2, -1)).add_(d_update_n.unsqueeze(-2))  # (B, NH, NC, L, DH)
+    _add_product(dv, weighted_keys, d_updates)
+    d_log_w = _dot(d_weighted_keys, chunked.k) * write_weight
+    dk.addcmul_(d_weighted_keys, write_weight.unsqueeze(-1))
+    da += d_log_w
+    d_amax[..., -1] += d_a_last - d_log_w.sum(dim=-1)
 
 
 def _outputs_backward(chunked: _Chunked, d_num, d_den, r, inter_weight, c_prev, n_prev):

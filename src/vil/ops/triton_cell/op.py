@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..chunkwise import _add_product, _chunk_state_weights, _Chunked, _dot, _stabilisers
+from ..chunkwise import _chunk_state_weights, _Chunked, _dot, _stabilisers, write_updates_backward
 from ..common import MIN_LOG_DECAY, gate_backward, readout_backward, stabilised_exp
 from . import kernels
 
@@ -125,15 +125,8 @@ def _backward(q, k, v, igate, fgate, c_prev, n_prev, c_last, n_last, m_all, deno
         )
     )
 
-    # U = (w k)^T v, u = sum_s w k
     write_weight = chunked.write_weights().float()
-    weighted_keys = chunked.weighted_keys(write_weight)
-    d_weighted_keys = (chunked.v @ d_updates.transpose(-2, -1)).add_(d_update_n.unsqueeze(-2))  # (B, NH, NC, L, DH)
-    _add_product(dv, weighted_keys, d_updates)
-    d_log_w = _dot(d_weighted_keys, chunked.k) * write_weight
-    dk.addcmul_(d_weighted_keys, write_weight.unsqueeze(-1))
-    da += d_log_w
-    d_amax[..., -1] += d_a_last - d_log_w.sum(dim=-1)
+    write_updates_backward(chunked, write_weight, (d_updates, d_update_n), dk, dv, da, d_amax, d_a_last)
 
     # amax = cummax(a); a = i - b; g = b[last]; b = cumsum(log f) within each chunk; log f = logsigmoid(f)
     da.scatter_add_(-1, chunked.amax_index, d_amax)
