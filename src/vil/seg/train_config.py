@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ..precision import check_precision
 from ..train.config import _coerce as coerce_field
-from ..train.config import parse_value
+from ..train.config import parse_assignments
 from ..utils.dict_config import DictConfig
 
 LR_REFERENCE_BATCH = 16  # lr is given per 16 images and scaled linearly with the global batch (official configs)
@@ -100,18 +100,11 @@ class SegTrainConfig(DictConfig):
         """``key=value`` strings (JSON values) on top of ``changes``; ``model_args.KEY=value`` sets one model
         setting."""
         changes, model_args = dict(changes), dict(changes.pop("model_args", self.model_args))
-        known = sorted(f.name for f in dataclasses.fields(self))
-        for assignment in assignments:
-            key, sep, text = assignment.partition("=")
-            key = key.strip()
-            if not sep or not key:
-                raise ValueError(f"expected KEY=VALUE, got {assignment!r}")
+        for key, value in parse_assignments(assignments, [f.name for f in dataclasses.fields(self)]):
             if key.startswith("model_args."):
-                model_args[key.removeprefix("model_args.")] = parse_value(text)
+                model_args[key.removeprefix("model_args.")] = value
             elif key == "model_args":
-                model_args = coerce_field(parse_value(text), dict, key)
-            elif key in known:
-                changes[key] = parse_value(text)
+                model_args = coerce_field(value, dict, key)
             else:
-                raise ValueError(f"unknown setting {key!r}; settings: {', '.join(known)} (and model_args.<field>)")
+                changes[key] = value
         return self.replace(**changes, model_args=model_args)

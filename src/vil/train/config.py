@@ -124,22 +124,30 @@ class TrainConfig(DictConfig):
         """
         changes = dict(changes)
         model_args = dict(self.model_args)
-        known = sorted(f.name for f in dataclasses.fields(self))
-        for assignment in assignments:
-            key, sep, text = assignment.partition("=")
-            key = key.strip()
-            if not sep or not key:
-                raise ValueError(f"expected KEY=VALUE, got {assignment!r}")
-            value = parse_value(text)
+        for key, value in parse_assignments(assignments, [f.name for f in dataclasses.fields(self)]):
             if key.startswith("model_args."):
                 model_args[key.removeprefix("model_args.")] = value
-            elif key in known:
-                changes[key] = value
             else:
-                raise ValueError(f"unknown setting {key!r}; settings: {', '.join(known)} (and model_args.<field>)")
+                changes[key] = value
         if model_args != self.model_args:
             changes["model_args"] = model_args
         return self.replace(**changes)
+
+
+def parse_assignments(assignments: list[str], settings: list[str]) -> list[tuple[str, object]]:
+    """(key, value) of each ``KEY=VALUE`` string (value as :func:`parse_value` reads it); a key must be one of
+    ``settings`` or ``model_args.<field>``, else a one-line error that lists them."""
+    known = sorted(settings)
+    parsed = []
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE, got {assignment!r}")
+        if key not in known and not key.startswith("model_args."):
+            raise ValueError(f"unknown setting {key!r}; settings: {', '.join(known)} (and model_args.<field>)")
+        parsed.append((key, parse_value(text)))
+    return parsed
 
 
 def parse_value(text: str):
