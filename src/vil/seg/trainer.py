@@ -25,7 +25,7 @@ from ..io_utils import write_json
 from ..precision import amp_dtype, autocast
 from ..train import run_files
 from ..train.batching import plan_batches
-from ..train.distributed import DistEnv, ShardedEvalSampler, all_gather_objects, all_reduce_sum
+from ..train.distributed import DistEnv, ShardedEvalSampler, all_gather_objects, all_reduce_sum, training_process
 from ..train.errors import Diverged
 from ..train.optim import current_lr, optimizer_step
 from ..train.state import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
@@ -383,14 +383,5 @@ def _cross_entropy(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 def train_segmenter(config: SegTrainConfig, run_dir, resume: bool = False, progress=None, stop_after=None) -> dict:
     """Train a segmentation run in this process, joining torchrun's process group if there is one."""
-    from ..train.distributed import setup, teardown
-
-    threads = torch.get_num_threads()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    env = setup(config.device)
-    try:
+    with training_process(config.threads, config.device) as env:
         return SegTrainer(config, run_dir, env, resume=resume, progress=progress).fit(stop_after)
-    finally:
-        teardown(env)
-        torch.set_num_threads(threads)

@@ -7,6 +7,7 @@ Rank 0 alone prints, writes files and checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterator
@@ -73,6 +74,21 @@ def setup(device_name: str = "auto") -> DistEnv:
 def teardown(env: DistEnv) -> None:
     if env.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def training_process(threads: int | None, device_name: str) -> Iterator[DistEnv]:
+    """A training run's process: torch's thread count set to ``threads`` (None: left as it is) and torchrun's
+    process group joined if there is one (:func:`setup`); both undone afterwards."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    env = setup(device_name)
+    try:
+        yield env
+    finally:
+        teardown(env)
+        torch.set_num_threads(before)
 
 
 def all_reduce_sum(values: list[float], env: DistEnv) -> list[float]:

@@ -31,7 +31,7 @@ from ..weights.classifier import load_classifier, save_classifier
 from . import run_files
 from .batching import plan_batches
 from .config import TrainConfig
-from .distributed import DistEnv, ShardedEvalSampler, all_gather_objects, all_reduce_sum
+from .distributed import DistEnv, ShardedEvalSampler, all_gather_objects, all_reduce_sum, training_process
 from .errors import Diverged, OutOfMemory
 from .evaluate import evaluate
 from .model_setup import ADAPTABLE_FIELDS, adapt_pretrained, run_model_config
@@ -511,14 +511,5 @@ def train(
     stop_after_epoch: int | None = None,
 ) -> dict:
     """Train a run (see :class:`Trainer`) in this process, joining torchrun's process group if there is one."""
-    from .distributed import setup, teardown
-
-    threads = torch.get_num_threads()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    env = setup(config.device)
-    try:
+    with training_process(config.threads, config.device) as env:
         return Trainer(config, run_dir, env, resume=resume, progress=progress).fit(stop_after_epoch)
-    finally:
-        teardown(env)
-        torch.set_num_threads(threads)
