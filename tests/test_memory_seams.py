@@ -1,5 +1,6 @@
-"""What keeps a training step's memory down at high resolution: the recomputed output gate and the gradients made
-in one buffer. Both must leave every gradient as it would be without them."""
+"""What keeps a training step's memory down at high resolution: the recomputed output gate, the gradients made
+in one buffer and the heap trimmed when the backward pass starts. They must leave every gradient as it would be
+without them."""
 
 import gc
 import weakref
@@ -10,6 +11,7 @@ import torch
 from vil import ViLConfig, VisionLSTM, kernels
 from vil.layers import mlstm_layer
 from vil.models import vision_lstm
+from vil.utils import cpu_allocator
 
 
 def _small_model(version: int = 2) -> VisionLSTM:
@@ -76,3 +78,17 @@ def test_features_for_a_dense_head_buffer_only_the_blocks_they_depend_on():
     assert model.blocks[0].layer.proj_up.weight.grad is not None
     assert all(p.grad is None for p in model.blocks[1].parameters())  # block 1 did not run
     assert model.head.weight.grad is None
+
+
+@pytest.mark.parametrize("tuned", [True, False])
+def test_the_heap_is_trimmed_once_when_the_backward_pass_starts_if_malloc_is_tuned(monkeypatch, tuned):
+    model, images = _small_model(), torch.randn(2, 3, 64, 64)
+    calls = []
+    monkeypatch.setattr(cpu_allocator, "_tuned", tuned)
+    monkeypatch.setattr(cpu_allocator, "_glibc_function", lambda name: {"malloc_trim": calls.append}[name])
+    with torch.no_grad():
+        model(images)
+    out = model(images)
+    assert calls == []  # neither a pass without gradients nor the forward pass itself trims
+    out.square().sum().backward()
+    assert calls == ([0] if tuned else [])

@@ -14,7 +14,7 @@ from ..layers.mlstm_layer import MLSTMCell, ViLBlock
 from ..layers.norm import ResidualLayerNorm
 from ..layers.pooling import pool_tokens, pooled_dim
 from ..layers.traversal import block_traversals
-from ..utils.cpu_allocator import tune_on_first_use
+from ..utils.cpu_allocator import release_when_reached, tune_on_first_use
 from ..utils.gradient_buffer import allocate_gradients_when_reached
 from .config import ViLConfig, check_image_size
 
@@ -86,7 +86,7 @@ class VisionLSTM(nn.Module):
         x, grid = self._embed(x)
         for block in self.blocks:
             x = self._run_block(block, x, grid)
-        allocate_gradients_when_reached(x, self.blocks.parameters())  # keeps the heap whole (vil.utils.gradient_buffer)
+        _ready_heap_for_backward(x, self.blocks)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -120,7 +120,7 @@ class VisionLSTM(nn.Module):
             if index in take_indices:
                 intermediates.append(self._to_feature_map(self.norm(x) if norm else x, grid, output_fmt))
             if index == max_index:  # a gradient through the last tap reaches every block up to it
-                allocate_gradients_when_reached(x, blocks[: index + 1].parameters())
+                _ready_heap_for_backward(x, blocks[: index + 1])
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates
@@ -230,3 +230,10 @@ class VisionLSTM(nn.Module):
             stem=r"^cls_token|^pos_embed|^patch_embed",
             blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
         )
+
+
+def _ready_heap_for_backward(x: torch.Tensor, blocks: nn.ModuleList) -> None:
+    """When the backward pass reaches the output x of ``blocks``: their gradients in one buffer
+    (vil.utils.gradient_buffer) and the forward pass's heap holes handed back to the OS (vil.utils.cpu_allocator)."""
+    release_when_reached(x)
+    allocate_gradients_when_reached(x, blocks.parameters())
