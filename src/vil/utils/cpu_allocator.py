@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 
@@ -38,6 +39,7 @@ SWITCH = "VIL_MALLOC_TUNING"  # "0": the library leaves malloc at its defaults
 _tuned: bool | None = None  # None until first use
 
 
+@functools.cache  # finding the C library runs ldconfig in a subprocess (milliseconds): once per process
 def _glibc_function(name: str):
     """The named function of the C library, or None where it is not glibc (or has no such function)."""
     library = ctypes.util.find_library("c")
