@@ -211,14 +211,6 @@ static void normalise_row(float *h, int64_t width, float den, float log_m, float
  * which would tie a thread to a matrix), only the strip's rows of q are transposed (STRIP_ROWS x DH floats), and
  * the decay, the diagonal's mask and the row sums are vector operations along the rows. */
 
-/* qt (DH x STRIP_ROWS) = the transpose of `rows` rows of q (rows x DH); zero in the lanes from rows on */
-static void transpose_strip(const float *q, int64_t rows, int64_t head_dim, float *qt) {
-    for (int64_t d = 0; d < head_dim; ++d) {
-        for (int64_t i = 0; i < rows; ++i) qt[d * STRIP_ROWS + i] = q[i * head_dim + d];
-        for (int64_t i = rows; i < STRIP_ROWS; ++i) qt[d * STRIP_ROWS + i] = 0.0f;
-    }
-}
-
 /* STRIP_ROWS zeros then STRIP_ROWS ones: the STRIP_ROWS floats from ONES_FROM + STRIP_ROWS - o are 1 in the lanes
  * i >= o, the rows t = start + i that see token s = start + o on the diagonal */
 static const float ONES_FROM[2 * STRIP_ROWS] = {
@@ -264,7 +256,7 @@ static void strip_forward(const float *q, const float *k, const float *v, const 
     const int64_t end = start + STRIP_ROWS < seq_len ? start + STRIP_ROWS : seq_len, rows = end - start;
     float row_max[STRIP_ROWS], sums[STRIP_ROWS];
     for (int64_t i = 0; i < STRIP_ROWS; ++i) row_max[i] = r[i < rows ? start + i : end - 1]; /* finite past rows */
-    transpose_strip(q + start * head_dim, rows, head_dim, qt);
+    transpose(q + start * head_dim, rows, head_dim, qt, STRIP_ROWS); /* zero in the lanes past the rows */
     gemm(end, STRIP_ROWS, head_dim, k, head_dim, 1, qt, STRIP_ROWS, pt, STRIP_ROWS, 0); /* (q.k^T)^T */
     decay_strip(pt, a, row_max, start, end, sums, min_log);
     for (int64_t i = 0; i < rows; ++i) den[start + i] = sums[i];
