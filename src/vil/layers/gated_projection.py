@@ -53,6 +53,12 @@ class _GatedProjection(torch.autograd.Function):
             d_inputs = leaf_grads(gated, leaves, d_gated)
         else:
             gated, d_inputs = result
-        d_weight = d_out.flatten(0, -2).t() @ gated.detach().flatten(0, -2)  # (D, E)
-        d_bias = d_out.flatten(0, -2).sum(dim=0) if ctx.has_bias else None
+        d_weight, d_bias = linear_parameter_grads(d_out, gated.detach(), ctx.has_bias)  # (D, E), (D,)
         return None, d_weight, d_bias, *d_inputs
+
+
+def linear_parameter_grads(d_out: torch.Tensor, x: torch.Tensor, has_bias: bool):
+    """dL/d weight (out, in) and dL/d bias (None without one) of ``linear(x, weight, bias)`` given dL/d out, for x
+    (..., in) and d_out (..., out)."""
+    flat = d_out.flatten(0, -2)
+    return flat.t() @ x.flatten(0, -2), flat.sum(dim=0) if has_bias else None

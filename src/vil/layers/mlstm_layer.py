@@ -14,7 +14,7 @@ from .. import kernels
 from ..ops.backend import mlstm
 from ..ops.projected import hand_recompute_applies, mlstm_projected, recompute_pays_off
 from .conv import CausalConv1d, SequenceConv2d
-from .gated_projection import gated_projection
+from .gated_projection import gated_projection, linear_parameter_grads
 from .headwise import HeadwiseLinear, fold_into_linear, headwise_linear
 from .norm import MultiHeadNorm, ResidualLayerNorm, multi_head_norm
 from .traversal import Traversal, from_traversal, to_traversal, traversal_grid
@@ -235,9 +235,8 @@ class _GateProjectedInside:
         if result is None:
             return None
         gated, (dz, *d_rest) = result
-        flat_dz = dz.flatten(0, -2)  # (B N, E)
-        d_z_params = [flat_dz.t() @ x.flatten(0, -2)] + ([flat_dz.sum(dim=0)] if self.has_bias else [])
-        return gated, [dz @ z_weight, *d_z_params, *d_rest]
+        d_z_weight, d_z_bias = linear_parameter_grads(dz, x, self.has_bias)
+        return gated, [dz @ z_weight, d_z_weight, *([d_z_bias] if self.has_bias else []), *d_rest]
 
 
 # From this many tokens per image on, training recomputes the output gate's z in the backward pass instead of keeping
