@@ -29,6 +29,8 @@ import os
 
 import torch
 
+from .gradient_buffer import cpu_backward_ahead
+
 logger = logging.getLogger(__name__)
 
 _M_TRIM_THRESHOLD = -1
@@ -72,9 +74,7 @@ def tune_on_first_use() -> bool:
 def release_when_reached(x: torch.Tensor) -> None:
     """When the backward pass reaches x, hand the heap's free pages back to the OS (glibc's ``malloc_trim``), if the
     library tuned malloc (:func:`tune_on_first_use`) and x is a CPU tensor that needs a gradient."""
-    if not (torch.is_grad_enabled() and x.requires_grad) or x.device.type != "cpu" or torch.compiler.is_compiling():
-        return
-    trim = _glibc_function("malloc_trim") if _tuned else None
+    trim = _glibc_function("malloc_trim") if _tuned and cpu_backward_ahead(x) else None
     if trim is None:
         return
 

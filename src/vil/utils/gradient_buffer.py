@@ -22,11 +22,17 @@ import torch
 from torch import nn
 
 
+def cpu_backward_ahead(x: torch.Tensor) -> bool:
+    """Whether x is a CPU tensor on its way to a backward pass, outside torch.compile: where the heap's backward-pass
+    hooks (this module's and :func:`vil.utils.cpu_allocator.release_when_reached`) apply."""
+    return torch.is_grad_enabled() and x.requires_grad and x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def allocate_gradients_when_reached(x: torch.Tensor, parameters: Iterable[nn.Parameter]) -> None:
     """When the backward pass reaches x, give each of ``parameters`` that needs a gradient and has none a zero one,
-    all views of one buffer. Only for CPU tensors outside torch.compile; the parameters must be certain to receive
-    a gradient from the pass through x."""
-    if not (torch.is_grad_enabled() and x.requires_grad) or x.device.type != "cpu" or torch.compiler.is_compiling():
+    all views of one buffer. Only for CPU tensors outside torch.compile (:func:`cpu_backward_ahead`); the parameters
+    must be certain to receive a gradient from the pass through x."""
+    if not cpu_backward_ahead(x):
         return
     wanted = [p for p in parameters if p.requires_grad]
     dtype = x.dtype  # the hook must not hold x: x -> hook -> x would keep the whole graph alive
