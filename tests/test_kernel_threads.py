@@ -69,7 +69,8 @@ def test_block_kernels_do_not_depend_on_the_thread_count(threads):
                 kernels.gated_branch_output(z, h, c, *vectors[:3], 1e-5),
                 kernels.conv2d_silu(x, grid, conv_weight, vectors[3]),
             ]
-            results += kernels.headwise_qkv_backward(x, v_in, weights, d_qkv)
+            d_gates = torch.randn(batch, 8, tokens, generator=torch.Generator().manual_seed(0))
+            results += kernels.headwise_qkv_backward(x, v_in, weights, d_qkv, gates=gates[:2], d_gates=d_gates)
             results += [kernels.gated_branch_output_backward(z, h, c, *vectors[:3], 1e-5, d_out)[0]]
             results += kernels.gated_branch_output_backward(z, h, c, *vectors[:3], 1e-5, d_out)[1]
             results += kernels.conv2d_silu_backward(x, grid, conv_weight, vectors[3], d_out)

@@ -48,6 +48,35 @@ def test_headwise_qkv_matches_the_grouped_products(shape, with_bias):
     torch.testing.assert_close(gates, expected_gates.transpose(1, 2), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("with_gates", [True, False])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_headwise_qkv_backward_matches_autograd(shape, with_gates):
+    batch, height, width, heads, head_dim = shape
+    dim, seq_len = heads * head_dim, height * width
+
+    def leaf(*size):
+        return torch.randn(*size, requires_grad=True)
+
+    qk_in, v_in = leaf(batch, seq_len, dim), leaf(batch, seq_len, dim)
+    weights, biases = [leaf(dim // 4, 4, 4) for _ in range(3)], [leaf(dim) for _ in range(3)]
+    gates = [leaf(6, dim), leaf(6, dim), leaf(6)]  # G = 6: a partial register tile of gates
+    q, k = headwise_linear(qk_in, weights[:2], biases[:2], heads)
+    (v,) = headwise_linear(v_in, weights[2:], biases[2:], heads)
+    outputs, leaves = [q, k, v], [qk_in, v_in, *weights, *biases]
+    if with_gates:
+        outputs.append((F.linear(qk_in, gates[0], gates[2]) + F.linear(v_in, gates[1])).transpose(1, 2))
+        leaves += gates
+    grads = [torch.randn_like(t) for t in outputs]
+    expected = torch.autograd.grad(outputs, leaves, grads)
+    with torch.no_grad():
+        got = kernels.headwise_qkv_backward(
+            qk_in, v_in, weights, grads[:3], *((gates[:2], grads[3]) if with_gates else ())
+        )
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+
+
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_gated_branch_output_matches_norm_skip_and_gate(shape, with_bias):

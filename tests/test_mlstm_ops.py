@@ -212,15 +212,17 @@ def test_projected_cell_recomputes_qkv_with_the_same_gradients(form, recompute_m
 
     x = torch.randn(2, 30, 12, dtype=torch.float64, requires_grad=True)
     weights = [torch.randn(12, 12, dtype=torch.float64, requires_grad=True) for _ in range(3)]
-    _, _, _, i, f = make_inputs(batch=2, heads=3, seq_len=30, head_dim=4)
+    gate_weight = torch.randn(12, 6, dtype=torch.float64, requires_grad=True)
 
-    def project(x, wq, wk, wv):  # (B, S, 12) -> three (B, 3, S, 4)
-        return [(x @ w).view(2, 30, 3, 4).transpose(1, 2) for w in (wq, wk, wv)]
+    def project(x, wq, wk, wv, wg):  # (B, S, 12) -> three (B, 3, S, 4) and two (B, 3, S) gates, all from x
+        q, k, v = [(x @ w).view(2, 30, 3, 4).transpose(1, 2) for w in (wq, wk, wv)]
+        return q, k, v, *(x @ wg).transpose(1, 2).chunk(2, dim=1)
 
-    h = mlstm_projected(project, [x, *weights], i, f, backend=form, chunk_size=8)
-    expected = mlstm(*project(x, *weights), i, f, backend=form, chunk_size=8)
+    inputs = [x, *weights, gate_weight]
+    h = mlstm_projected(project, inputs, backend=form, chunk_size=8)
+    expected = mlstm(*project(*inputs), backend=form, chunk_size=8)
     assert rel_err(h, expected) < 1e-12
-    grads = torch.autograd.grad(h.square().sum(), [x, *weights, i, f])
-    expected_grads = torch.autograd.grad(expected.square().sum(), [x, *weights, i, f])
+    grads = torch.autograd.grad(h.square().sum(), inputs)
+    expected_grads = torch.autograd.grad(expected.square().sum(), inputs)
     for a, b in zip(grads, expected_grads, strict=True):
         assert rel_err(a, b) < 1e-10

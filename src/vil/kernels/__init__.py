@@ -363,48 +363,55 @@ def mlstm_state_backward(
     return ((d_c, d_n), d_a_last, d_g, (dc0, dn0, dm0)) if status == 0 else None
 
 
-def headwise_backward_applies(qk_input: torch.Tensor, v_input: torch.Tensor, weights: list[torch.Tensor]) -> bool:
+def headwise_backward_applies(
+    qk_input: torch.Tensor, v_input: torch.Tensor, weights: list[torch.Tensor], gate_weights: list[torch.Tensor] = ()
+) -> bool:
     """Whether :func:`headwise_qkv_backward` can run for these inputs of :func:`headwise_qkv` (asked before the
     backward pass, so that the forward values are recomputed the matching way)."""
     dim = qk_input.shape[-1]
     return (
         not torch.is_grad_enabled()
-        and _applies(qk_input, v_input, *weights)
+        and _applies(qk_input, v_input, *weights, *gate_weights)
         and dim <= ROW_BUFFER
         and v_input.shape == qk_input.shape
         and all(w.shape == (dim // 4, 4, 4) for w in weights)
+        and (not gate_weights or gate_weights[0].shape[0] * PART_ROWS <= ROW_BUFFER)
     )
 
 
 def headwise_qkv_backward(
-    qk_input: torch.Tensor, v_input: torch.Tensor, weights: list[torch.Tensor], grads: list[torch.Tensor]
+    qk_input: torch.Tensor,
+    v_input: torch.Tensor,
+    weights: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    gates: tuple[torch.Tensor, torch.Tensor] | None = None,
+    d_gates: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
-    """Gradients of :func:`headwise_qkv` for dL/d(q, k, v) ``grads`` (B, NH, S, DH): -> dL/d qk_input, dL/d v_input,
-    dL/d each weight, dL/d each bias. Only where :func:`headwise_backward_applies`."""
+    """Gradients of :func:`headwise_qkv` for dL/d(q, k, v) ``grads`` (B, NH, S, DH), in one pass: -> dL/d qk_input,
+    dL/d v_input, dL/d each weight, dL/d each bias; with ``gates`` (its gate weights for qk_input and v_input,
+    (G, E) each) and their outputs' gradient ``d_gates`` (B, G, S), also dL/d each gate weight and dL/d the gate
+    bias. Only where :func:`headwise_backward_applies`."""
+    batch, seq_len, dim = qk_input.shape
+    heads, head_dim = grads[0].shape[1], grads[0].shape[3]
+    num_gates = 0 if gates is None else gates[0].shape[0]
+    qk_input, v_input, *grads = _contiguous(qk_input, v_input, *grads)
+    gate_tensors = [None] * 3 if gates is None else _contiguous(d_gates, *gates)
+    # wt_in[o, 4b + d] = w[b, o, d]: the transposed projection the kernel applies to the gradients
+    arranged = [w.permute(1, 0, 2).reshape(4, dim).contiguous() for w in weights]
     d_qk_input, d_v_input = torch.empty_like(qk_input), torch.empty_like(v_input)
-    weight_grads, bias_grads = [], []
-    for index, (weight, grad) in enumerate(zip(weights, grads, strict=True)):
-        x, dx = (qk_input, d_qk_input) if index < 2 else (v_input, d_v_input)
-        weight_grad, bias_grad = _headwise_backward(x.contiguous(), grad, weight, dx, accumulate=index == 1)
-        weight_grads.append(weight_grad)
-        bias_grads.append(bias_grad)
-    return [d_qk_input, d_v_input, *weight_grads, *bias_grads]
-
-
-def _headwise_backward(x, grad, weight, dx, accumulate: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    batch, seq_len, dim = x.shape
-    heads, head_dim = grad.shape[1], grad.shape[3]
-    if grad.stride(-1) != 1 or grad.stride(-2) != head_dim:
-        grad = grad.contiguous()
-    arranged = weight.permute(1, 0, 2).reshape(4, dim).contiguous()  # wt_in[o, 4b + d] = w[b, o, d]
-    weight_grad, bias_grad = x.new_zeros(4, dim), x.new_zeros(dim)  # weight_grad[d, 4b + o] = dL/dw[b, o, d]
-    partial = _partial_sums(batch * seq_len, 5 * dim, x)
-    library().vil_headwise_backward(
-        x.data_ptr(), grad.data_ptr(), grad.stride(0), grad.stride(1), arranged.data_ptr(), dx.data_ptr(),
-        weight_grad.data_ptr(), bias_grad.data_ptr(), partial.data_ptr(), PART_ROWS, batch, seq_len, heads, head_dim,
-        int(accumulate), _threads(),
+    size = 15 * dim + num_gates * (2 * dim + 1)
+    sums, partial = qk_input.new_zeros(size), _partial_sums(batch * seq_len, size, qk_input)
+    library().vil_headwise_qkv_backward(
+        *map(_pointer, (qk_input, v_input, *grads, *arranged, *gate_tensors, d_qk_input, d_v_input, sums, partial)),
+        PART_ROWS, num_gates, batch, seq_len, heads, head_dim, _threads(),
     )  # fmt: skip
-    return weight_grad.view(4, dim // 4, 4).permute(1, 2, 0).contiguous(), bias_grad
+    # per projection: dwt (4, E) with dwt[d, 4b + o] = dL/dw[b, o, d], then the bias's (E,)
+    per_projection = sums[: 15 * dim].view(3, 5, dim)
+    weight_grads = [p[:4].view(4, dim // 4, 4).permute(1, 2, 0).contiguous() for p in per_projection]
+    bias_grads = [p[4] for p in per_projection]
+    gate_sums = sums[15 * dim :]  # dL/d gate_wqk, dL/d gate_wv (G, E) and dL/d gate bias (G,)
+    gate_grads = [] if gates is None else [*gate_sums[:-num_gates].view(2, num_gates, dim), gate_sums[-num_gates:]]
+    return [d_qk_input, d_v_input, *weight_grads, *bias_grads, *gate_grads]
 
 
 def conv2d_silu_backward(

@@ -220,59 +220,137 @@ void vil_conv2d_silu(const float *x, const float *weight, const float *bias, flo
     }
 }
 
-/* ---- the backward pass of one headwise projection, y = headwise(x) in head layout -----------------------------
- * x (B, S, E) token layout; dy (B, NH, S, DH) rows of DH contiguous floats with strides dy_batch, dy_head
- * (elements); w arranged as wt_in[o][4b+d] = w[b][o][d] (4 x E), the transpose of the forward arrangement.
- * dx (B, S, E) is set (accumulate = 0) or increased; dwt[d][4b+o] += dL/dw[b][o][d] (4 x E); db (E) += dL/dbias,
- * summed per part of part_rows tokens in partial (ceil(B S / part_rows) x 5E, scratch). */
-void vil_headwise_backward(const float *x, const float *dy, int64_t dy_batch, int64_t dy_head, const float *wt_in,
-                           float *dx, float *dwt, float *db, float *partial, int64_t part_rows, int64_t batch,
-                           int64_t seq_len, int64_t heads, int64_t head_dim, int64_t accumulate, int64_t threads) {
+/* ---- the backward pass of vil_headwise_qkv, gates included --------------------------------------------------
+ * For dq, dk, dv (B, NH, S, DH) contiguous and, if d_gates is not NULL, the gates' gradient d_gates (B, G, S):
+ * writes d_qk_in = hw_q^T(dq) + hw_k^T(dk) + d_gates^T gate_wqk and d_v_in = hw_v^T(dv) + d_gates^T gate_wv
+ * (B, S, E), with hw^T the transposed headwise projection (wt_q, wt_k, wt_v arranged as wt_in[o][4b+d] = w[b][o][d],
+ * 4 x E, the transpose of the forward arrangement). Adds the sums over tokens into `sums`: for q, k and v in turn
+ * dwt (4 x E, dwt[d][4b+o] = dL/dw[b][o][d]) and db (E), then with the gates dL/d gate_wqk, dL/d gate_wv (G x E)
+ * and dL/d gate_bias (G). They are formed per part of part_rows tokens in partial (ceil(B S / part_rows) x their
+ * size, scratch). One pass: each token's rows of x are read once for all five weight gradients. */
+#define GATE_TILE 8 /* gates whose weight gradients are accumulated in registers at once */
+
+/* dwt[d][c] += g[c] x[(c & ~3) + d] and db[c] += g[c] for the channels [from, from + n) of one token */
+static void headwise_weight_grads(const float *g, const float *x, float *dwt, float *db, int64_t from, int64_t n,
+                                  int64_t dim) {
+    int64_t c = from;
+#ifdef VEC
+    for (; c + VW <= from + n; c += VW) {
+        const vec gv = vload(g + c - from), xv = vload(x + c);
+        float *w = dwt + c;
+        vstore(db + c, vadd(vload(db + c), gv));
+        vstore(w, vfmadd(gv, vlane_broadcast(xv, 0x00), vload(w)));
+        vstore(w + dim, vfmadd(gv, vlane_broadcast(xv, 0x55), vload(w + dim)));
+        vstore(w + 2 * dim, vfmadd(gv, vlane_broadcast(xv, 0xAA), vload(w + 2 * dim)));
+        vstore(w + 3 * dim, vfmadd(gv, vlane_broadcast(xv, 0xFF), vload(w + 3 * dim)));
+    }
+#endif
+    for (; c < from + n; ++c) {
+        const float gc = g[c - from];
+        const float *xb = x + (c & ~(int64_t)3);
+        db[c] += gc;
+        for (int d = 0; d < 4; ++d) dwt[d * dim + c] += gc * xb[d];
+    }
+}
+
+/* dx[c] = a[c] + b[c] + sum_j dg[j] w[j][c] (w: count x dim; b may be NULL) */
+static void add_gate_grads(const float *a, const float *b, const float *dg, const float *w, int64_t count,
+                           float *dx, int64_t dim) {
+    int64_t c = 0;
+#ifdef VEC
+    for (; c + VW <= dim; c += VW) {
+        vec acc = b ? vadd(vload(a + c), vload(b + c)) : vload(a + c);
+        for (int64_t j = 0; j < count; ++j) acc = vfmadd(vset1(dg[j]), vload(w + j * dim + c), acc);
+        vstore(dx + c, acc);
+    }
+#endif
+    for (; c < dim; ++c) {
+        float acc = a[c] + (b ? b[c] : 0.0f);
+        for (int64_t j = 0; j < count; ++j) acc += dg[j] * w[j * dim + c];
+        dx[c] = acc;
+    }
+}
+
+/* dw[j][c] += sum_t dg[t][j] x[t][c] over the n tokens of a part (dg: n x count, x: n rows of dim), GATE_TILE gates
+ * x one vector of channels in registers while t runs */
+static void gate_weight_grads(const float *dg, const float *x, int64_t n, int64_t count, float *dw, int64_t dim) {
+    for (int64_t j0 = 0; j0 < count; j0 += GATE_TILE) {
+        const int64_t gates = count - j0 < GATE_TILE ? count - j0 : GATE_TILE;
+        int64_t c = 0;
+#ifdef VEC
+        for (; gates == GATE_TILE && c + VW <= dim; c += VW) {
+            vec acc[GATE_TILE];
+            for (int j = 0; j < GATE_TILE; ++j) acc[j] = vload(dw + (j0 + j) * dim + c);
+            for (int64_t t = 0; t < n; ++t) {
+                const vec xv = vload(x + t * dim + c);
+                for (int j = 0; j < GATE_TILE; ++j) acc[j] = vfmadd(vset1(dg[t * count + j0 + j]), xv, acc[j]);
+            }
+            for (int j = 0; j < GATE_TILE; ++j) vstore(dw + (j0 + j) * dim + c, acc[j]);
+        }
+#endif
+        for (; c < dim; ++c)
+            for (int64_t j = j0; j < j0 + gates; ++j) {
+                float acc = dw[j * dim + c];
+                for (int64_t t = 0; t < n; ++t) acc += dg[t * count + j] * x[t * dim + c];
+                dw[j * dim + c] = acc;
+            }
+    }
+}
+
+/* One projection's share of the backward pass over the tokens [first, last) of a part: dx = (or +=, with
+ * accumulate) hw^T(dy) + dg . gate_w (the gates' share; none for gates = 0), and its weight and bias sums added
+ * into dwt, db. dg holds the part's gate gradients, token-major. */
+static void headwise_part_backward(const float *x, const float *dy, const float *wt_in, const float *dg,
+                                   const float *gate_w, int64_t gates, float *dx, int accumulate, float *dwt,
+                                   float *db, int64_t first, int64_t last, int64_t seq_len, int64_t heads,
+                                   int64_t head_dim) {
+    const int64_t dim = heads * head_dim;
+    float row[ROW_BUFFER], out[ROW_BUFFER];
+    for (int64_t t = first; t < last; ++t) {
+        const int64_t b = t / seq_len, s = t % seq_len;
+        for (int64_t h = 0; h < heads; ++h) { /* this head's gradient gathered into token order */
+            const int64_t from = h * head_dim, src = ((b * heads + h) * seq_len + s) * head_dim;
+            memcpy(row + from, dy + src, (size_t)head_dim * sizeof(float));
+            headwise_weight_grads(dy + src, x + t * dim, dwt, db, from, head_dim, dim);
+        }
+        headwise_row(row, wt_in, NULL, out, 0, dim, dim);
+        add_gate_grads(out, accumulate ? dx + t * dim : NULL, dg + (t - first) * gates, gate_w, gates, dx + t * dim,
+                       dim);
+    }
+}
+
+void vil_headwise_qkv_backward(const float *qk_in, const float *v_in, const float *dq, const float *dk,
+                               const float *dv, const float *wt_q, const float *wt_k, const float *wt_v,
+                               const float *d_gates, const float *gate_wqk, const float *gate_wv, float *d_qk_in,
+                               float *d_v_in, float *sums, float *partial, int64_t part_rows, int64_t num_gates,
+                               int64_t batch, int64_t seq_len, int64_t heads, int64_t head_dim, int64_t threads) {
     const int64_t dim = heads * head_dim, tokens = batch * seq_len, parts = (tokens + part_rows - 1) / part_rows;
+    const int64_t gates = d_gates ? num_gates : 0, size = 15 * dim + gates * (2 * dim + 1);
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t part = 0; part < parts; ++part) {
-        float row[ROW_BUFFER];
-        float *dwt_part = partial + part * 5 * dim, *db_part = dwt_part + 4 * dim;
-        memset(dwt_part, 0, (size_t)(5 * dim) * sizeof(float));
-        for (int64_t t = part * part_rows; t < min64(tokens, (part + 1) * part_rows); ++t) {
-            const int64_t b = t / seq_len, s = t % seq_len;
-            const float *xr = x + t * dim;
-            float *dxr = dx + t * dim;
-            for (int64_t h = 0; h < heads; ++h) {
-                const float *g = dy + b * dy_batch + h * dy_head + s * head_dim;  /* dy for channels of head h */
-                const int64_t from = h * head_dim;
-                /* gather this head's gradient into token order, then dx = headwise^T(dy) like the forward */
-                memcpy(row + from, g, (size_t)head_dim * sizeof(float));
-                int64_t c = from;
-#ifdef VEC
-                for (; c + VW <= from + head_dim; c += VW) {
-                    const vec gv = vload(g + c - from), xv = vload(xr + c);
-                    float *w = dwt_part + c;
-                    vstore(db_part + c, vadd(vload(db_part + c), gv));
-                    vstore(w, vfmadd(gv, vlane_broadcast(xv, 0x00), vload(w)));
-                    vstore(w + dim, vfmadd(gv, vlane_broadcast(xv, 0x55), vload(w + dim)));
-                    vstore(w + 2 * dim, vfmadd(gv, vlane_broadcast(xv, 0xAA), vload(w + 2 * dim)));
-                    vstore(w + 3 * dim, vfmadd(gv, vlane_broadcast(xv, 0xFF), vload(w + 3 * dim)));
-                }
-#endif
-                for (; c < from + head_dim; ++c) {
-                    const float gc = g[c - from];
-                    const float *xb = xr + (c & ~(int64_t)3);
-                    db_part[c] += gc;
-                    for (int d = 0; d < 4; ++d) dwt_part[d * dim + c] += gc * xb[d];
-                }
+        float dg[part_rows * (gates ? gates : 1)]; /* the part's gate gradients, token-major */
+        float *sum = partial + part * size, *gate_sum = sum + 15 * dim;
+        memset(sum, 0, (size_t)size * sizeof(float));
+        const int64_t first = part * part_rows, last = min64(tokens, first + part_rows);
+        for (int64_t t = first; t < last; ++t)
+            for (int64_t j = 0; j < gates; ++j) {
+                const float g = d_gates[(t / seq_len * gates + j) * seq_len + t % seq_len];
+                dg[(t - first) * gates + j] = g;
+                gate_sum[2 * gates * dim + j] += g;
             }
-            if (accumulate) {
-                float out[ROW_BUFFER];
-                headwise_row(row, wt_in, NULL, out, 0, dim, dim);
-                for (int64_t c = 0; c < dim; ++c) dxr[c] += out[c];
-            } else {
-                headwise_row(row, wt_in, NULL, dxr, 0, dim, dim);
-            }
+        /* q, k and v in turn, so that only one projection's sums are hot; the part's rows stay in cache between */
+        headwise_part_backward(qk_in, dq, wt_q, dg, gate_wqk, gates, d_qk_in, 0, sum, sum + 4 * dim, first, last,
+                               seq_len, heads, head_dim);
+        headwise_part_backward(qk_in, dk, wt_k, dg, NULL, 0, d_qk_in, 1, sum + 5 * dim, sum + 9 * dim, first, last,
+                               seq_len, heads, head_dim);
+        headwise_part_backward(v_in, dv, wt_v, dg, gate_wv, gates, d_v_in, 0, sum + 10 * dim, sum + 14 * dim, first,
+                               last, seq_len, heads, head_dim);
+        if (gates) {
+            gate_weight_grads(dg, qk_in + first * dim, last - first, gates, gate_sum, dim);
+            gate_weight_grads(dg, v_in + first * dim, last - first, gates, gate_sum + gates * dim, dim);
         }
     }
-    sum_parts(partial, parts, 5 * dim, dwt, 4 * dim, (int)threads);
-    sum_parts(partial + 4 * dim, parts, 5 * dim, db, dim, (int)threads);
+    sum_parts(partial, parts, size, sums, size, (int)threads);
 }
 
 /* ---- the backward pass of vil_gated_branch_output --------------------------------------------------------------

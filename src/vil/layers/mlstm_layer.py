@@ -11,7 +11,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .. import kernels
-from ..ops.backend import mlstm
 from ..ops.projected import hand_recompute_applies, mlstm_projected, recompute_pays_off
 from .conv import CausalConv1d, SequenceConv2d
 from .gated_projection import gated_projection, linear_parameter_grads
@@ -77,53 +76,57 @@ class MLSTMCell(nn.Module):
     def forward(self, qk_input: torch.Tensor, v_input: torch.Tensor, q_proj, k_proj, v_proj) -> torch.Tensor:
         """q = q_proj(qk_input), k = k_proj(qk_input), v = v_proj(v_input): (B, S, E) each -> (B, NH, S, DH),
         before the output norm."""
-        w_qk, w_v, gate_bias = self.gate_weights(q_proj, k_proj, v_proj)
         weights = [q_proj.weight, k_proj.weight, v_proj.weight]
         biases = [q_proj.bias, k_proj.bias, v_proj.bias] if q_proj.bias is not None else []
-        fused = kernels.headwise_qkv(
-            qk_input, v_input, weights, biases or [None] * 3, self.num_heads, gates=(w_qk, w_v, gate_bias),
-            reuse=not torch.is_grad_enabled(),  # q, k, v are dead after the cell: one set of buffers for all blocks
-        )  # fmt: skip
-        if fused is not None:  # no gradients needed: q, k, v and the gates in one pass
-            q, k, v, gates = fused
-            igate, fgate = gates.chunk(2, dim=1)  # (B, NH, S) each
-            return mlstm(q, k, v, igate, fgate, backend=self.backend, chunk_size=self.chunk_size)
-        gates = F.linear(qk_input, w_qk, gate_bias) + F.linear(v_input, w_v)  # (B, S, 2 NH)
-        igate, fgate = gates.transpose(1, 2).chunk(2, dim=1)  # (B, NH, S) each
-        # q, k, v are recomputed from their inputs in the backward pass rather than kept (see vil.ops.projected)
-        inputs = [qk_input, v_input, *weights, *biases]
-        return mlstm_projected(self.project, inputs, igate, fgate, self.backend, self.chunk_size)  # (B, NH, S, DH)
+        inputs = [qk_input, v_input, *self.gate_weights(q_proj, k_proj, v_proj), *weights, *biases]
+        # in training q, k, v and the gates are recomputed from their inputs in the backward pass rather than kept
+        # (see vil.ops.projected)
+        return mlstm_projected(self.project, inputs, self.backend, self.chunk_size)  # (B, NH, S, DH)
 
 
 class _HeadwiseQKV:
-    """q, k from qk_input and v from v_input, in the (B, NH, S, DH) layout of the cell: the projection that
-    :func:`mlstm_projected` recomputes in the backward pass, with a hand-written backward where the kernels apply."""
+    """q, k from qk_input and v from v_input, in the (B, NH, S, DH) layout of the cell, and the gates from both: the
+    projection that :func:`mlstm_projected` recomputes in the backward pass, with a hand-written backward where the
+    kernels apply."""
 
     def __init__(self, num_heads: int):
         self.num_heads = num_heads
 
-    def __call__(self, qk_input, v_input, q_weight, k_weight, v_weight, q_bias=None, k_bias=None, v_bias=None):
-        weights, biases = [q_weight, k_weight, v_weight], [q_bias, k_bias, v_bias]
-        # without autograd (mlstm_projected's forward pass and its recomputation) q, k, v are dead after the cell
+    def __call__(self, qk_input, v_input, gate_wqk, gate_wv, gate_bias, *weights_and_biases):
+        """-> q, k, v (B, NH, S, DH) and the input and forget gates' pre-activations (B, NH, S); ``gate_*`` as
+        :meth:`MLSTMCell.gate_weights` gives them, then the q, k, v weights and (if any) biases."""
+        weights, biases = list(weights_and_biases[:3]), list(weights_and_biases[3:]) or [None] * 3
+        # without autograd (inference, mlstm_projected's forward pass and its recomputation) q, k, v are dead after
+        # the cell: one set of buffers for all blocks
         fused = kernels.headwise_qkv(
-            qk_input, v_input, weights, biases, self.num_heads, reuse=not torch.is_grad_enabled()
-        )
-        if fused is not None:
-            return fused
-        q, k = headwise_linear(qk_input, weights[:2], biases[:2], self.num_heads)
-        (v,) = headwise_linear(v_input, weights[2:], biases[2:], self.num_heads)
-        return q, k, v
+            qk_input, v_input, weights, biases, self.num_heads, gates=(gate_wqk, gate_wv, gate_bias),
+            reuse=not torch.is_grad_enabled(),
+        )  # fmt: skip
+        if fused is not None:  # all in one pass
+            q, k, v, gates = fused
+        else:
+            q, k = headwise_linear(qk_input, weights[:2], biases[:2], self.num_heads)
+            (v,) = headwise_linear(v_input, weights[2:], biases[2:], self.num_heads)
+            gates = (F.linear(qk_input, gate_wqk, gate_bias) + F.linear(v_input, gate_wv)).transpose(1, 2)
+        return q, k, v, *gates.chunk(2, dim=1)  # gates (B, 2 NH, S): igate, fgate
 
     @staticmethod
-    def hand_backward_applies(qk_input, v_input, *weights_and_biases) -> bool:
-        return kernels.headwise_backward_applies(qk_input, v_input, list(weights_and_biases[:3]))
+    def hand_backward_applies(qk_input, v_input, *gates_weights_and_biases) -> bool:
+        gates, weights = list(gates_weights_and_biases[:3]), list(gates_weights_and_biases[3:6])
+        return kernels.headwise_backward_applies(qk_input, v_input, weights, gates)
 
     @staticmethod
     def hand_backward(inputs, grads) -> list[torch.Tensor | None]:
-        """dL/d inputs for dL/d (q, k, v) ``grads`` (where :meth:`hand_backward_applies`)."""
-        qk_input, v_input, *weights = inputs[:5]
-        d_inputs = kernels.headwise_qkv_backward(qk_input, v_input, weights, list(grads))
-        return d_inputs[: len(inputs)]  # without the bias gradients when there are no biases
+        """dL/d inputs for dL/d (q, k, v, igate, fgate) ``grads`` (where :meth:`hand_backward_applies`)."""
+        qk_input, v_input, gate_wqk, gate_wv, _, *weights = inputs[:8]
+        dq, dk, dv, d_igate, d_fgate = grads
+        d_gates = torch.cat([d_igate, d_fgate], dim=1)  # (B, 2 NH, S)
+        d_qk, d_v, *d_weights = kernels.headwise_qkv_backward(
+            qk_input, v_input, weights, [dq, dk, dv], gates=(gate_wqk, gate_wv), d_gates=d_gates
+        )
+        d_qkv_weights, d_qkv_biases, d_gate_weights = d_weights[:3], d_weights[3:6], d_weights[6:]
+        # in the inputs' order; without the bias gradients when there are no biases
+        return [d_qk, d_v, *d_gate_weights, *d_qkv_weights, *d_qkv_biases][: len(inputs)]
 
 
 class MLSTMBranch(nn.Module):

@@ -52,22 +52,21 @@ def leaf_grads(outputs, leaves: Sequence[torch.Tensor], grad_outputs) -> list[to
 def mlstm_projected(
     project: Projection,
     inputs: Sequence[torch.Tensor],
-    igate: torch.Tensor,
-    fgate: torch.Tensor,
     backend: str = "auto",
     chunk_size: int | None = None,
     eps: float = EPS,
 ) -> torch.Tensor:
-    """``mlstm(*project(*inputs), igate, fgate, backend, chunk_size)``, keeping ``inputs`` rather than q, k, v.
+    """``mlstm(*project(*inputs), backend, chunk_size)``, keeping ``inputs`` rather than q, k, v and the gates.
 
-    ``project(*inputs)`` must return q, k, v of shape (B, NH, S, DH) and be a pure function of its inputs. It may
-    have its own backward: ``project.hand_backward_applies(*inputs)`` and ``project.hand_backward(inputs, (dq, dk,
-    dv))`` -> dL/d inputs; otherwise autograd differentiates its recomputation.
+    ``project(*inputs)`` must return q, k, v of shape (B, NH, S, DH) and the input and forget gates' pre-activations
+    (B, NH, S), and be a pure function of its inputs. It may have its own backward:
+    ``project.hand_backward_applies(*inputs)`` and ``project.hand_backward(inputs, (dq, dk, dv, d_igate,
+    d_fgate))`` -> dL/d inputs; otherwise autograd differentiates its recomputation.
     Falls back to the plain call where the saving does not apply or cannot be made safely: without gradients,
     for small inputs (RECOMPUTE_MIN_ELEMENTS), under autocast (the recomputation would have to replay it), while
     compiling, for the recurrent form and the Triton kernels, and for half-precision inputs.
     """
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, igate, fgate))
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
     by_hand = (
         needs_grad
         and hand_recompute_applies(inputs[0])
@@ -76,24 +75,24 @@ def mlstm_projected(
         and inputs[0].dtype in (torch.float32, torch.float64)  # q, k, v take it: autocast is off here
     )
     if not by_hand:
-        return mlstm(*project(*inputs), igate, fgate, backend=backend, chunk_size=chunk_size, eps=eps)
+        return mlstm(*project(*inputs), backend=backend, chunk_size=chunk_size, eps=eps)
     with torch.no_grad():
-        q, k, v = project(*inputs)
-    form, auto_chunk = choose_backend(q.shape[2], q.shape[3], needs_grad=True, stateful=False)
+        projected = project(*inputs)
+    form, auto_chunk = choose_backend(projected[0].shape[2], projected[0].shape[3], needs_grad=True, stateful=False)
     options = (form if backend == "auto" else backend, chunk_size or auto_chunk, eps)
-    return _ProjectedMLSTM.apply(project, options, (q, k, v), igate, fgate, *inputs)
+    return _ProjectedMLSTM.apply(project, options, projected, *inputs)
 
 
 class _ProjectedMLSTM(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, project, options, qkv, igate, fgate, *inputs):
+    def forward(ctx, project, options, projected, *inputs):
         form, chunk_size, eps = options
         if form == "parallel":
-            h, saved = parallel_forward(*qkv, igate, fgate, eps)
+            h, saved = parallel_forward(*projected, eps)
         else:
-            state = empty_state(qkv[0], qkv[2])
-            (h, *_), saved = chunkwise_forward(*qkv, igate, fgate, *state, chunk_size, eps)
-        ctx.save_for_backward(igate, fgate, *saved, *inputs)
+            q, _, v, *_ = projected
+            (h, *_), saved = chunkwise_forward(*projected, *empty_state(q, v), chunk_size, eps)
+        ctx.save_for_backward(*saved, *inputs)
         ctx.project, ctx.options, ctx.num_saved = project, options, len(saved)
         return h
 
@@ -101,22 +100,21 @@ class _ProjectedMLSTM(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dh):
         form, chunk_size, eps = ctx.options
-        igate, fgate, *rest = ctx.saved_tensors
-        saved, inputs = rest[: ctx.num_saved], rest[ctx.num_saved :]
+        tensors = ctx.saved_tensors  # once: non-reentrant checkpointing refuses a second unpacking
+        saved, inputs = tensors[: ctx.num_saved], tensors[ctx.num_saved :]
         # the projection's own backward where it has one (the fused kernels), else autograd of its recomputation
         applies = getattr(ctx.project, "hand_backward_applies", None)
         by_hand = applies is not None and applies(*inputs)
         if by_hand:
-            qkv = plain_qkv = ctx.project(*inputs)
+            projected = plain = ctx.project(*inputs)
         else:
             with torch.enable_grad():
                 inputs = grad_leaves(inputs)
-                qkv = ctx.project(*inputs)
-            plain_qkv = [t.detach() for t in qkv]
+                projected = ctx.project(*inputs)
+            plain = [t.detach() for t in projected]
         if form == "parallel":
-            dq, dk, dv, d_igate, d_fgate = parallel_backward(*plain_qkv, igate, fgate, saved, dh, eps)
+            grads = parallel_backward(*plain, saved, dh, eps)
         else:
-            dq, dk, dv, d_igate, d_fgate, *_ = chunkwise_backward(*plain_qkv, igate, fgate, saved, dh, chunk_size, eps)
-        grads = (dq, dk, dv)
-        d_inputs = ctx.project.hand_backward(inputs, grads) if by_hand else leaf_grads(qkv, inputs, grads)
-        return None, None, None, d_igate, d_fgate, *d_inputs
+            grads = chunkwise_backward(*plain, saved, dh, chunk_size, eps)[:5]  # dq, dk, dv, d_igate, d_fgate
+        d_inputs = ctx.project.hand_backward(inputs, grads) if by_hand else leaf_grads(projected, inputs, grads)
+        return None, None, None, *d_inputs
