@@ -234,24 +234,26 @@ def mlstm_parallel(
 
 
 def mlstm_parallel_backward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, d_num: torch.Tensor, d_den: torch.Tensor,
-    write_log: torch.Tensor, row_max: torch.Tensor, min_log: float,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dh: torch.Tensor, h: torch.Tensor, denominator: torch.Tensor,
+    log_m_row: torch.Tensor, write_log: torch.Tensor, row_max: torch.Tensor, eps: float, min_log: float,
 ) -> tuple[torch.Tensor, ...] | None:  # fmt: skip
-    """Backward of :func:`mlstm_parallel` given dL/d of the readout's numerator (B, NH, S, DHV) and denominator
-    (B, NH, S): -> dq, dk, dv, and the row and column sums of dL/d log decay (B, NH, S). None where it does not
+    """Backward of :func:`mlstm_parallel` given dL/dh and the forward pass's h (B, NH, S, DHV) and readout
+    denominator (B, NH, S): -> dq, dk, dv, the row and column sums of dL/d log decay, and dL/dM through the
+    readout's floor exp(-M) (B, NH, S each), as vil.ops.common.readout_backward gives it. None where it does not
     apply."""
-    tensors = (q, k, v, d_num, d_den, write_log, row_max)
+    tensors = (q, k, v, dh, h, denominator, log_m_row, write_log, row_max)
     if not _applies(*tensors) or q.numel() == 0 or v.numel() == 0:
         return None
-    q, k, v, d_num, d_den, write_log, row_max = _contiguous(*tensors)
+    q, k, v, dh, h, denominator, log_m_row, write_log, row_max = _contiguous(*tensors)
     *lead, seq_len, head_dim = q.shape
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    row_sum, col_sum = q.new_empty(*lead, seq_len), q.new_empty(*lead, seq_len)
+    row_sum, col_sum, d_log_m_row = (q.new_empty(*lead, seq_len) for _ in range(3))
     status = library().vil_mlstm_parallel_backward(
-        *map(_pointer, (q, k, v, d_num, d_den, write_log, row_max, dq, dk, dv, row_sum, col_sum)),
-        q.numel() // (seq_len * head_dim), seq_len, head_dim, v.shape[-1], min_log, _threads(),
+        *map(_pointer, (q, k, v, dh, h, denominator, log_m_row, write_log, row_max, dq, dk, dv, row_sum, col_sum)),
+        _pointer(d_log_m_row), q.numel() // (seq_len * head_dim), seq_len, head_dim, v.shape[-1], eps, min_log,
+        _threads(),
     )  # fmt: skip
-    return (dq, dk, dv, row_sum, col_sum) if status == 0 else None
+    return (dq, dk, dv, row_sum, col_sum, d_log_m_row) if status == 0 else None
 
 
 def mlstm_chunkwise(

@@ -49,7 +49,7 @@ _SIGNATURES = {
     "vil_conv2d_silu_backward": [_POINTER] * 9 + [_INT] * 7,
     "vil_headwise_qkv_backward": [_POINTER] * 15 + [_INT] * 7,
     "vil_mlstm_parallel": [_POINTER] * 8 + [_INT] * 4 + [_FLOAT] * 2 + [_INT],
-    "vil_mlstm_parallel_backward": [_POINTER] * 12 + [_INT] * 4 + [_FLOAT, _INT],
+    "vil_mlstm_parallel_backward": [_POINTER] * 15 + [_INT] * 4 + [_FLOAT] * 2 + [_INT],
     "vil_mlstm_chunkwise": [_POINTER] * 17 + [_INT] * 5 + [_FLOAT] * 2 + [_INT],
     "vil_mlstm_chunkwise_backward": [_POINTER] * 17 + [_INT] * 5 + [_FLOAT, _INT],
     "vil_mlstm_state_backward": [_POINTER] * 18 + [_INT] * 5,

@@ -356,20 +356,45 @@ int vil_mlstm_parallel(const float *q, const float *k, const float *v, const flo
     return failed ? -1 : 0;
 }
 
-/* The parallel form's backward pass (vil.ops.parallel.parallel_backward) for each matrix, given d_num (S, DHV) and
- * d_den (S), the gradients of the readout's numerator and denominator: dq, dk (S, DH) and dv (S, DHV), and
- * row_sum[t] = sum_s and col_sum[s] = sum_t of dL/d log decay[t, s]. Returns 0, or -1 as vil_mlstm_parallel. */
-int vil_mlstm_parallel_backward(const float *q, const float *k, const float *v, const float *d_num, const float *d_den,
-                                const float *a, const float *r, float *dq, float *dk, float *dv, float *row_sum,
-                                float *col_sum, int64_t mats, int64_t seq_len, int64_t head_dim, int64_t value_dim,
-                                float min_log, int64_t threads) {
+/* The backward pass of the readout h = num / (max(|den|, exp(-log_m)) + eps) for the rows of one matrix, given dh:
+ * d_num (S, DHV) and d_den (S), the gradients of its numerator and denominator, and d_log_m (S), the gradient of
+ * the rows' stabilisers through the floor exp(-log_m) (vil.ops.common.readout_backward). */
+static void readout_backward(const float *dh, const float *h, const float *den, const float *log_m, float *d_num,
+                             float *d_den, float *d_log_m, int64_t seq_len, int64_t value_dim, float eps) {
+    const float log_eps = eps > 0.0f ? logf(eps) : 0.0f;
+    for (int64_t t = 0; t < seq_len; ++t) {
+        const float *dh_t = dh + t * value_dim, *h_t = h + t * value_dim;
+        float dh_h = 0.0f;
+#pragma omp simd reduction(+ : dh_h)
+        for (int64_t j = 0; j < value_dim; ++j) dh_h += dh_t[j] * h_t[j];
+        /* the floor is inf for log_m < -88 (then h = 0 and inv = 0); its share written as 1 / (1 + eps e^log_m) */
+        const float floor = expf(-log_m[t]), magnitude = fabsf(den[t]);
+        const int on_floor = floor > magnitude;
+        const float inv = 1.0f / ((on_floor ? floor : magnitude) + eps);
+        const float sign = den[t] > 0.0f ? 1.0f : (den[t] < 0.0f ? -1.0f : 0.0f);
+        d_den[t] = on_floor ? 0.0f : -dh_h * inv * sign;
+        d_log_m[t] = on_floor ? dh_h * (eps > 0.0f ? 1.0f / (1.0f + expf(log_m[t] + log_eps)) : 1.0f) : 0.0f;
+        for (int64_t j = 0; j < value_dim; ++j) d_num[t * value_dim + j] = dh_t[j] * inv;
+    }
+}
+
+/* The parallel form's backward pass (vil.ops.parallel.parallel_backward) for each matrix, given dh (S, DHV) and the
+ * forward pass's h (S, DHV) and denominator den (S): dq, dk (S, DH) and dv (S, DHV), row_sum[t] = sum_s and
+ * col_sum[s] = sum_t of dL/d log decay[t, s], and d_log_m (S), the readout's gradient of the rows' stabilisers
+ * log_m. Returns 0, or -1 as vil_mlstm_parallel. */
+int vil_mlstm_parallel_backward(const float *q, const float *k, const float *v, const float *dh, const float *h,
+                                const float *den, const float *log_m, const float *a, const float *r, float *dq,
+                                float *dk, float *dv, float *row_sum, float *col_sum, float *d_log_m, int64_t mats,
+                                int64_t seq_len, int64_t head_dim, int64_t value_dim, float eps, float min_log,
+                                int64_t threads) {
     const int64_t ld = padded(seq_len);
     int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
         float *kt = buffer(head_dim * ld), *vt = buffer(value_dim * ld);
         float *p = buffer(BACKWARD_STRIP_ROWS * ld), *ds = buffer(BACKWARD_STRIP_ROWS * ld);
-        const int ready = kt && vt && p && ds;
+        float *d_num = buffer(seq_len * value_dim), *d_den = buffer(seq_len);
+        const int ready = kt && vt && p && ds && d_num && d_den;
         if (!ready) {
 #pragma omp atomic write
             failed = 1;
@@ -378,18 +403,22 @@ int vil_mlstm_parallel_backward(const float *q, const float *k, const float *v, 
         for (int64_t m = 0; m < mats; ++m) {
             if (!ready) continue;
             const int64_t t0 = m * seq_len;
+            readout_backward(dh + t0 * value_dim, h + t0 * value_dim, den + t0, log_m + t0, d_num, d_den,
+                             d_log_m + t0, seq_len, value_dim, eps);
             /* dk, dv and col_sum accumulate over the strips */
             memset(dk + t0 * head_dim, 0, (size_t)(seq_len * head_dim) * sizeof(float));
             memset(dv + t0 * value_dim, 0, (size_t)(seq_len * value_dim) * sizeof(float));
             memset(col_sum + t0, 0, (size_t)seq_len * sizeof(float));
-            strips_backward(q + t0 * head_dim, k + t0 * head_dim, v + t0 * value_dim, d_num + t0 * value_dim,
-                            d_den + t0, a + t0, r + t0, dq + t0 * head_dim, dk + t0 * head_dim, dv + t0 * value_dim,
-                            row_sum + t0, col_sum + t0, kt, vt, p, ds, ld, seq_len, head_dim, value_dim, min_log);
+            strips_backward(q + t0 * head_dim, k + t0 * head_dim, v + t0 * value_dim, d_num, d_den, a + t0, r + t0,
+                            dq + t0 * head_dim, dk + t0 * head_dim, dv + t0 * value_dim, row_sum + t0, col_sum + t0,
+                            kt, vt, p, ds, ld, seq_len, head_dim, value_dim, min_log);
         }
         free(kt);
         free(vt);
         free(p);
         free(ds);
+        free(d_num);
+        free(d_den);
     }
     return failed ? -1 : 0;
 }

@@ -108,9 +108,14 @@ def parallel_backward(q, k, v, igate, fgate, saved, dh, eps: float = EPS):
     """Gradients with respect to q, k, v, igate, fgate."""
     h, denominator = saved
     gates = _Gates(igate, fgate, q.shape[-1])
-    d_num, d_den, d_log_m_row = readout_backward(dh, h, denominator, gates.log_m_row, eps)
-    grads = kernels.mlstm_parallel_backward(q, k, v, d_num, d_den, gates.scaled_a, gates.amax, MIN_LOG_DECAY)
-    dq, dk, dv, d_log_decay_rows, d_a = grads if grads is not None else _tiled_backward(q, k, v, gates, d_num, d_den)
+    fused = kernels.mlstm_parallel_backward(
+        q, k, v, dh, h, denominator, gates.log_m_row, gates.scaled_a, gates.amax, eps, MIN_LOG_DECAY
+    )  # the readout's backward pass included
+    if fused is not None:
+        dq, dk, dv, d_log_decay_rows, d_a, d_log_m_row = fused
+    else:
+        d_num, d_den, d_log_m_row = readout_backward(dh, h, denominator, gates.log_m_row, eps)
+        dq, dk, dv, d_log_decay_rows, d_a = _tiled_backward(q, k, v, gates, d_num, d_den)
 
     d_amax = d_log_m_row - d_log_decay_rows  # M = b + amax; the decay exp(a[s] - amax[t]) sees amax with a minus
     d_a.scatter_add_(-1, gates.amax_index, d_amax)  # amax = cummax(a)
