@@ -217,7 +217,7 @@ static inline void transpose8x8(const float *x, int64_t ldx, float *xt, int64_t 
 
 /* xt (cols x ld) = the transpose of x (rows x cols), zero in the columns from rows to ld */
 static void transpose(const float *x, int64_t rows, int64_t cols, float *xt, int64_t ld) {
-    for (int64_t c = 0; c < cols; ++c) memset(xt + c * ld + rows, 0, (size_t)(ld - rows) * sizeof(float));
+    for (int64_t c = 0; rows < ld && c < cols; ++c) memset(xt + c * ld + rows, 0, (size_t)(ld - rows) * sizeof(float));
     int64_t r0 = 0, c0 = 0;
 #ifdef __AVX2__
     for (; r0 + 8 <= rows; r0 += 8) /* 8 x 8 blocks in registers; the columns past the last block below */

@@ -66,12 +66,8 @@ class MLSTMCell(nn.Module):
     def _fold_gate_weights(self, q_proj, k_proj, v_proj) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         weight = torch.cat([self.igate.weight, self.fgate.weight])  # (2 NH, 3E)
         bias = torch.cat([self.igate.bias, self.fgate.bias])  # (2 NH,)
-        w_q, w_k, w_v = weight.chunk(3, dim=1)  # (2 NH, E) each
-        (w_q, b_q), (w_k, b_k), (w_v, b_v) = (
-            fold_into_linear(w, proj) for w, proj in ((w_q, q_proj), (w_k, k_proj), (w_v, v_proj))
-        )
-        bias = sum((b for b in (b_q, b_k, b_v) if b is not None), bias)
-        return w_q + w_k, w_v, bias
+        (w_q, w_k, w_v), folded_bias = fold_into_linear(weight, [q_proj, k_proj, v_proj])  # (2 NH, E) each
+        return w_q + w_k, w_v, bias if folded_bias is None else bias + folded_bias
 
     def forward(self, qk_input: torch.Tensor, v_input: torch.Tensor, q_proj, k_proj, v_proj) -> torch.Tensor:
         """q = q_proj(qk_input), k = k_proj(qk_input), v = v_proj(v_input): (B, S, E) each -> (B, NH, S, DH),
