@@ -192,6 +192,17 @@ static float *buffer(int64_t floats) {
     return aligned_alloc(64, (size_t)((floats * (int64_t)sizeof(float) + 63) / 64 * 64));
 }
 
+/* whether a thread's scratch buffers were allocated; if not, the call is marked failed (from inside a parallel
+ * region, where each thread allocates its own) */
+static int scratch_ready(int ready, int *failed) {
+    if (!ready) {
+#pragma omp atomic write
+        *failed = 1;
+    }
+    return ready;
+}
+
+
 #ifdef __AVX2__
 /* the 8 x 8 block at x (row stride ldx) transposed into xt (row stride ldt): unpacks and in-lane shuffles, then the
  * 128-bit halves exchanged */
@@ -333,11 +344,7 @@ int vil_mlstm_parallel(const float *q, const float *k, const float *v, const flo
 #pragma omp parallel num_threads(threads)
     {
         float *qt = buffer(head_dim * STRIP_ROWS), *pt = buffer(seq_len * STRIP_ROWS);
-        const int ready = qt && pt;
-        if (!ready) {
-#pragma omp atomic write
-            failed = 1;
-        }
+        const int ready = scratch_ready(qt && pt, &failed);
         /* matrix after matrix, so that a thread's next strip reads the q, k, v it just read; in a matrix the
          * longest strips (the last rows) first */
 #pragma omp for schedule(dynamic, 1)
@@ -394,11 +401,7 @@ int vil_mlstm_parallel_backward(const float *q, const float *k, const float *v, 
         float *kt = buffer(head_dim * ld), *vt = buffer(value_dim * ld);
         float *p = buffer(BACKWARD_STRIP_ROWS * ld), *ds = buffer(BACKWARD_STRIP_ROWS * ld);
         float *d_num = buffer(seq_len * value_dim), *d_den = buffer(seq_len);
-        const int ready = kt && vt && p && ds && d_num && d_den;
-        if (!ready) {
-#pragma omp atomic write
-            failed = 1;
-        }
+        const int ready = scratch_ready(kt && vt && p && ds && d_num && d_den, &failed);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t m = 0; m < mats; ++m) {
             if (!ready) continue;
@@ -444,11 +447,7 @@ int vil_mlstm_chunkwise(const float *q, const float *k, const float *v, const fl
     {
         float *qt = buffer(head_dim * STRIP_ROWS), *pt = buffer(chunk * STRIP_ROWS);
         float *scaled = buffer(chunk * head_dim);
-        const int ready = qt && pt && scaled;
-        if (!ready) {
-#pragma omp atomic write
-            failed = 1;
-        }
+        const int ready = scratch_ready(qt && pt && scaled, &failed);
         /* 1. each chunk by itself: the intra-chunk part of h and den (the parallel form in strips), and what the
          * chunk writes into the state, U = sum_s write[s] k[s] v[s]^T and u = sum_s write[s] k[s], kept in the
          * chunk's state slot for now */
@@ -547,11 +546,7 @@ int vil_mlstm_chunkwise_backward(const float *q, const float *k, const float *v,
         float *kt = buffer(head_dim * ld), *vt = buffer(value_dim * ld), *ct = buffer(state);
         float *p = buffer(BACKWARD_STRIP_ROWS * ld), *ds = buffer(BACKWARD_STRIP_ROWS * ld);
         float *scaled = buffer(chunk * value_dim);
-        const int ready = kt && vt && ct && p && ds && scaled;
-        if (!ready) {
-#pragma omp atomic write
-            failed = 1;
-        }
+        const int ready = scratch_ready(kt && vt && ct && p && ds && scaled, &failed);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t item = 0; item < mats * chunks; ++item) {
             if (!ready) continue;
