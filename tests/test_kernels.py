@@ -48,9 +48,9 @@ def test_headwise_qkv_matches_the_grouped_products(shape, with_bias):
     torch.testing.assert_close(gates, expected_gates.transpose(1, 2), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("with_gates", [True, False])
+@pytest.mark.parametrize("num_gates", [0, 6, 8, 12])  # none; partial, one full (ViL's 2 NH) and 1.5 register tiles
 @pytest.mark.parametrize("shape", SHAPES)
-def test_headwise_qkv_backward_matches_autograd(shape, with_gates):
+def test_headwise_qkv_backward_matches_autograd(shape, num_gates):
     batch, height, width, heads, head_dim = shape
     dim, seq_len = heads * head_dim, height * width
 
@@ -59,18 +59,18 @@ def test_headwise_qkv_backward_matches_autograd(shape, with_gates):
 
     qk_in, v_in = leaf(batch, seq_len, dim), leaf(batch, seq_len, dim)
     weights, biases = [leaf(dim // 4, 4, 4) for _ in range(3)], [leaf(dim) for _ in range(3)]
-    gates = [leaf(6, dim), leaf(6, dim), leaf(6)]  # G = 6: a partial register tile of gates
+    gates = [leaf(num_gates, dim), leaf(num_gates, dim), leaf(num_gates)]
     q, k = headwise_linear(qk_in, weights[:2], biases[:2], heads)
     (v,) = headwise_linear(v_in, weights[2:], biases[2:], heads)
     outputs, leaves = [q, k, v], [qk_in, v_in, *weights, *biases]
-    if with_gates:
+    if num_gates:
         outputs.append((F.linear(qk_in, gates[0], gates[2]) + F.linear(v_in, gates[1])).transpose(1, 2))
         leaves += gates
     grads = [torch.randn_like(t) for t in outputs]
     expected = torch.autograd.grad(outputs, leaves, grads)
     with torch.no_grad():
         got = kernels.headwise_qkv_backward(
-            qk_in, v_in, weights, grads[:3], *((gates[:2], grads[3]) if with_gates else ())
+            qk_in, v_in, weights, grads[:3], *((gates[:2], grads[3]) if num_gates else ())
         )
     assert len(got) == len(expected)
     for a, b in zip(got, expected, strict=True):
@@ -115,6 +115,10 @@ def test_kernels_step_aside_where_they_do_not_apply():
     with torch.no_grad():
         assert kernels.headwise_qkv(x, x, weights, biases, 2) is not None
         assert kernels.headwise_qkv(x, x, [torch.randn(1, 8, 8)] * 3, biases, 2) is None  # blocks of 8, not 4
+        wide = torch.randn(1, 4, 12)  # 3 heads of 4 tile the 4 x 4 blocks, 2 heads of 6 would split one
+        assert kernels.headwise_qkv(wide, wide, [torch.randn(3, 4, 4)] * 3, biases, 3) is not None
+        assert kernels.headwise_qkv(wide, wide, [torch.randn(3, 4, 4)] * 3, biases, 2) is None
+        assert not kernels.headwise_backward_applies(wide, wide, [torch.randn(3, 4, 4)] * 3, 2)
         with kernels.disabled():
             assert kernels.headwise_qkv(x, x, weights, biases, 2) is None
 

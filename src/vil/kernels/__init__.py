@@ -31,7 +31,8 @@ from .scratch import reused
 
 ROW_BUFFER = 4096  # the widest row (channels, or a head) a kernel keeps on its stack: ROW_BUFFER in block.c
 # Tokens per part of a backward kernel's sums over tokens: a fixed split, so that the sums do not depend on the
-# thread count; 1568 tokens (224 px, batch 8) give 49 parts, enough for 49 threads, at 5 E floats of scratch each.
+# thread count; 1568 tokens (224 px, batch 8) give 49 parts, enough for 49 threads, at up to 15 E + G (2 E + 1)
+# floats of scratch each (the headwise backward's sums, G gates).
 PART_ROWS = 32
 
 __all__ = [
@@ -99,7 +100,7 @@ def headwise_qkv(
     if not _applies(qk_input, v_input, *weights, *biases, *(gates or ())):
         return None
     batch, seq_len, dim = qk_input.shape
-    if any(w.shape != (dim // 4, 4, 4) for w in weights) or dim % num_heads or v_input.shape != qk_input.shape:
+    if not _headwise_shapes_match(qk_input, v_input, weights, num_heads):
         return None
     # wt[d, 4b + o] = w[b, o, d]: the layout the kernel reads (see block.c)
     arranged = [w.permute(2, 0, 1).reshape(4, dim).contiguous() for w in weights]
@@ -365,19 +366,38 @@ def mlstm_state_backward(
     return ((d_c, d_n), d_a_last, d_g, (dc0, dn0, dm0)) if status == 0 else None
 
 
-def headwise_backward_applies(
-    qk_input: torch.Tensor, v_input: torch.Tensor, weights: list[torch.Tensor], gate_weights: list[torch.Tensor] = ()
-) -> bool:
-    """Whether :func:`headwise_qkv_backward` can run for these inputs of :func:`headwise_qkv` (asked before the
-    backward pass, so that the forward values are recomputed the matching way)."""
+def _headwise_shapes_match(qk_input: torch.Tensor, v_input: torch.Tensor, weights, num_heads: int) -> bool:
+    """4 x 4 blocks that tile each head: the kernels broadcast within aligned groups of four channels."""
     dim = qk_input.shape[-1]
     return (
-        not torch.is_grad_enabled()
-        and _applies(qk_input, v_input, *weights, *gate_weights)
-        and dim <= ROW_BUFFER
-        and v_input.shape == qk_input.shape
+        v_input.shape == qk_input.shape
         and all(w.shape == (dim // 4, 4, 4) for w in weights)
-        and (not gate_weights or gate_weights[0].shape[0] * PART_ROWS <= ROW_BUFFER)
+        and dim % num_heads == 0
+        and (dim // num_heads) % 4 == 0
+    )
+
+
+def headwise_backward_applies(
+    qk_input: torch.Tensor,
+    v_input: torch.Tensor,
+    weights: list[torch.Tensor],
+    num_heads: int,
+    gates: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> bool:
+    """Whether :func:`headwise_qkv_backward` can run for these inputs of :func:`headwise_qkv`, with ``gates`` its
+    gate weights and bias (asked before the backward pass, so that the forward values are recomputed the matching
+    way)."""
+    dim = qk_input.shape[-1]
+    if gates is not None:
+        num_gates = gates[2].shape[0]
+        shapes = [(num_gates, dim), (num_gates, dim), (num_gates,)]
+        if [tuple(t.shape) for t in gates] != shapes or num_gates * PART_ROWS > ROW_BUFFER:
+            return False
+    return (
+        not torch.is_grad_enabled()
+        and _applies(qk_input, v_input, *weights, *(gates or ()))
+        and dim <= ROW_BUFFER
+        and _headwise_shapes_match(qk_input, v_input, weights, num_heads)
     )
 
 
@@ -393,6 +413,8 @@ def headwise_qkv_backward(
     dL/d v_input, dL/d each weight, dL/d each bias; with ``gates`` (its gate weights for qk_input and v_input,
     (G, E) each) and their outputs' gradient ``d_gates`` (B, G, S), also dL/d each gate weight and dL/d the gate
     bias. Only where :func:`headwise_backward_applies`."""
+    if (gates is None) != (d_gates is None):
+        raise ValueError("headwise_qkv_backward: gates and d_gates go together")
     batch, seq_len, dim = qk_input.shape
     heads, head_dim = grads[0].shape[1], grads[0].shape[3]
     num_gates = 0 if gates is None else gates[0].shape[0]

@@ -271,30 +271,39 @@ static void add_gate_grads(const float *a, const float *b, const float *dg, cons
     }
 }
 
-/* dw[j][c] += sum_t dg[t][j] x[t][c] over the n tokens of a part (dg: n x count, x: n rows of dim), GATE_TILE gates
- * x one vector of channels in registers while t runs */
-static void gate_weight_grads(const float *dg, const float *x, int64_t n, int64_t count, float *dw, int64_t dim) {
-    for (int64_t j0 = 0; j0 < count; j0 += GATE_TILE) {
-        const int64_t gates = count - j0 < GATE_TILE ? count - j0 : GATE_TILE;
-        int64_t c = 0;
+/* dw[j][c] += sum_t dg[t][j] x[t][c] for the gates j < count <= GATE_TILE over the n tokens of a part (dg: n rows
+ * of stride gate gradients, x: n rows of dim); count accumulators of one vector of channels in registers while t
+ * runs */
+static inline __attribute__((always_inline)) void gate_weight_grads_of(const int count, const float *dg,
+                                                                       int64_t stride, const float *x, int64_t n,
+                                                                       float *dw, int64_t dim) {
+    int64_t c = 0;
 #ifdef VEC
-        for (; gates == GATE_TILE && c + VW <= dim; c += VW) {
-            vec acc[GATE_TILE];
-            for (int j = 0; j < GATE_TILE; ++j) acc[j] = vload(dw + (j0 + j) * dim + c);
-            for (int64_t t = 0; t < n; ++t) {
-                const vec xv = vload(x + t * dim + c);
-                for (int j = 0; j < GATE_TILE; ++j) acc[j] = vfmadd(vset1(dg[t * count + j0 + j]), xv, acc[j]);
-            }
-            for (int j = 0; j < GATE_TILE; ++j) vstore(dw + (j0 + j) * dim + c, acc[j]);
+    for (; c + VW <= dim; c += VW) {
+        vec acc[GATE_TILE];
+        for (int j = 0; j < count; ++j) acc[j] = vload(dw + j * dim + c);
+        for (int64_t t = 0; t < n; ++t) {
+            const vec xv = vload(x + t * dim + c);
+            for (int j = 0; j < count; ++j) acc[j] = vfmadd(vset1(dg[t * stride + j]), xv, acc[j]);
         }
-#endif
-        for (; c < dim; ++c)
-            for (int64_t j = j0; j < j0 + gates; ++j) {
-                float acc = dw[j * dim + c];
-                for (int64_t t = 0; t < n; ++t) acc += dg[t * count + j] * x[t * dim + c];
-                dw[j * dim + c] = acc;
-            }
+        for (int j = 0; j < count; ++j) vstore(dw + j * dim + c, acc[j]);
     }
+#endif
+    for (; c < dim; ++c)
+        for (int j = 0; j < count; ++j) {
+            float acc = dw[j * dim + c];
+            for (int64_t t = 0; t < n; ++t) acc += dg[t * stride + j] * x[t * dim + c];
+            dw[j * dim + c] = acc;
+        }
+}
+
+/* gate_weight_grads_of for any count (dg: n x count): tiles of GATE_TILE gates, then one at a time, each with its
+ * count as a constant */
+static void gate_weight_grads(const float *dg, const float *x, int64_t n, int64_t count, float *dw, int64_t dim) {
+    int64_t j = 0;
+    for (; j + GATE_TILE <= count; j += GATE_TILE)
+        gate_weight_grads_of(GATE_TILE, dg + j, count, x, n, dw + j * dim, dim);
+    for (; j < count; ++j) gate_weight_grads_of(1, dg + j, count, x, n, dw + j * dim, dim);
 }
 
 /* One projection's share of the backward pass over the tokens [first, last) of a part: dx = (or +=, with

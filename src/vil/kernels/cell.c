@@ -3,11 +3,11 @@
  *
  * The parallel form with batched matrix products (vil.ops.parallel) computes each row tile against every column
  * up to the tile's end, then applies the decay in a separate pass; at ViL's sizes (S = 196, DH = 96) the products
- * are small, so per-call overhead and the wasted upper triangle cost a third of the cell. Here a strip of
- * STRIP_ROWS rows is computed against the columns it sees, the decay applied while the strip is in cache, and the
- * strip's products run through one register-tiled kernel (gemm below); the forward pass forms its strips
- * transposed (see strip_forward). Layouts: q, k (mats, S, DH) and v
- * (mats, S, DHV) contiguous; the gate rows a, r (mats, S).
+ * are small, so per-call overhead and the wasted upper triangle cost a third of the cell. Here a strip of rows
+ * (STRIP_ROWS in the forward pass, BACKWARD_STRIP_ROWS in the backward pass) is computed against the columns it
+ * sees, the decay applied while the strip is in cache, and the strip's products run through one register-tiled
+ * kernel (gemm below); the forward pass forms its strips transposed (see strip_forward). Layouts: q, k (mats, S,
+ * DH) and v (mats, S, DHV) contiguous; the gate rows a, r (mats, S).
  *
  * Threads (OpenMP, PyTorch's own runtime; the caller passes PyTorch's thread count): the work is cut into items
  * that do not depend on the thread count, each computed by one thread with the same arithmetic whichever thread

@@ -85,10 +85,10 @@ def fold_into_linear(
 
     Written as one broadcast product and sum rather than an einsum per projection: in training the fold runs with
     autograd on every forward pass, where a dozen tiny ops per projection cost more than the arithmetic."""
-    blocks = torch.stack([p.weight for p in projections])  # (n, NB, o, i)
-    count, num_blocks, out_size, in_size = blocks.shape
-    per_block = weight.view(-1, count, num_blocks, out_size, 1)  # (O, n, NB, o, 1)
-    folded = (per_block * blocks).sum(dim=3).view(-1, count, num_blocks * in_size).transpose(0, 1)  # (n, O, E)
+    blocks = torch.stack([p.weight for p in projections]).unsqueeze(1)  # (n, 1, NB, o, i)
+    count, _, num_blocks, out_size, in_size = blocks.shape
+    per_block = weight.view(-1, count, num_blocks, out_size).transpose(0, 1).unsqueeze(-1)  # (n, O, NB, o, 1)
+    folded = (per_block * blocks).sum(dim=3).view(count, -1, num_blocks * in_size)  # (n, O, E), contiguous
     if projections[0].bias is None:
         return folded, None
     return folded, weight @ torch.cat([p.bias for p in projections])

@@ -106,10 +106,9 @@ class _HeadwiseQKV:
             gates = (F.linear(qk_input, gate_wqk, gate_bias) + F.linear(v_input, gate_wv)).transpose(1, 2)
         return q, k, v, *gates.chunk(2, dim=1)  # gates (B, 2 NH, S): igate, fgate
 
-    @staticmethod
-    def hand_backward_applies(qk_input, v_input, *gates_weights_and_biases) -> bool:
-        gates, weights = list(gates_weights_and_biases[:3]), list(gates_weights_and_biases[3:6])
-        return kernels.headwise_backward_applies(qk_input, v_input, weights, gates)
+    def hand_backward_applies(self, qk_input, v_input, *gates_weights_and_biases) -> bool:
+        gates, weights = tuple(gates_weights_and_biases[:3]), list(gates_weights_and_biases[3:6])
+        return kernels.headwise_backward_applies(qk_input, v_input, weights, self.num_heads, gates)
 
     @staticmethod
     def hand_backward(inputs, grads) -> list[torch.Tensor | None]:

@@ -18,7 +18,7 @@ from .common import EPS
 from .parallel import parallel_backward, parallel_forward
 from .state import empty_state
 
-Projection = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+Projection = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]  # q k v i f
 
 # Below this many elements in the projection's first input, recomputing saves too little memory to pay for its
 # Python overhead: tiny models (the digits run: 16 tokens) then train faster with plain autograd.
