@@ -223,6 +223,10 @@ class TestBadInput:
         with pytest.raises(ValueError, match="image size"):
             ViLConfig(img_size=225)
 
+    def test_headwise_blocks_that_would_straddle_two_heads(self):
+        with pytest.raises(ValueError, match="head width expansion.dim/num_heads = 10 must be divisible by qkv_bl"):
+            ViLConfig(dim=20, num_heads=4)
+
     def test_not_an_image_batch(self):
         with pytest.raises(ValueError, match="expected images of shape"):
             tiny()(torch.randn(3, 16, 16))

@@ -96,6 +96,12 @@ class ViLConfig(DictConfig):
                 f"inner width expansion*dim = {inner} must be divisible by qkv_block_size={self.qkv_block_size} "
                 f"and num_heads={self.num_heads}"
             )
+        if inner // self.num_heads % self.qkv_block_size:
+            # the headwise blocks are regrouped into the cell's heads: a block across two heads is not supported
+            raise ValueError(
+                f"head width expansion*dim/num_heads = {inner // self.num_heads} must be divisible by "
+                f"qkv_block_size={self.qkv_block_size}"
+            )
         if self.conv_kind == "2d" and self.conv_kernel_size % 2 == 0:
             raise ValueError(f"conv_kind='2d' needs an odd conv_kernel_size, got {self.conv_kernel_size}")
         check_image_size(self.img_size, self.patch_size, self.patch_stride)
