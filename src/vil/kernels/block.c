@@ -227,7 +227,8 @@ void vil_conv2d_silu(const float *x, const float *weight, const float *bias, flo
  * 4 x E, the transpose of the forward arrangement). Adds the sums over tokens into `sums`: for q, k and v in turn
  * dwt (4 x E, dwt[d][4b+o] = dL/dw[b][o][d]) and db (E), then with the gates dL/d gate_wqk, dL/d gate_wv (G x E)
  * and dL/d gate_bias (G). They are formed per part of part_rows tokens in partial (ceil(B S / part_rows) x their
- * size, scratch). One pass: each token's rows of x are read once for all five weight gradients. */
+ * size, scratch). One pass over the tokens, part by part: within a part q, k and v in turn (only one projection's
+ * sums hot at a time, the part's rows staying in cache), then the gates' weight gradients. */
 #define GATE_TILE 8 /* gates whose weight gradients are accumulated in registers at once */
 
 /* dwt[d][c] += g[c] x[(c & ~3) + d] and db[c] += g[c] for the channels [from, from + n) of one token */
