@@ -23,9 +23,12 @@
 #include "vector.h"
 
 #define STRIP_ROWS 16 /* rows of the S x S matrices computed at once: 16 x S floats stay in L1/L2 */
-/* the backward pass's strips: its two accumulating products (dk, dv) run over a strip's rows, and 32 of them
- * amortise reading and writing the accumulators better (~4 % of the backward pass at S = 196, DH = 96, AVX2) */
-#define BACKWARD_STRIP_ROWS 32
+/* the backward pass's strips: its two accumulating products (dk, dv) run over a strip's rows, and 64 of them
+ * amortise reading and writing the accumulators better; the strip's diagonal block is computed in groups of
+ * DIAGONAL_ROWS rows, so that the longer strips do not waste more on the zeros above the diagonal (see
+ * strips_backward) */
+#define BACKWARD_STRIP_ROWS 64
+#define DIAGONAL_ROWS 8
 
 /* ---- the stabilised decay --------------------------------------------------------------------------------------
  * D[t, s] = exp(clamp(a[s] - r[t], min_log, 0)) for s <= t, 0 above the diagonal. */
@@ -104,6 +107,13 @@ static float decay_row_backward(float *p, float *ds, const float *a, float rt, f
 #define TILE_VECS 3 /* AVX2: 4 x 3 = 12 + 3 + 1 of 16 */
 #define ACCUMULATORS 12
 #endif
+/* the forward pass's P v product reads P transposed (a strip's rows side by side); on AVX2 its 6 x 2 tiles run ~5 %
+ * of the forward pass faster than 4 x 3 ones (S = 196, DH = 96) */
+#if VW == 16
+#define READOUT_TILE_VECS TILE_VECS
+#else
+#define READOUT_TILE_VECS 2
+#endif
 
 /* the rows of a tile `vecs` vectors wide */
 static inline int tile_rows(int vecs) {
@@ -154,14 +164,17 @@ static void tile_of(int rows, int vecs, int64_t depth, const float *a, int64_t a
 #undef TILE_ROWS_UP_TO_6
 #undef TILE_ROWS_UP_TO_8
 }
+#else
+#define READOUT_TILE_VECS 1 /* unused by the plain loops */
 #endif
 
-static void gemm(int64_t m_total, int64_t n_total, int64_t depth, const float *a, int64_t a_row, int64_t a_col,
-                 const float *b, int64_t ldb, float *c, int64_t ldc, int accumulate) {
+/* gemm with tiles at most max_vecs vectors wide */
+static void gemm_tiles(int max_vecs, int64_t m_total, int64_t n_total, int64_t depth, const float *a, int64_t a_row,
+                       int64_t a_col, const float *b, int64_t ldb, float *c, int64_t ldc, int accumulate) {
     int64_t n = 0;
 #ifdef VEC
     while (n + VW <= n_total) {
-        const int vecs = (n_total - n) / VW > TILE_VECS ? TILE_VECS : (int)((n_total - n) / VW);
+        const int vecs = (n_total - n) / VW > max_vecs ? max_vecs : (int)((n_total - n) / VW);
         const int tall = tile_rows(vecs);
         for (int64_t m = 0; m < m_total; m += tall) {
             const int rows = m_total - m < tall ? (int)(m_total - m) : tall;
@@ -177,6 +190,15 @@ static void gemm(int64_t m_total, int64_t n_total, int64_t depth, const float *a
             c[i * ldc + n] = total;
         }
     }
+}
+
+static void gemm(int64_t m_total, int64_t n_total, int64_t depth, const float *a, int64_t a_row, int64_t a_col,
+                 const float *b, int64_t ldb, float *c, int64_t ldc, int accumulate) {
+#ifdef VEC
+    gemm_tiles(TILE_VECS, m_total, n_total, depth, a, a_row, a_col, b, ldb, c, ldc, accumulate);
+#else
+    gemm_tiles(1, m_total, n_total, depth, a, a_row, a_col, b, ldb, c, ldc, accumulate);
+#endif
 }
 
 /* ---- the parallel form in strips ------------------------------------------------------------------------------ */
@@ -304,13 +326,18 @@ static void strip_forward(const float *q, const float *k, const float *v, const 
     gemm(end, STRIP_ROWS, head_dim, k, head_dim, 1, qt, STRIP_ROWS, pt, STRIP_ROWS, 0); /* (q.k^T)^T */
     decay_strip(pt, a, row_max, start, end, sums, min_log);
     for (int64_t i = 0; i < rows; ++i) den[start + i] = sums[i];
-    gemm(rows, value_dim, end, pt, 1, STRIP_ROWS, v, value_dim, h + start * value_dim, value_dim, 0); /* P v */
+    gemm_tiles(READOUT_TILE_VECS, rows, value_dim, end, pt, 1, STRIP_ROWS, v, value_dim, h + start * value_dim,
+               value_dim, 0); /* P v */
 }
 
 /* The backward pass of the strips of strip_forward over one sequence, given d_num (seq_len x DHV) and d_den (seq_len), the
  * gradients of the readout's numerator and denominator: dq is set, dk and dv are increased, row_sum[t] = sum_s and
  * col_sum[s] += sum_t of dL/d log decay[t, s]. kt, vt (DH x ld, DHV x ld), p and ds (BACKWARD_STRIP_ROWS x ld)
- * are scratch. */
+ * are scratch.
+ *
+ * A strip's columns before its first row are all seen; its block on the diagonal is triangular, and is computed in
+ * groups of DIAGONAL_ROWS rows (AVX2's vector width), each against the columns up to its last row only: with strips of
+ * 64 rows that wastes ~3 % of the products on the zeros above the diagonal, against ~40 % for whole 32-row strips. */
 static void strips_backward(const float *q, const float *k, const float *v, const float *d_num, const float *d_den,
                             const float *a, const float *r, float *dq, float *dk, float *dv, float *row_sum,
                             float *col_sum, float *kt, float *vt, float *p, float *ds, int64_t ld, int64_t seq_len,
@@ -320,16 +347,38 @@ static void strips_backward(const float *q, const float *k, const float *v, cons
     for (int64_t start = 0; start < seq_len; start += BACKWARD_STRIP_ROWS) {
         const int64_t end = start + BACKWARD_STRIP_ROWS < seq_len ? start + BACKWARD_STRIP_ROWS : seq_len;
         const int64_t rows = end - start;
-        const int64_t width = padded(end);
         const float *qs = q + start * head_dim, *d_num_s = d_num + start * value_dim;
-        gemm(rows, width, head_dim, qs, head_dim, 1, kt, ld, p, ld, 0);          /* q.k^T */
-        gemm(rows, width, value_dim, d_num_s, value_dim, 1, vt, ld, ds, ld, 0); /* dL/dP = d_num v^T */
-        for (int64_t i = 0; i < rows; ++i)
-            row_sum[start + i] = decay_row_backward(p + i * ld, ds + i * ld, a, r[start + i], d_den[start + i],
-                                                    col_sum, start + i + 1, width, min_log);
-        gemm(rows, head_dim, end, ds, ld, 1, k, head_dim, dq + start * head_dim, head_dim, 0); /* dq = dS k */
-        gemm(end, value_dim, rows, p, 1, ld, d_num_s, value_dim, dv, value_dim, 1);          /* dv += P^T d_num */
-        gemm(end, head_dim, rows, ds, 1, ld, qs, head_dim, dk, head_dim, 1);                 /* dk += dS^T q */
+        /* the columns [0, start) that every row sees */
+        gemm(rows, start, head_dim, qs, head_dim, 1, kt, ld, p, ld, 0);          /* q.k^T */
+        gemm(rows, start, value_dim, d_num_s, value_dim, 1, vt, ld, ds, ld, 0); /* dL/dP = d_num v^T */
+        /* the diagonal block: group g's rows [g0, g1) see the columns [start, start + g1) (padded) */
+        for (int64_t g0 = 0; g0 < rows; g0 += DIAGONAL_ROWS) {
+            const int64_t g1 = g0 + DIAGONAL_ROWS < rows ? g0 + DIAGONAL_ROWS : rows, cols = padded(g1);
+            gemm(g1 - g0, cols, head_dim, qs + g0 * head_dim, head_dim, 1, kt + start, ld, p + g0 * ld + start, ld, 0);
+            gemm(g1 - g0, cols, value_dim, d_num_s + g0 * value_dim, value_dim, 1, vt + start, ld,
+                 ds + g0 * ld + start, ld, 0);
+            for (int64_t i = g0; i < g1; ++i)
+                row_sum[start + i] = decay_row_backward(p + i * ld, ds + i * ld, a, r[start + i], d_den[start + i],
+                                                        col_sum, start + i + 1, start + cols, min_log);
+        }
+        /* dq = dS k: the columns [0, start) for all rows, then each group's diagonal columns added */
+        gemm(rows, head_dim, start, ds, ld, 1, k, head_dim, dq + start * head_dim, head_dim, 0);
+        for (int64_t g0 = 0; g0 < rows; g0 += DIAGONAL_ROWS) {
+            const int64_t g1 = g0 + DIAGONAL_ROWS < rows ? g0 + DIAGONAL_ROWS : rows;
+            gemm(g1 - g0, head_dim, g1, ds + g0 * ld + start, ld, 1, k + start * head_dim, head_dim,
+                 dq + (start + g0) * head_dim, head_dim, 1);
+        }
+        /* dv += P^T d_num and dk += dS^T q: the columns [0, start) from all rows, then each diagonal group's
+         * columns from the rows at and below it */
+        gemm(start, value_dim, rows, p, 1, ld, d_num_s, value_dim, dv, value_dim, 1);
+        gemm(start, head_dim, rows, ds, 1, ld, qs, head_dim, dk, head_dim, 1);
+        for (int64_t g0 = 0; g0 < rows; g0 += DIAGONAL_ROWS) {
+            const int64_t g1 = g0 + DIAGONAL_ROWS < rows ? g0 + DIAGONAL_ROWS : rows, c0 = start + g0;
+            gemm(g1 - g0, value_dim, rows - g0, p + g0 * ld + c0, 1, ld, d_num_s + g0 * value_dim, value_dim,
+                 dv + c0 * value_dim, value_dim, 1);
+            gemm(g1 - g0, head_dim, rows - g0, ds + g0 * ld + c0, 1, ld, qs + g0 * head_dim, head_dim,
+                 dk + c0 * head_dim, head_dim, 1);
+        }
     }
 }
 
