@@ -20,7 +20,9 @@ class PatchEmbed(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).permute(0, 2, 3, 1)  # (B, h, w, D)
+        # contiguous: the tokens' layout from here on; a permuted view would carry through the residual stream,
+        # making every block's layer norm copy its input and its residual add run strided
+        return self.proj(x).permute(0, 2, 3, 1).contiguous()  # (B, h, w, D)
 
 
 class PosEmbed2d(nn.Module):
