@@ -234,6 +234,11 @@ class VisionLSTM(nn.Module):
 
 def _ready_heap_for_backward(x: torch.Tensor, blocks: nn.ModuleList) -> None:
     """When the backward pass reaches the output x of ``blocks``: their gradients in one buffer
-    (vil.utils.gradient_buffer) and the forward pass's heap holes handed back to the OS (vil.utils.cpu_allocator)."""
-    release_when_reached(x)
+    (vil.utils.gradient_buffer) and the forward pass's heap holes handed back to the OS (vil.utils.cpu_allocator).
+
+    The hooks run in this order: the buffer is allocated first, into the space the previous step's gradients freed,
+    whose pages are still mapped; trimmed first, that space went back to the OS and zeroing the new buffer
+    page-faulted it in again (ViL-T at 224 x 8: 14-16 ms against 1.6 ms per step; the 1024 px memory growth did not
+    rise, 808-813 MiB against 827-849 MiB, benchmarks/user_script.py --memory-child)."""
     allocate_gradients_when_reached(x, blocks.parameters())
+    release_when_reached(x)
