@@ -123,6 +123,17 @@ def test_position_embedding_is_resampled_for_other_sizes():
     assert features.shape == (1, 16, 32)  # 8 x 2 tokens from a 4 x 4 embedding
 
 
+def test_residual_stream_is_contiguous_so_norms_read_it_in_place():
+    # a strided token layout (the conv's channels-first output, permuted) would carry through every residual add
+    # and make each block's layer norm copy its input
+    model = tiny().eval()
+    seen = []
+    model.blocks[1].register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+    with torch.no_grad():
+        model.forward_features(torch.randn(2, 3, 32, 32))
+    assert seen == [True]
+
+
 def test_gradients_reach_every_parameter(recompute_mode):
     for design, pooling in [("alternating", "middle_cls"), ("quad", "bilateral_concat"), ("bidirectional", "mean")]:
         model = tiny(block_design=design, pooling=pooling, drop_path_rate=0.1)
