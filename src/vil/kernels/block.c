@@ -231,45 +231,86 @@ void vil_conv2d_silu(const float *x, const float *weight, const float *bias, flo
  * sums hot at a time, the part's rows staying in cache), then the gates' weight gradients. */
 #define GATE_TILE 8 /* gates whose weight gradients are accumulated in registers at once */
 
-/* dwt[d][c] += g[c] x[(c & ~3) + d] and db[c] += g[c] for the channels [from, from + n) of one token */
-static void headwise_weight_grads(const float *g, const float *x, float *dwt, float *db, int64_t from, int64_t n,
-                                  int64_t dim) {
-    int64_t c = from;
+/* dwt[d][c] += sum_t dy_t[c] x_t[(c & ~3) + d] and db[c] += sum_t dy_t[c] over the tokens [first, last) of a part,
+ * dy in head layout: per vector of channels the five sums stay in registers while t runs (kept in memory and
+ * updated token by token, as before, the loads and stores took half of the kernel), added in token order */
+static void headwise_weight_grads(const float *dy, const float *x, float *dwt, float *db, int64_t first, int64_t last,
+                                  int64_t seq_len, int64_t heads, int64_t head_dim) {
+    const int64_t dim = heads * head_dim;
+    int64_t rows[last - first]; /* where each token's row of head 0 starts in dy (no division in the loops below) */
+    for (int64_t t = first; t < last; ++t) rows[t - first] = (t / seq_len * heads * seq_len + t % seq_len) * head_dim;
+    for (int64_t h = 0; h < heads; ++h) {
+        const int64_t from = h * head_dim;
+        const float *dy_h = dy + h * seq_len * head_dim - from; /* + rows[t - first] + c: channel c of token t */
+        int64_t c = from;
 #ifdef VEC
-    for (; c + VW <= from + n; c += VW) {
-        const vec gv = vload(g + c - from), xv = vload(x + c);
-        float *w = dwt + c;
-        vstore(db + c, vadd(vload(db + c), gv));
-        vstore(w, vfmadd(gv, vlane_broadcast(xv, 0x00), vload(w)));
-        vstore(w + dim, vfmadd(gv, vlane_broadcast(xv, 0x55), vload(w + dim)));
-        vstore(w + 2 * dim, vfmadd(gv, vlane_broadcast(xv, 0xAA), vload(w + 2 * dim)));
-        vstore(w + 3 * dim, vfmadd(gv, vlane_broadcast(xv, 0xFF), vload(w + 3 * dim)));
-    }
+        for (; c + VW <= from + head_dim; c += VW) {
+            float *w = dwt + c;
+            vec bias = vload(db + c), w0 = vload(w), w1 = vload(w + dim), w2 = vload(w + 2 * dim), w3 = vload(w + 3 * dim);
+            for (int64_t t = first; t < last; ++t) {
+                const vec gv = vload(dy_h + rows[t - first] + c), xv = vload(x + t * dim + c);
+                bias = vadd(bias, gv);
+                w0 = vfmadd(gv, vlane_broadcast(xv, 0x00), w0);
+                w1 = vfmadd(gv, vlane_broadcast(xv, 0x55), w1);
+                w2 = vfmadd(gv, vlane_broadcast(xv, 0xAA), w2);
+                w3 = vfmadd(gv, vlane_broadcast(xv, 0xFF), w3);
+            }
+            vstore(db + c, bias);
+            vstore(w, w0);
+            vstore(w + dim, w1);
+            vstore(w + 2 * dim, w2);
+            vstore(w + 3 * dim, w3);
+        }
 #endif
-    for (; c < from + n; ++c) {
-        const float gc = g[c - from];
-        const float *xb = x + (c & ~(int64_t)3);
-        db[c] += gc;
-        for (int d = 0; d < 4; ++d) dwt[d * dim + c] += gc * xb[d];
+        for (; c < from + head_dim; ++c)
+            for (int64_t t = first; t < last; ++t) {
+                const float gc = dy_h[rows[t - first] + c];
+                const float *xb = x + t * dim + (c & ~(int64_t)3);
+                db[c] += gc;
+                for (int d = 0; d < 4; ++d) dwt[d * dim + c] += gc * xb[d];
+            }
     }
 }
 
-/* dx[c] = a[c] + b[c] + sum_j dg[j] w[j][c] (w: count x dim; b may be NULL) */
-static void add_gate_grads(const float *a, const float *b, const float *dg, const float *w, int64_t count,
-                           float *dx, int64_t dim) {
+/* dx[t][c] += sum_j dg[t][j] w[j][c] for the n tokens of a part (dg: n x count, token-major; w: count x dim), the
+ * gates j in order: a small product in register tiles of GATE_TILE_ROWS tokens x GATE_TILE_VECS vectors (one
+ * token's row at a time, each FMA waited on the one before and every weight was loaded once per token) */
+#define GATE_TILE_ROWS 4
+#define GATE_TILE_VECS 3
+static void add_gate_grads(const float *dg, const float *w, int64_t count, float *dx, int64_t n, int64_t dim) {
     int64_t c = 0;
 #ifdef VEC
-    for (; c + VW <= dim; c += VW) {
-        vec acc = b ? vadd(vload(a + c), vload(b + c)) : vload(a + c);
-        for (int64_t j = 0; j < count; ++j) acc = vfmadd(vset1(dg[j]), vload(w + j * dim + c), acc);
-        vstore(dx + c, acc);
+    for (; c + GATE_TILE_VECS * VW <= dim; c += GATE_TILE_VECS * VW) {
+        for (int64_t t0 = 0; t0 < n; t0 += GATE_TILE_ROWS) {
+            const int rows = n - t0 < GATE_TILE_ROWS ? (int)(n - t0) : GATE_TILE_ROWS;
+            vec acc[GATE_TILE_ROWS][GATE_TILE_VECS];
+            for (int r = 0; r < rows; ++r)
+                for (int v = 0; v < GATE_TILE_VECS; ++v) acc[r][v] = vload(dx + (t0 + r) * dim + c + v * VW);
+            for (int64_t j = 0; j < count; ++j) {
+                vec wv[GATE_TILE_VECS];
+                for (int v = 0; v < GATE_TILE_VECS; ++v) wv[v] = vload(w + j * dim + c + v * VW);
+                for (int r = 0; r < rows; ++r) {
+                    const vec g = vset1(dg[(t0 + r) * count + j]);
+                    for (int v = 0; v < GATE_TILE_VECS; ++v) acc[r][v] = vfmadd(g, wv[v], acc[r][v]);
+                }
+            }
+            for (int r = 0; r < rows; ++r)
+                for (int v = 0; v < GATE_TILE_VECS; ++v) vstore(dx + (t0 + r) * dim + c + v * VW, acc[r][v]);
+        }
     }
+    for (; c + VW <= dim; c += VW)
+        for (int64_t t = 0; t < n; ++t) {
+            vec acc = vload(dx + t * dim + c);
+            for (int64_t j = 0; j < count; ++j) acc = vfmadd(vset1(dg[t * count + j]), vload(w + j * dim + c), acc);
+            vstore(dx + t * dim + c, acc);
+        }
 #endif
-    for (; c < dim; ++c) {
-        float acc = a[c] + (b ? b[c] : 0.0f);
-        for (int64_t j = 0; j < count; ++j) acc += dg[j] * w[j * dim + c];
-        dx[c] = acc;
-    }
+    for (; c < dim; ++c)
+        for (int64_t t = 0; t < n; ++t) {
+            float acc = dx[t * dim + c];
+            for (int64_t j = 0; j < count; ++j) acc += dg[t * count + j] * w[j * dim + c];
+            dx[t * dim + c] = acc;
+        }
 }
 
 /* dw[j][c] += sum_t dg[t][j] x[t][c] for the gates j < count <= GATE_TILE over the n tokens of a part (dg: n rows
@@ -315,18 +356,24 @@ static void headwise_part_backward(const float *x, const float *dy, const float 
                                    float *db, int64_t first, int64_t last, int64_t seq_len, int64_t heads,
                                    int64_t head_dim) {
     const int64_t dim = heads * head_dim;
-    float row[ROW_BUFFER], out[ROW_BUFFER];
+    float out[ROW_BUFFER];
     for (int64_t t = first; t < last; ++t) {
         const int64_t b = t / seq_len, s = t % seq_len;
-        for (int64_t h = 0; h < heads; ++h) { /* this head's gradient gathered into token order */
-            const int64_t from = h * head_dim, src = ((b * heads + h) * seq_len + s) * head_dim;
-            memcpy(row + from, dy + src, (size_t)head_dim * sizeof(float));
-            headwise_weight_grads(dy + src, x + t * dim, dwt, db, from, head_dim, dim);
+        for (int64_t h = 0; h < heads; ++h) { /* read in head layout: a 4 x 4 block never straddles two heads */
+            const int64_t from = h * head_dim;
+            headwise_row(dy + ((b * heads + h) * seq_len + s) * head_dim - from, wt_in, NULL, out + from, from,
+                         from + head_dim, dim);
         }
-        headwise_row(row, wt_in, NULL, out, 0, dim, dim);
-        add_gate_grads(out, accumulate ? dx + t * dim : NULL, dg + (t - first) * gates, gate_w, gates, dx + t * dim,
-                       dim);
+        float *dxt = dx + t * dim;
+        if (accumulate) {
+#pragma omp simd
+            for (int64_t c = 0; c < dim; ++c) dxt[c] = out[c] + dxt[c];
+        } else {
+            memcpy(dxt, out, (size_t)dim * sizeof(float));
+        }
     }
+    if (gates) add_gate_grads(dg, gate_w, gates, dx + first * dim, last - first, dim);
+    headwise_weight_grads(dy, x, dwt, db, first, last, seq_len, heads, head_dim);
 }
 
 void vil_headwise_qkv_backward(const float *qk_in, const float *v_in, const float *dq, const float *dk,
