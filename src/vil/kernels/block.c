@@ -205,13 +205,34 @@ static void conv_pixel(const float *x, const float *weight, const float *bias, f
     }
 }
 
+/* conv_pixel's sums tap after tap, each a pass over the row's channels in place (in L1): in the forward pass ~25 %
+ * faster than conv_pixel (ViL-T 224 x 8, AVX2, same results bit for bit); in the backward pass, where the row is
+ * scratch among the weight sums, it was ~10 % slower, so that keeps conv_pixel */
+static void conv_pixel_by_taps(const float *x, const float *weight, const float *bias, float *pre, int64_t b,
+                               int64_t i, int64_t j, int64_t height, int64_t width, int64_t channels, int64_t kernel) {
+    const int64_t pad = kernel / 2;
+    for (int64_t ch = 0; ch < channels; ++ch) pre[ch] = bias ? bias[ch] : 0.0f;
+    for (int64_t di = 0; di < kernel; ++di) {
+        const int64_t ii = i + di - pad;
+        if (ii < 0 || ii >= height) continue;
+        for (int64_t dj = 0; dj < kernel; ++dj) {
+            const int64_t jj = j + dj - pad;
+            if (jj < 0 || jj >= width) continue;
+            const float *w = weight + (di * kernel + dj) * channels;
+            const float *xp = x + ((b * height + ii) * width + jj) * channels;
+#pragma omp simd
+            for (int64_t ch = 0; ch < channels; ++ch) pre[ch] += w[ch] * xp[ch];
+        }
+    }
+}
+
 void vil_conv2d_silu(const float *x, const float *weight, const float *bias, float *out, int64_t batch,
                      int64_t height, int64_t width, int64_t channels, int64_t kernel, int64_t threads) {
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t t = 0; t < batch * height * width; ++t) {
         const int64_t b = t / (height * width), i = t / width % height, j = t % width;
         float *o = out + t * channels;
-        conv_pixel(x, weight, bias, o, b, i, j, height, width, channels, kernel);
+        conv_pixel_by_taps(x, weight, bias, o, b, i, j, height, width, channels, kernel);
         int64_t ch = 0;
 #ifdef VEC
         for (; ch + VW <= channels; ch += VW) vstore(o + ch, vsilu(vload(o + ch)));
