@@ -101,6 +101,24 @@ def test_cell_results_do_not_depend_on_the_thread_count(threads, backend):
             assert torch.equal(got, want)
 
 
+def test_parallel_cell_projecting_inside_does_not_depend_on_the_thread_count(threads):
+    batch, seq_len, heads, head_dim = 3, 150, 4, 24  # 12 matrices: whole matrices for each of up to 3 threads
+    dim = heads * head_dim
+    qk_in, v_in = (torch.randn(batch, seq_len, dim) for _ in range(2))
+    weights, biases = [torch.randn(dim // 4, 4, 4) * 0.3 for _ in range(3)], [torch.randn(dim) for _ in range(3)]
+    rows = [torch.randn(batch, heads, seq_len) for _ in range(3)]  # the gate rows a, r = cummax(a), M = b + r
+    rows[1] = rows[0].cummax(dim=-1).values
+
+    def run():
+        return kernels.mlstm_parallel_headwise(qk_in, v_in, weights, biases, heads, *rows, 1e-6, -80.0)
+
+    results = [threads(n, run) for n in THREAD_COUNTS]
+    assert all(r is not None for r in results)
+    for other in results[1:]:
+        for got, want in zip(other, results[0], strict=True):
+            assert torch.equal(got, want)
+
+
 def test_kernels_share_pytorchs_openmp_runtime():
     # two OpenMP runtimes in one process would keep two pools of busy threads on the same cores
     if platform.system() != "Linux":

@@ -12,6 +12,7 @@ from vil.layers.conv import SequenceConv2d
 from vil.layers.headwise import headwise_linear
 from vil.layers.norm import multi_head_norm
 from vil.ops import MLSTMState, mlstm
+from vil.ops.parallel import parallel_forward, parallel_forward_projected
 
 # (B, H, W, NH, DH): ViL-T's head size; and one whose widths leave a remainder after the vector loops
 SHAPES = [(2, 4, 5, 4, 96), (3, 3, 3, 2, 20)]
@@ -75,6 +76,33 @@ def test_headwise_qkv_backward_matches_autograd(shape, num_gates):
     assert len(got) == len(expected)
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_parallel_cell_projecting_inside_gives_the_same_bits(shape, with_bias, monkeypatch):
+    # q, k, v made inside the cell kernel, matrix by matrix, never materialised: the same values as projecting
+    # first (headwise_qkv) and running the cell on them (mlstm_parallel)
+    batch, height, width, heads, head_dim = shape
+    dim, seq_len = heads * head_dim, height * width
+    qk_in, v_in = (torch.randn(batch, seq_len, dim) for _ in range(2))
+    weights = [torch.randn(dim // 4, 4, 4) * 0.3 for _ in range(3)]
+    biases = [torch.randn(dim) if with_bias else None for _ in range(3)]
+    gate_weights = (torch.randn(2 * heads, dim) * 0.1, torch.randn(2 * heads, dim) * 0.1, torch.randn(2 * heads) + 1)
+    q, k, v, gates = kernels.headwise_qkv(qk_in, v_in, weights, biases, heads, gates=gate_weights)
+    assert torch.equal(kernels.headwise_gates(qk_in, v_in, gate_weights), gates)
+    igate, fgate = gates.chunk(2, dim=1)
+    want_h, (_, want_den) = parallel_forward(q, k, v, igate, fgate)
+
+    def cell(*rows):
+        return kernels.mlstm_parallel_headwise(qk_in, v_in, weights, biases, heads, *rows)
+
+    monkeypatch.setattr(kernels, "HEADWISE_CELL_MATRICES_PER_THREAD", 1)  # the few matrices of these shapes
+    got_h, (_, got_den) = parallel_forward_projected(cell, igate, fgate, head_dim)
+    assert torch.equal(got_h, want_h) and torch.equal(got_den, want_den)
+    # too few matrices for the threads: it steps aside (the strips of mlstm_parallel spread better)
+    monkeypatch.setattr(kernels, "HEADWISE_CELL_MATRICES_PER_THREAD", batch * heads + 1)
+    assert parallel_forward_projected(cell, igate, fgate, head_dim) is None
 
 
 @pytest.mark.parametrize("with_bias", [True, False])

@@ -37,10 +37,10 @@ PART_ROWS = 32
 
 __all__ = [
     "CACHE", "PART_ROWS", "ROW_BUFFER", "SWITCH", "conv2d_silu", "conv2d_silu_backward", "conv2d_silu_supported",
-    "disabled", "gated_branch_output", "gated_branch_output_backward",
-    "headwise_backward_applies", "headwise_qkv", "headwise_qkv_backward", "library", "mlstm_chunkwise",
-    "mlstm_chunk_states", "mlstm_chunkwise_backward", "mlstm_parallel", "mlstm_parallel_backward",
-    "mlstm_state_backward", "reset", "usable",
+    "disabled", "gated_branch_output", "gated_branch_output_backward", "headwise_backward_applies",
+    "headwise_cell_has_work_for_the_threads", "headwise_gates", "headwise_qkv", "headwise_qkv_backward", "library",
+    "mlstm_chunkwise", "mlstm_chunk_states", "mlstm_chunkwise_backward", "mlstm_parallel", "mlstm_parallel_backward",
+    "mlstm_parallel_headwise", "mlstm_state_backward", "reset", "usable",
 ]  # fmt: skip
 
 
@@ -121,6 +121,65 @@ def headwise_qkv(
         num_gates, batch, seq_len, num_heads, head_dim, _threads(),
     )  # fmt: skip
     return (q, k, v) if gates is None else (q, k, v, gate_out)
+
+
+def headwise_gates(
+    qk_input: torch.Tensor, v_input: torch.Tensor, gates: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+) -> torch.Tensor | None:
+    """Only the gate pre-activations of :func:`headwise_qkv`: (B, G, S) = gate_bias + gate_wqk qk_input + gate_wv
+    v_input, for :func:`mlstm_parallel_headwise`, which projects q, k, v itself."""
+    if not _applies(qk_input, v_input, *gates) or v_input.shape != qk_input.shape:
+        return None
+    batch, seq_len, dim = qk_input.shape
+    qk_input, v_input, *gate_tensors = _contiguous(qk_input, v_input, *gates)
+    num_gates = gate_tensors[2].shape[0]
+    if [tuple(t.shape) for t in gate_tensors] != [(num_gates, dim), (num_gates, dim), (num_gates,)]:
+        return None
+    gate_out = qk_input.new_empty(batch, num_gates, seq_len)
+    library().vil_headwise_qkv(
+        *map(_pointer, (qk_input, v_input, *[None] * 9, *gate_tensors, gate_out)),
+        num_gates, batch, seq_len, 1, dim, _threads(),
+    )  # fmt: skip
+    return gate_out
+
+
+# mlstm_parallel_headwise gives each thread whole matrices: below this many per thread the split into strips of
+# mlstm_parallel balances the threads better than keeping q, k, v out of memory saves (with 4 per thread at most a
+# fifth of the threads idle at the end)
+HEADWISE_CELL_MATRICES_PER_THREAD = 4
+
+
+def headwise_cell_has_work_for_the_threads(batch: int, num_heads: int) -> bool:
+    """Whether :func:`mlstm_parallel_headwise` takes B NH matrices at the current thread count."""
+    return batch * num_heads >= HEADWISE_CELL_MATRICES_PER_THREAD * _threads()
+
+
+def mlstm_parallel_headwise(
+    qk_input: torch.Tensor, v_input: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor | None],
+    num_heads: int, write_log: torch.Tensor, row_max: torch.Tensor, log_m_row: torch.Tensor, eps: float,
+    min_log: float,
+) -> tuple[torch.Tensor, torch.Tensor] | None:  # fmt: skip
+    """:func:`mlstm_parallel` on q, k = headwise(qk_input) and v = headwise(v_input) (as :func:`headwise_qkv` makes
+    them), projected inside the kernel, matrix by matrix: they never go through memory. The same values bit for bit.
+    -> h (B, NH, S, DH) and the readout's denominator (B, NH, S); None where it does not apply, or where the
+    B NH matrices are too few for the threads (HEADWISE_CELL_MATRICES_PER_THREAD)."""
+    tensors = (qk_input, v_input, *weights, *biases, write_log, row_max, log_m_row)
+    if not _applies(*tensors) or not _headwise_shapes_match(qk_input, v_input, weights, num_heads):
+        return None
+    batch, seq_len, dim = qk_input.shape
+    if seq_len == 0 or not headwise_cell_has_work_for_the_threads(batch, num_heads):
+        return None
+    arranged = [w.permute(2, 0, 1).reshape(4, dim).contiguous() for w in weights]  # as headwise_qkv
+    qk_input, v_input, *biases = _contiguous(qk_input, v_input, *biases)
+    write_log, row_max, log_m_row = _contiguous(write_log, row_max, log_m_row)
+    head_dim = dim // num_heads
+    h = qk_input.new_empty(batch, num_heads, seq_len, head_dim)
+    denominator = qk_input.new_empty(batch, num_heads, seq_len)
+    status = library().vil_mlstm_parallel_headwise(
+        *map(_pointer, (qk_input, v_input, *arranged, *biases, write_log, row_max, log_m_row, h, denominator)),
+        batch, num_heads, seq_len, head_dim, eps, min_log, _threads(),
+    )  # fmt: skip
+    return (h, denominator) if status == 0 else None
 
 
 def gated_branch_output(

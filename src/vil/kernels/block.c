@@ -12,6 +12,7 @@
  * into `partial`, and the parts are then added in order (sum_parts): the results are the same for any number of
  * threads, bit for bit.
  */
+#include "headwise.h"
 #include "vector.h"
 
 /* out[c] += sum over the parts p, in order, of partial[p * stride + c] for c < width */
@@ -25,32 +26,6 @@ static void sum_parts(const float *partial, int64_t parts, int64_t stride, float
 }
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-
-/* ---- headwise 4x4 block-diagonal projections, written in head layout ------------------------------------------
- * out[4b+o] = bias[4b+o] + sum_d w[b][o][d] x[4b+d]. The weight comes pre-arranged as wt[d][4b+o] = w[b][o][d]
- * (4 x E), so that output channel c needs wt[d][c] * x[(c & ~3) + d]: a broadcast of element d inside each group
- * of four channels, which is one in-lane permute on x86. */
-static void headwise_row(const float *x, const float *wt, const float *bias, float *out, int64_t from, int64_t to,
-                         int64_t dim) {
-    int64_t c = from;
-#ifdef VEC
-    for (; c + VW <= to; c += VW) {
-        const vec xv = vload(x + c);
-        vec acc = bias ? vload(bias + c) : vzero();
-        acc = vfmadd(vload(wt + c), vlane_broadcast(xv, 0x00), acc);
-        acc = vfmadd(vload(wt + dim + c), vlane_broadcast(xv, 0x55), acc);
-        acc = vfmadd(vload(wt + 2 * dim + c), vlane_broadcast(xv, 0xAA), acc);
-        acc = vfmadd(vload(wt + 3 * dim + c), vlane_broadcast(xv, 0xFF), acc);
-        vstore(out + c - from, acc);
-    }
-#endif
-    for (; c < to; ++c) {
-        const float *xb = x + (c & ~(int64_t)3);
-        float acc = bias ? bias[c] : 0.0f;
-        for (int d = 0; d < 4; ++d) acc += wt[d * dim + c] * xb[d];
-        out[c - from] = acc;
-    }
-}
 
 /* out[j] = bias[j] + sum_e wa[j][e] a[e] + wb[j][e] b[e] over dim channels, for the gates j < count (wa, wb:
  * count x dim), count <= GATE_BLOCK. One accumulator per gate, all updated in one pass over the channels: independent
@@ -88,6 +63,7 @@ static void gate_dots(const float *wa, const float *a, const float *wb, const fl
 /* q, k = headwise(qk_in), v = headwise(v_in), each (B, NH, S, DH); qk_in and v_in are (B, S, E) with E = NH * DH.
  * Biases may be NULL. If gates is not NULL, also the gate pre-activations gates (B, G, S) = gate_bias + gate_wqk
  * qk_in + gate_wv v_in, with gate_wqk and gate_wv (G, E): the input and forget gates, read while the rows are hot.
+ * With q NULL only the gates are computed (for vil_mlstm_parallel_headwise, which projects q, k and v itself).
  * Tokens go in blocks of HEADWISE_TOKENS, the projections of a block and then its gates: a loop doing both per
  * token was ~20 % slower (224 px, batch 8, one thread), the gates' accumulators and the projections' vectors
  * competing for registers. */
@@ -101,7 +77,7 @@ void vil_headwise_qkv(const float *qk_in, const float *v_in, const float *wq, co
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t first = 0; first < tokens; first += HEADWISE_TOKENS) {
         const int64_t last = min64(first + HEADWISE_TOKENS, tokens);
-        for (int64_t t = first; t < last; ++t) {
+        for (int64_t t = first; q && t < last; ++t) {
             const int64_t b = t / seq_len, s = t % seq_len, row = t * dim;
             for (int64_t h = 0; h < heads; ++h) {
                 const int64_t dst = ((b * heads + h) * seq_len + s) * head_dim;

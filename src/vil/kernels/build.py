@@ -29,8 +29,8 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
-SOURCES = (HERE / "block.c", HERE / "cell.c")  # with their shared header vector.h
-HEADERS = (HERE / "vector.h",)
+SOURCES = (HERE / "block.c", HERE / "cell.c")  # with their shared headers
+HEADERS = (HERE / "vector.h", HERE / "headwise.h")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-shared", "-fPIC")
 SERIAL = ("-fopenmp", "-fopenmp-simd")  # where the compiler lacks OpenMP: the same kernels on one thread
 SWITCH = "VIL_KERNELS"  # "0" turns the kernels off
@@ -43,6 +43,7 @@ _POINTER, _INT, _FLOAT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 # every kernel takes the number of threads to use as its last argument
 _SIGNATURES = {
     "vil_headwise_qkv": [_POINTER] * 15 + [_INT] * 6,
+    "vil_mlstm_parallel_headwise": [_POINTER] * 13 + [_INT] * 4 + [_FLOAT, _FLOAT, _INT],
     "vil_gated_branch_output": [_POINTER] * 7 + [_INT] * 4 + [_FLOAT, _INT],
     "vil_gated_branch_output_backward": [_POINTER] * 15 + [_INT] * 5 + [_FLOAT, _INT],
     "vil_conv2d_silu": [_POINTER] * 4 + [_INT] * 6,
@@ -56,8 +57,8 @@ _SIGNATURES = {
 }
 # these return 0, or -1 when their buffers could not be allocated
 _RETURNS_STATUS = (
-    "vil_mlstm_parallel", "vil_mlstm_parallel_backward", "vil_mlstm_chunkwise", "vil_mlstm_chunkwise_backward",
-    "vil_mlstm_state_backward",
+    "vil_mlstm_parallel", "vil_mlstm_parallel_headwise", "vil_mlstm_parallel_backward", "vil_mlstm_chunkwise",
+    "vil_mlstm_chunkwise_backward", "vil_mlstm_state_backward",
 )  # fmt: skip
 
 

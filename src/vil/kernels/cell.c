@@ -20,6 +20,7 @@
  * handed out dynamically. */
 #include <stdlib.h>
 
+#include "headwise.h"
 #include "vector.h"
 
 #define STRIP_ROWS 16 /* rows of the S x S matrices computed at once: 16 x S floats stay in L1/L2 */
@@ -406,6 +407,60 @@ int vil_mlstm_parallel(const float *q, const float *k, const float *v, const flo
             for (int64_t t = t0 + start; t < t0 + end; ++t)
                 normalise_row(h + t * value_dim, value_dim, den[t], log_m[t], eps);
         }
+        free(qt);
+        free(pt);
+    }
+    return failed ? -1 : 0;
+}
+
+/* q, k (from qk_in) and v (from v_in) of one matrix, head hd of batch element b, into q, k, v (S x DH each): the
+ * headwise projections of vil_headwise_qkv (block.c), row by row, with the same arithmetic. qk_in, v_in (B, S, E). */
+static void project_matrix(const float *qk_in, const float *v_in, const float *const *weights,
+                           const float *const *biases, float *q, float *k, float *v, int64_t b, int64_t hd,
+                           int64_t seq_len, int64_t heads, int64_t head_dim) {
+    const int64_t dim = heads * head_dim, from = hd * head_dim, to = from + head_dim;
+    for (int64_t s = 0; s < seq_len; ++s) {
+        const int64_t row = (b * seq_len + s) * dim;
+        headwise_row(qk_in + row, weights[0], biases[0], q + s * head_dim, from, to, dim);
+        headwise_row(qk_in + row, weights[1], biases[1], k + s * head_dim, from, to, dim);
+        headwise_row(v_in + row, weights[2], biases[2], v + s * head_dim, from, to, dim);
+    }
+}
+
+/* vil_mlstm_parallel with q, k and v projected inside (vil_headwise_qkv's projections, wq, wk, wv arranged as
+ * there, biases may be NULL): they never go through memory, which at ViL-T's sizes costs more than computing them.
+ * A thread takes a whole matrix (its q, k, v projected into per-thread scratch, then its strips), so there are
+ * only B NH items: the caller uses this where they are enough for the threads. The same values as
+ * vil_headwise_qkv followed by vil_mlstm_parallel, bit for bit. */
+int vil_mlstm_parallel_headwise(const float *qk_in, const float *v_in, const float *wq, const float *wk,
+                                const float *wv, const float *bq, const float *bk, const float *bv, const float *a,
+                                const float *r, const float *log_m, float *h, float *den, int64_t batch,
+                                int64_t heads, int64_t seq_len, int64_t head_dim, float eps, float min_log,
+                                int64_t threads) {
+    const int64_t strips = (seq_len + STRIP_ROWS - 1) / STRIP_ROWS, mats = batch * heads;
+    const float *weights[3] = {wq, wk, wv}, *biases[3] = {bq, bk, bv};
+    int failed = 0;
+#pragma omp parallel num_threads(threads)
+    {
+        float *q = buffer(seq_len * head_dim), *k = buffer(seq_len * head_dim), *v = buffer(seq_len * head_dim);
+        float *qt = buffer(head_dim * STRIP_ROWS), *pt = buffer(seq_len * STRIP_ROWS);
+        const int ready = scratch_ready(q && k && v && qt && pt, &failed);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t m = 0; m < mats; ++m) {
+            if (!ready) continue;
+            const int64_t t0 = m * seq_len;
+            project_matrix(qk_in, v_in, weights, biases, q, k, v, m / heads, m % heads, seq_len, heads, head_dim);
+            for (int64_t strip = strips - 1; strip >= 0; --strip) {
+                const int64_t start = strip * STRIP_ROWS, end = start + STRIP_ROWS < seq_len ? start + STRIP_ROWS : seq_len;
+                strip_forward(q, k, v, a + t0, r + t0, h + t0 * head_dim, den + t0, qt, pt, start, seq_len, head_dim,
+                              head_dim, min_log);
+                for (int64_t t = t0 + start; t < t0 + end; ++t)
+                    normalise_row(h + t * head_dim, head_dim, den[t], log_m[t], eps);
+            }
+        }
+        free(q);
+        free(k);
+        free(v);
         free(qt);
         free(pt);
     }

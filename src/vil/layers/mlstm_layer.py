@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .. import kernels
+from ..ops.parallel import parallel_forward_projected
 from ..ops.projected import hand_recompute_applies, mlstm_projected, recompute_pays_off
 from .conv import CausalConv1d, SequenceConv2d
 from .gated_projection import gated_projection, linear_parameter_grads
@@ -105,6 +106,31 @@ class _HeadwiseQKV:
             (v,) = headwise_linear(v_input, weights[2:], biases[2:], self.num_heads)
             gates = (F.linear(qk_input, gate_wqk, gate_bias) + F.linear(v_input, gate_wv)).transpose(1, 2)
         return q, k, v, *gates.chunk(2, dim=1)  # gates (B, 2 NH, S): igate, fgate
+
+    def cell_shape(self, qk_input, *_) -> tuple[int, int, int, int]:
+        """(B, NH, S, DH) of q, k and v."""
+        batch, seq_len, dim = qk_input.shape
+        return batch, self.num_heads, seq_len, dim // self.num_heads
+
+    def parallel_forward(self, inputs, eps: float):
+        """The parallel form's forward pass on q, k, v projected inside the cell kernel, never materialised (see
+        :func:`vil.kernels.mlstm_parallel_headwise`): -> what :func:`vil.ops.parallel.parallel_forward` returns, or
+        None where the kernels do not apply."""
+        qk_input, v_input, gate_wqk, gate_wv, gate_bias, *weights_and_biases = inputs
+        weights, biases = list(weights_and_biases[:3]), list(weights_and_biases[3:]) or [None] * 3
+        if not kernels.headwise_cell_has_work_for_the_threads(qk_input.shape[0], self.num_heads):
+            return None
+        gates = kernels.headwise_gates(qk_input, v_input, (gate_wqk, gate_wv, gate_bias))
+        if gates is None:
+            return None
+
+        def cell(write_log, row_max, log_m_row, eps, min_log):
+            return kernels.mlstm_parallel_headwise(
+                qk_input, v_input, weights, biases, self.num_heads, write_log, row_max, log_m_row, eps, min_log
+            )
+
+        igate, fgate = gates.chunk(2, dim=1)
+        return parallel_forward_projected(cell, igate, fgate, self.cell_shape(qk_input)[3], eps)
 
     def hand_backward_applies(self, qk_input, v_input, *gates_weights_and_biases) -> bool:
         gates, weights = tuple(gates_weights_and_biases[:3]), list(gates_weights_and_biases[3:6])

@@ -104,6 +104,18 @@ def parallel_forward(q, k, v, igate, fgate, eps: float = EPS):
     return h, (h, denominator)
 
 
+def parallel_forward_projected(cell, igate, fgate, head_dim: int, eps: float = EPS):
+    """:func:`parallel_forward` for a kernel that makes q, k and v itself: ``cell(write_log, row_max, log_m_row, eps,
+    min_log)`` -> (h, denominator) or None where it does not apply. -> h and what :func:`parallel_backward` needs,
+    or None."""
+    gates = _Gates(igate, fgate, head_dim)
+    fused = cell(gates.scaled_a, gates.amax, gates.log_m_row, eps, MIN_LOG_DECAY)
+    if fused is None:
+        return None
+    h, denominator = fused
+    return h, (h, denominator)
+
+
 def parallel_backward(q, k, v, igate, fgate, saved, dh, eps: float = EPS):
     """Gradients with respect to q, k, v, igate, fgate."""
     h, denominator = saved

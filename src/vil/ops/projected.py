@@ -61,7 +61,10 @@ def mlstm_projected(
     ``project(*inputs)`` must return q, k, v of shape (B, NH, S, DH) and the input and forget gates' pre-activations
     (B, NH, S), and be a pure function of its inputs. It may have its own backward:
     ``project.hand_backward_applies(*inputs)`` and ``project.hand_backward(inputs, (dq, dk, dv, d_igate,
-    d_fgate))`` -> dL/d inputs; otherwise autograd differentiates its recomputation.
+    d_fgate))`` -> dL/d inputs; otherwise autograd differentiates its recomputation. It may also run the parallel
+    form's forward pass on its own inputs, q, k, v never materialised: ``project.cell_shape(*inputs)`` -> (B, NH, S,
+    DH) and ``project.parallel_forward(inputs, eps)`` -> what :func:`vil.ops.parallel.parallel_forward` returns, or
+    None where it cannot.
     Falls back to the plain call where the saving does not apply or cannot be made safely: without gradients,
     for small inputs (RECOMPUTE_MIN_ELEMENTS), under autocast (the recomputation would have to replay it), while
     compiling, for the recurrent form and the Triton kernels, and for half-precision inputs.
@@ -75,25 +78,42 @@ def mlstm_projected(
         and inputs[0].dtype in (torch.float32, torch.float64)  # q, k, v take it: autocast is off here
     )
     if not by_hand:
+        fused = None if needs_grad else _fused_parallel_forward(project, inputs, backend, eps, needs_grad=False)
+        if fused is not None:
+            return fused[0]
         return mlstm(*project(*inputs), backend=backend, chunk_size=chunk_size, eps=eps)
-    with torch.no_grad():
-        projected = project(*inputs)
-    form, auto_chunk = choose_backend(projected[0].shape[2], projected[0].shape[3], needs_grad=True, stateful=False)
-    options = (form if backend == "auto" else backend, chunk_size or auto_chunk, eps)
-    return _ProjectedMLSTM.apply(project, options, projected, *inputs)
+    return _ProjectedMLSTM.apply(project, (backend, chunk_size, eps), *inputs)
+
+
+def _fused_parallel_forward(project, inputs: Sequence[torch.Tensor], backend: str, eps: float, needs_grad: bool):
+    """``project.parallel_forward(inputs, eps)`` where the parallel form is the one to run and the projection has
+    it; else None."""
+    if not hasattr(project, "parallel_forward") or backend not in ("auto", "parallel"):
+        return None
+    _, _, seq_len, head_dim = project.cell_shape(*inputs)
+    if backend == "auto" and choose_backend(seq_len, head_dim, needs_grad, stateful=False)[0] != "parallel":
+        return None
+    return project.parallel_forward(inputs, eps)
 
 
 class _ProjectedMLSTM(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, project, options, projected, *inputs):
-        form, chunk_size, eps = options
-        if form == "parallel":
-            h, saved = parallel_forward(*projected, eps)
+    def forward(ctx, project, options, *inputs):
+        backend, chunk_size, eps = options
+        fused = _fused_parallel_forward(project, inputs, backend, eps, needs_grad=True)
+        if fused is not None:  # q, k, v never materialised
+            form, (h, saved) = "parallel", fused
         else:
-            q, _, v, *_ = projected
-            (h, *_), saved = chunkwise_forward(*projected, *empty_state(q, v), chunk_size, eps)
+            projected = project(*inputs)
+            form, auto_chunk = choose_backend(projected[0].shape[2], projected[0].shape[3], True, stateful=False)
+            form, chunk_size = form if backend == "auto" else backend, chunk_size or auto_chunk
+            if form == "parallel":
+                h, saved = parallel_forward(*projected, eps)
+            else:
+                q, _, v, *_ = projected
+                (h, *_), saved = chunkwise_forward(*projected, *empty_state(q, v), chunk_size, eps)
         ctx.save_for_backward(*saved, *inputs)
-        ctx.project, ctx.options, ctx.num_saved = project, options, len(saved)
+        ctx.project, ctx.options, ctx.num_saved = project, (form, chunk_size, eps), len(saved)
         return h
 
     @staticmethod
@@ -117,4 +137,4 @@ class _ProjectedMLSTM(torch.autograd.Function):
         else:
             grads = chunkwise_backward(*plain, saved, dh, chunk_size, eps)[:5]  # dq, dk, dv, d_igate, d_fgate
         d_inputs = ctx.project.hand_backward(inputs, grads) if by_hand else leaf_grads(projected, inputs, grads)
-        return None, None, None, *d_inputs
+        return None, None, *d_inputs
