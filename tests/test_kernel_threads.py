@@ -102,6 +102,7 @@ def test_cell_results_do_not_depend_on_the_thread_count(threads, backend):
 
 
 def test_parallel_cell_projecting_inside_does_not_depend_on_the_thread_count(threads):
+    # forward and backward
     batch, seq_len, heads, head_dim = 3, 150, 4, 24  # 12 matrices: whole matrices for each of up to 3 threads
     dim = heads * head_dim
     qk_in, v_in = (torch.randn(batch, seq_len, dim) for _ in range(2))
@@ -109,8 +110,14 @@ def test_parallel_cell_projecting_inside_does_not_depend_on_the_thread_count(thr
     rows = [torch.randn(batch, heads, seq_len) for _ in range(3)]  # the gate rows a, r = cummax(a), M = b + r
     rows[1] = rows[0].cummax(dim=-1).values
 
+    d_h = torch.randn(batch, heads, seq_len, head_dim)
+
     def run():
-        return kernels.mlstm_parallel_headwise(qk_in, v_in, weights, biases, heads, *rows, 1e-6, -80.0)
+        h, den = kernels.mlstm_parallel_headwise(qk_in, v_in, weights, biases, heads, *rows, 1e-6, -80.0)
+        grads = kernels.mlstm_parallel_backward_headwise(
+            qk_in, v_in, weights, biases, heads, d_h, h, den, rows[2], rows[0], rows[1], 1e-6, -80.0
+        )
+        return h, den, *grads
 
     results = [threads(n, run) for n in THREAD_COUNTS]
     assert all(r is not None for r in results)

@@ -12,7 +12,12 @@ from vil.layers.conv import SequenceConv2d
 from vil.layers.headwise import headwise_linear
 from vil.layers.norm import multi_head_norm
 from vil.ops import MLSTMState, mlstm
-from vil.ops.parallel import parallel_forward, parallel_forward_projected
+from vil.ops.parallel import (
+    parallel_backward,
+    parallel_backward_projected,
+    parallel_forward,
+    parallel_forward_projected,
+)
 
 # (B, H, W, NH, DH): ViL-T's head size; and one whose widths leave a remainder after the vector loops
 SHAPES = [(2, 4, 5, 4, 96), (3, 3, 3, 2, 20)]
@@ -100,6 +105,15 @@ def test_parallel_cell_projecting_inside_gives_the_same_bits(shape, with_bias, m
     monkeypatch.setattr(kernels, "HEADWISE_CELL_MATRICES_PER_THREAD", 1)  # the few matrices of these shapes
     got_h, (_, got_den) = parallel_forward_projected(cell, igate, fgate, head_dim)
     assert torch.equal(got_h, want_h) and torch.equal(got_den, want_den)
+    # and the backward pass, projecting again inside its kernel
+    d_h = torch.randn(*want_h.shape)
+    want_grads = parallel_backward(q, k, v, igate, fgate, (want_h, want_den), d_h)
+
+    def cell_backward(*tensors):
+        return kernels.mlstm_parallel_backward_headwise(qk_in, v_in, weights, biases, heads, *tensors)
+
+    got_grads = parallel_backward_projected(cell_backward, igate, fgate, head_dim, (got_h, got_den), d_h)
+    assert all(torch.equal(got, want) for got, want in zip(got_grads, want_grads, strict=True))
     # too few matrices for the threads: it steps aside (the strips of mlstm_parallel spread better)
     monkeypatch.setattr(kernels, "HEADWISE_CELL_MATRICES_PER_THREAD", batch * heads + 1)
     assert parallel_forward_projected(cell, igate, fgate, head_dim) is None

@@ -40,7 +40,7 @@ __all__ = [
     "disabled", "gated_branch_output", "gated_branch_output_backward", "headwise_backward_applies",
     "headwise_cell_has_work_for_the_threads", "headwise_gates", "headwise_qkv", "headwise_qkv_backward", "library",
     "mlstm_chunkwise", "mlstm_chunk_states", "mlstm_chunkwise_backward", "mlstm_parallel", "mlstm_parallel_backward",
-    "mlstm_parallel_headwise", "mlstm_state_backward", "reset", "usable",
+    "mlstm_parallel_backward_headwise", "mlstm_parallel_headwise", "mlstm_state_backward", "reset", "usable",
 ]  # fmt: skip
 
 
@@ -314,6 +314,32 @@ def mlstm_parallel_backward(
         _threads(),
     )  # fmt: skip
     return (dq, dk, dv, row_sum, col_sum, d_log_m_row) if status == 0 else None
+
+
+def mlstm_parallel_backward_headwise(
+    qk_input: torch.Tensor, v_input: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor | None],
+    num_heads: int, dh: torch.Tensor, h: torch.Tensor, denominator: torch.Tensor, log_m_row: torch.Tensor,
+    write_log: torch.Tensor, row_max: torch.Tensor, eps: float, min_log: float,
+) -> tuple[torch.Tensor, ...] | None:  # fmt: skip
+    """:func:`mlstm_parallel_backward` with q, k, v projected inside the kernel, per matrix, as
+    :func:`mlstm_parallel_headwise` does (the same values bit for bit). None where it does not apply."""
+    tensors = (qk_input, v_input, *weights, *biases, dh, h, denominator, log_m_row, write_log, row_max)
+    if not _applies(*tensors) or not _headwise_shapes_match(qk_input, v_input, weights, num_heads):
+        return None
+    batch, seq_len, dim = qk_input.shape
+    if seq_len == 0 or h.shape != (batch, num_heads, seq_len, dim // num_heads):
+        return None
+    arranged = [w.permute(2, 0, 1).reshape(4, dim).contiguous() for w in weights]  # as headwise_qkv
+    qk_input, v_input, *biases = _contiguous(qk_input, v_input, *biases)
+    dh, h, denominator, log_m_row, write_log, row_max = _contiguous(dh, h, denominator, log_m_row, write_log, row_max)
+    dq, dk, dv = (torch.empty_like(h) for _ in range(3))
+    row_sum, col_sum, d_log_m_row = (denominator.new_empty(denominator.shape) for _ in range(3))
+    outputs = (dq, dk, dv, row_sum, col_sum, d_log_m_row)
+    status = library().vil_mlstm_parallel_backward_headwise(
+        *map(_pointer, (qk_input, v_input, *arranged, *biases, dh, h, denominator, log_m_row, write_log, row_max)),
+        *map(_pointer, outputs), batch, num_heads, seq_len, dim // num_heads, eps, min_log, _threads(),
+    )  # fmt: skip
+    return outputs if status == 0 else None
 
 
 def mlstm_chunkwise(

@@ -489,6 +489,45 @@ static void readout_backward(const float *dh, const float *h, const float *den, 
     }
 }
 
+/* The scratch of the parallel form's backward pass, per thread: kt, vt, p, ds for strips_backward, d_num and d_den
+ * for the readout's backward pass, and (for vil_mlstm_parallel_backward_headwise) q, k, v. */
+struct backward_scratch {
+    float *kt, *vt, *p, *ds, *d_num, *d_den, *q, *k, *v;
+};
+
+static int backward_scratch_alloc(struct backward_scratch *w, int64_t seq_len, int64_t head_dim, int64_t value_dim,
+                                  int with_qkv) {
+    const int64_t ld = padded(seq_len);
+    w->kt = buffer(head_dim * ld), w->vt = buffer(value_dim * ld);
+    w->p = buffer(BACKWARD_STRIP_ROWS * ld), w->ds = buffer(BACKWARD_STRIP_ROWS * ld);
+    w->d_num = buffer(seq_len * value_dim), w->d_den = buffer(seq_len);
+    w->q = w->k = w->v = NULL;
+    if (with_qkv) w->q = buffer(seq_len * head_dim), w->k = buffer(seq_len * head_dim), w->v = buffer(seq_len * value_dim);
+    return w->kt && w->vt && w->p && w->ds && w->d_num && w->d_den && (!with_qkv || (w->q && w->k && w->v));
+}
+
+static void backward_scratch_free(struct backward_scratch *w) {
+    float *all[9] = {w->kt, w->vt, w->p, w->ds, w->d_num, w->d_den, w->q, w->k, w->v};
+    for (int i = 0; i < 9; ++i) free(all[i]);
+}
+
+/* The backward pass of one matrix (its rows t0 .. t0 + S of the per-token arrays), q, k, v given */
+static void matrix_backward(const float *q, const float *k, const float *v, const float *dh, const float *h,
+                            const float *den, const float *log_m, const float *a, const float *r, float *dq, float *dk,
+                            float *dv, float *row_sum, float *col_sum, float *d_log_m, struct backward_scratch *w,
+                            int64_t t0, int64_t seq_len, int64_t head_dim, int64_t value_dim, float eps,
+                            float min_log) {
+    readout_backward(dh + t0 * value_dim, h + t0 * value_dim, den + t0, log_m + t0, w->d_num, w->d_den, d_log_m + t0,
+                     seq_len, value_dim, eps);
+    /* dk, dv and col_sum accumulate over the strips */
+    memset(dk + t0 * head_dim, 0, (size_t)(seq_len * head_dim) * sizeof(float));
+    memset(dv + t0 * value_dim, 0, (size_t)(seq_len * value_dim) * sizeof(float));
+    memset(col_sum + t0, 0, (size_t)seq_len * sizeof(float));
+    strips_backward(q, k, v, w->d_num, w->d_den, a + t0, r + t0, dq + t0 * head_dim, dk + t0 * head_dim,
+                    dv + t0 * value_dim, row_sum + t0, col_sum + t0, w->kt, w->vt, w->p, w->ds, padded(seq_len),
+                    seq_len, head_dim, value_dim, min_log);
+}
+
 /* The parallel form's backward pass (vil.ops.parallel.parallel_backward) for each matrix, given dh (S, DHV) and the
  * forward pass's h (S, DHV) and denominator den (S): dq, dk (S, DH) and dv (S, DHV), row_sum[t] = sum_s and
  * col_sum[s] = sum_t of dL/d log decay[t, s], and d_log_m (S), the readout's gradient of the rows' stabilisers
@@ -498,34 +537,45 @@ int vil_mlstm_parallel_backward(const float *q, const float *k, const float *v, 
                                 float *dk, float *dv, float *row_sum, float *col_sum, float *d_log_m, int64_t mats,
                                 int64_t seq_len, int64_t head_dim, int64_t value_dim, float eps, float min_log,
                                 int64_t threads) {
-    const int64_t ld = padded(seq_len);
     int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
-        float *kt = buffer(head_dim * ld), *vt = buffer(value_dim * ld);
-        float *p = buffer(BACKWARD_STRIP_ROWS * ld), *ds = buffer(BACKWARD_STRIP_ROWS * ld);
-        float *d_num = buffer(seq_len * value_dim), *d_den = buffer(seq_len);
-        const int ready = scratch_ready(kt && vt && p && ds && d_num && d_den, &failed);
+        struct backward_scratch w;
+        const int ready = scratch_ready(backward_scratch_alloc(&w, seq_len, head_dim, value_dim, 0), &failed);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t m = 0; m < mats; ++m) {
             if (!ready) continue;
             const int64_t t0 = m * seq_len;
-            readout_backward(dh + t0 * value_dim, h + t0 * value_dim, den + t0, log_m + t0, d_num, d_den,
-                             d_log_m + t0, seq_len, value_dim, eps);
-            /* dk, dv and col_sum accumulate over the strips */
-            memset(dk + t0 * head_dim, 0, (size_t)(seq_len * head_dim) * sizeof(float));
-            memset(dv + t0 * value_dim, 0, (size_t)(seq_len * value_dim) * sizeof(float));
-            memset(col_sum + t0, 0, (size_t)seq_len * sizeof(float));
-            strips_backward(q + t0 * head_dim, k + t0 * head_dim, v + t0 * value_dim, d_num, d_den, a + t0, r + t0,
-                            dq + t0 * head_dim, dk + t0 * head_dim, dv + t0 * value_dim, row_sum + t0, col_sum + t0,
-                            kt, vt, p, ds, ld, seq_len, head_dim, value_dim, min_log);
+            matrix_backward(q + t0 * head_dim, k + t0 * head_dim, v + t0 * value_dim, dh, h, den, log_m, a, r, dq,
+                            dk, dv, row_sum, col_sum, d_log_m, &w, t0, seq_len, head_dim, value_dim, eps, min_log);
         }
-        free(kt);
-        free(vt);
-        free(p);
-        free(ds);
-        free(d_num);
-        free(d_den);
+        backward_scratch_free(&w);
+    }
+    return failed ? -1 : 0;
+}
+
+/* vil_mlstm_parallel_backward with q, k and v projected inside, per matrix, as vil_mlstm_parallel_headwise does:
+ * the same values bit for bit, and q, k, v never go through memory. */
+int vil_mlstm_parallel_backward_headwise(const float *qk_in, const float *v_in, const float *wq, const float *wk,
+                                         const float *wv, const float *bq, const float *bk, const float *bv,
+                                         const float *dh, const float *h, const float *den, const float *log_m,
+                                         const float *a, const float *r, float *dq, float *dk, float *dv,
+                                         float *row_sum, float *col_sum, float *d_log_m, int64_t batch, int64_t heads,
+                                         int64_t seq_len, int64_t head_dim, float eps, float min_log, int64_t threads) {
+    const float *weights[3] = {wq, wk, wv}, *biases[3] = {bq, bk, bv};
+    int failed = 0;
+#pragma omp parallel num_threads(threads)
+    {
+        struct backward_scratch w;
+        const int ready = scratch_ready(backward_scratch_alloc(&w, seq_len, head_dim, head_dim, 1), &failed);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t m = 0; m < batch * heads; ++m) {
+            if (!ready) continue;
+            project_matrix(qk_in, v_in, weights, biases, w.q, w.k, w.v, m / heads, m % heads, seq_len, heads, head_dim);
+            matrix_backward(w.q, w.k, w.v, dh, h, den, log_m, a, r, dq, dk, dv, row_sum, col_sum, d_log_m, &w,
+                            m * seq_len, seq_len, head_dim, head_dim, eps, min_log);
+        }
+        backward_scratch_free(&w);
     }
     return failed ? -1 : 0;
 }

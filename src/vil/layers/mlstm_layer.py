@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .. import kernels
-from ..ops.parallel import parallel_forward_projected
+from ..ops.parallel import parallel_backward_projected, parallel_forward_projected
 from ..ops.projected import hand_recompute_applies, mlstm_projected, recompute_pays_off
 from .conv import CausalConv1d, SequenceConv2d
 from .gated_projection import gated_projection, linear_parameter_grads
@@ -114,23 +114,47 @@ class _HeadwiseQKV:
 
     def parallel_forward(self, inputs, eps: float):
         """The parallel form's forward pass on q, k, v projected inside the cell kernel, never materialised (see
-        :func:`vil.kernels.mlstm_parallel_headwise`): -> what :func:`vil.ops.parallel.parallel_forward` returns, or
-        None where the kernels do not apply."""
-        qk_input, v_input, gate_wqk, gate_wv, gate_bias, *weights_and_biases = inputs
-        weights, biases = list(weights_and_biases[:3]), list(weights_and_biases[3:]) or [None] * 3
+        :func:`vil.kernels.mlstm_parallel_headwise`): -> h and what :meth:`parallel_backward` needs (the cell's
+        saved tensors, then the gates), or None where the kernels do not apply."""
+        qk_input, v_input, weights, biases = self._split(inputs)
         if not kernels.headwise_cell_has_work_for_the_threads(qk_input.shape[0], self.num_heads):
             return None
-        gates = kernels.headwise_gates(qk_input, v_input, (gate_wqk, gate_wv, gate_bias))
+        gates = kernels.headwise_gates(qk_input, v_input, tuple(inputs[2:5]))
         if gates is None:
             return None
 
-        def cell(write_log, row_max, log_m_row, eps, min_log):
+        def cell(*gate_rows_and_options):
             return kernels.mlstm_parallel_headwise(
-                qk_input, v_input, weights, biases, self.num_heads, write_log, row_max, log_m_row, eps, min_log
+                qk_input, v_input, weights, biases, self.num_heads, *gate_rows_and_options
             )
 
         igate, fgate = gates.chunk(2, dim=1)
-        return parallel_forward_projected(cell, igate, fgate, self.cell_shape(qk_input)[3], eps)
+        result = parallel_forward_projected(cell, igate, fgate, self.cell_shape(qk_input)[3], eps)
+        if result is None:
+            return None
+        h, saved = result
+        return h, (*saved, igate, fgate)  # the gates too: the backward pass then makes no projection at all
+
+    def parallel_backward(self, inputs, saved, dh, eps: float):
+        """The backward pass of :meth:`parallel_forward`, q, k, v projected inside the kernel again: -> dL/d (q, k,
+        v, igate, fgate), or None where the kernels do not apply."""
+        qk_input, v_input, weights, biases = self._split(inputs)
+        *cell_saved, igate, fgate = saved
+
+        def cell_backward(*tensors_and_options):
+            return kernels.mlstm_parallel_backward_headwise(
+                qk_input, v_input, weights, biases, self.num_heads, *tensors_and_options
+            )
+
+        return parallel_backward_projected(
+            cell_backward, igate, fgate, self.cell_shape(qk_input)[3], cell_saved, dh, eps
+        )
+
+    @staticmethod
+    def _split(inputs):
+        """(qk_input, v_input, the q, k, v weights, their biases or Nones) of the projection's inputs"""
+        qk_input, v_input, _, _, _, *weights_and_biases = inputs
+        return qk_input, v_input, list(weights_and_biases[:3]), list(weights_and_biases[3:]) or [None] * 3
 
     def hand_backward_applies(self, qk_input, v_input, *gates_weights_and_biases) -> bool:
         gates, weights = tuple(gates_weights_and_biases[:3]), list(gates_weights_and_biases[3:6])

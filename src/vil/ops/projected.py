@@ -62,9 +62,10 @@ def mlstm_projected(
     (B, NH, S), and be a pure function of its inputs. It may have its own backward:
     ``project.hand_backward_applies(*inputs)`` and ``project.hand_backward(inputs, (dq, dk, dv, d_igate,
     d_fgate))`` -> dL/d inputs; otherwise autograd differentiates its recomputation. It may also run the parallel
-    form's forward pass on its own inputs, q, k, v never materialised: ``project.cell_shape(*inputs)`` -> (B, NH, S,
-    DH) and ``project.parallel_forward(inputs, eps)`` -> what :func:`vil.ops.parallel.parallel_forward` returns, or
-    None where it cannot.
+    form on its own inputs, q, k, v never materialised: ``project.cell_shape(*inputs)`` -> (B, NH, S, DH),
+    ``project.parallel_forward(inputs, eps)`` -> (h, saved) or None where it cannot, with saved[:2] what
+    :func:`vil.ops.parallel.parallel_backward` needs, and ``project.parallel_backward(inputs, saved, dh, eps)`` ->
+    dL/d (q, k, v, igate, fgate), or None where it cannot (then q, k, v are recomputed).
     Falls back to the plain call where the saving does not apply or cannot be made safely: without gradients,
     for small inputs (RECOMPUTE_MIN_ELEMENTS), under autocast (the recomputation would have to replay it), while
     compiling, for the recurrent form and the Triton kernels, and for half-precision inputs.
@@ -101,7 +102,8 @@ class _ProjectedMLSTM(torch.autograd.Function):
     def forward(ctx, project, options, *inputs):
         backend, chunk_size, eps = options
         fused = _fused_parallel_forward(project, inputs, backend, eps, needs_grad=True)
-        if fused is not None:  # q, k, v never materialised
+        ctx.fused = fused is not None
+        if ctx.fused:  # q, k, v never materialised
             form, (h, saved) = "parallel", fused
         else:
             projected = project(*inputs)
@@ -125,6 +127,10 @@ class _ProjectedMLSTM(torch.autograd.Function):
         # the projection's own backward where it has one (the fused kernels), else autograd of its recomputation
         applies = getattr(ctx.project, "hand_backward_applies", None)
         by_hand = applies is not None and applies(*inputs)
+        grads = ctx.project.parallel_backward(inputs, saved, dh, eps) if by_hand and ctx.fused else None
+        if grads is not None:  # no projection made at all
+            return None, None, *ctx.project.hand_backward(inputs, grads)
+        saved = saved[:2] if ctx.fused else saved
         if by_hand:
             projected = plain = ctx.project(*inputs)
         else:
