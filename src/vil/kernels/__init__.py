@@ -3,8 +3,9 @@
 PyTorch runs the block's cheap parts (the 4x4 headwise q/k/v projections and their reordering into heads, the
 gates, the per-head norm + skip + output gate, the depthwise conv + SiLU) as many passes over E-wide tensors; at
 ViL-T's sizes these cost more than the mLSTM cell's products. Each kernel in ``block.c``, forward or backward, is
-one pass. ``cell.c`` computes the cell itself: the parallel form (forward and backward) in strips of rows and the
-chunkwise form by chunks (forward, and backward through each chunk's outputs), with register-tiled
+one pass. ``cell.c`` computes the cell itself: the parallel form (forward and backward) in strips of rows, where
+there are enough matrices for the threads with the headwise q, k, v projected inside (never written to memory),
+and the chunkwise form by chunks (forward, and backward through each chunk's outputs), with register-tiled
 products instead of many small batched GEMMs.
 
 The C sources are compiled once per machine with its own compiler and ``-march=native`` (about 1.5 s)

@@ -12,8 +12,9 @@
  * Threads (OpenMP, PyTorch's own runtime; the caller passes PyTorch's thread count): the work is cut into items
  * that do not depend on the thread count, each computed by one thread with the same arithmetic whichever thread
  * it is, and no two items add into the same output, so results are the same for any number of threads, bit for
- * bit. The items: the parallel form's forward, one strip of one matrix (B NH S / STRIP_ROWS items); its
- * backward, one matrix (B NH: dk and dv sum over all strips); the chunkwise forward, one chunk of one matrix for
+ * bit. The items: the parallel form's forward, one strip of one matrix (B NH S / STRIP_ROWS items), or one matrix
+ * where it projects q, k, v itself (vil_mlstm_parallel_headwise); its backward, one matrix (B NH: dk and dv sum
+ * over all strips); the chunkwise forward, one chunk of one matrix for
  * the intra-chunk part and the state's share, with only the d x d state recurrence (cheap) run matrix by matrix;
  * the chunkwise backward, one chunk of one matrix (B NH NC items); the state recurrence's backward, rows of the state
  * of one matrix, whose shares of each chunk's dot products are added in a fixed order. Items of unequal cost are
