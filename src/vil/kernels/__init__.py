@@ -83,6 +83,11 @@ def _contiguous(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...
     return tuple(None if t is None else t.contiguous() for t in tensors)
 
 
+def _arranged_for_the_projection(weights: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Headwise weights (E/4, 4, 4) as the forward kernels read them: wt (4, E), wt[d, 4b + o] = w[b, o, d]."""
+    return [w.permute(2, 0, 1).reshape(4, -1).contiguous() for w in weights]
+
+
 def headwise_qkv(
     qk_input: torch.Tensor,
     v_input: torch.Tensor,
@@ -103,8 +108,7 @@ def headwise_qkv(
     batch, seq_len, dim = qk_input.shape
     if not _headwise_shapes_match(qk_input, v_input, weights, num_heads):
         return None
-    # wt[d, 4b + o] = w[b, o, d]: the layout the kernel reads (see block.c)
-    arranged = [w.permute(2, 0, 1).reshape(4, dim).contiguous() for w in weights]
+    arranged = _arranged_for_the_projection(weights)
     qk_input, v_input, *biases = _contiguous(qk_input, v_input, *biases)
     head_dim = dim // num_heads
     shape = (batch, num_heads, seq_len, head_dim)
@@ -170,7 +174,7 @@ def mlstm_parallel_headwise(
     batch, seq_len, dim = qk_input.shape
     if seq_len == 0 or not headwise_cell_has_work_for_the_threads(batch, num_heads):
         return None
-    arranged = [w.permute(2, 0, 1).reshape(4, dim).contiguous() for w in weights]  # as headwise_qkv
+    arranged = _arranged_for_the_projection(weights)
     qk_input, v_input, *biases = _contiguous(qk_input, v_input, *biases)
     write_log, row_max, log_m_row = _contiguous(write_log, row_max, log_m_row)
     head_dim = dim // num_heads
@@ -330,7 +334,7 @@ def mlstm_parallel_backward_headwise(
     batch, seq_len, dim = qk_input.shape
     if seq_len == 0 or h.shape != (batch, num_heads, seq_len, dim // num_heads):
         return None
-    arranged = [w.permute(2, 0, 1).reshape(4, dim).contiguous() for w in weights]  # as headwise_qkv
+    arranged = _arranged_for_the_projection(weights)
     qk_input, v_input, *biases = _contiguous(qk_input, v_input, *biases)
     dh, h, denominator, log_m_row, write_log, row_max = _contiguous(dh, h, denominator, log_m_row, write_log, row_max)
     dq, dk, dv = (torch.empty_like(h) for _ in range(3))
