@@ -88,8 +88,9 @@ def mlstm_projected(
 
 def _fused_parallel_forward(project, inputs: Sequence[torch.Tensor], backend: str, eps: float, needs_grad: bool):
     """``project.parallel_forward(inputs, eps)`` where the parallel form is the one to run and the projection has
-    it; else None."""
-    if not hasattr(project, "parallel_forward") or backend not in ("auto", "parallel"):
+    it; else None. Not while compiling: the kernels step aside there anyway, and asking (the thread count) would
+    break torch.compile's graph."""
+    if torch.compiler.is_compiling() or not hasattr(project, "parallel_forward") or backend not in ("auto", "parallel"):
         return None
     _, _, seq_len, head_dim = project.cell_shape(*inputs)
     if backend == "auto" and choose_backend(seq_len, head_dim, needs_grad, stateful=False)[0] != "parallel":
