@@ -56,3 +56,16 @@ def test_inference_follows_parameter_updates_and_loaded_weights():
     model.load_state_dict(other.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(model(images), other(images), rtol=1e-5, atol=1e-6)
+
+
+def test_inference_follows_a_change_of_dtype():
+    # module.to(dtype) assigns each parameter new storage without bumping its version: the kept gate weights must
+    # not be the old dtype's (they were, and a float64 model then failed with a dtype mismatch)
+    model = VisionLSTM(ViLConfig(dim=32, depth=2, img_size=32, patch_size=8, num_classes=5)).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        single = model(images)
+        double = model.double()(images.double())
+        assert double.dtype == torch.float64
+        torch.testing.assert_close(double.float(), single, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(model.float()(images), single)

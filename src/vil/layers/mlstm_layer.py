@@ -50,14 +50,16 @@ class MLSTMCell(nn.Module):
         """The gates as linear maps of the projections' inputs: weights for qk_input and v_input (2 NH, E) and the
         bias (2 NH,), such that cat(igate, fgate) = W_qk qk_input + W_v v_input + b.
 
-        Without gradients (inference) the result is kept until a parameter is replaced or changed in place (its
-        version counter, which every in-place update such as an optimizer step or load_state_dict bumps): else a
+        Without gradients (inference) the result is kept until a parameter is replaced, changed in place (its
+        version counter, which every in-place update such as an optimizer step or load_state_dict bumps) or given
+        new storage (``model.double()``, ``.to(dtype)``): else a
         dozen small ops per block and call (234 against 19 us per ViL-T block, ~1.4 % of its inference at 224 x 8)."""
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return self._fold_gate_weights(q_proj, k_proj, v_proj)
         params = [self.igate.weight, self.igate.bias, self.fgate.weight, self.fgate.bias]
         params += [t for proj in (q_proj, k_proj, v_proj) for t in (proj.weight, proj.bias) if t is not None]
-        versions = [t._version for t in params]
+        # the storage too: assigning .data (as module.to(dtype) does) replaces it without bumping the version
+        versions = [(t._version, t.data_ptr(), t.dtype, t.device) for t in params]
         cached = self._gate_cache
         if cached is None or not all(a is b for a, b in zip(cached[0], params, strict=True)) or cached[1] != versions:
             # the parameters themselves are kept with the result: a new parameter never matches a stale entry
