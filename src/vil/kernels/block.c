@@ -15,13 +15,20 @@
 #include "headwise.h"
 #include "vector.h"
 
-/* out[c] += sum over the parts p, in order, of partial[p * stride + c] for c < width */
+/* out[c] += sum over the parts p, in order, of partial[p * stride + c] for c < width: SUM_COLUMNS columns at a time,
+ * so that their sums run side by side in vectors (one column at a time, each add waited on the one before) */
+#define SUM_COLUMNS 64
 static void sum_parts(const float *partial, int64_t parts, int64_t stride, float *out, int64_t width, int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t c = 0; c < width; ++c) {
-        float total = 0.0f;
-        for (int64_t p = 0; p < parts; ++p) total += partial[p * stride + c];
-        out[c] += total;
+    for (int64_t c0 = 0; c0 < width; c0 += SUM_COLUMNS) {
+        const int64_t n = width - c0 < SUM_COLUMNS ? width - c0 : SUM_COLUMNS;
+        float total[SUM_COLUMNS] = {0.0f};
+        for (int64_t p = 0; p < parts; ++p) {
+            const float *row = partial + p * stride + c0;
+#pragma omp simd
+            for (int64_t j = 0; j < n; ++j) total[j] += row[j];
+        }
+        for (int64_t j = 0; j < n; ++j) out[c0 + j] += total[j];
     }
 }
 
@@ -497,6 +504,62 @@ void vil_gated_branch_output_backward(const float *h, const float *c, const floa
  * For g = dL/d out (B, H, W, C): d_pre = g silu'(conv(x)) (into the scratch buffer d_pre), dx (B, H, W, C) = the
  * transposed depthwise conv of d_pre, and d_weight (k*k, C), d_bias (C,) (may be NULL) increased by their sums,
  * formed per part of part_rows pixels in partial (ceil(B H W / part_rows) x (k*k + 1) C, scratch). */
+/* The weight and bias sums of one part's pixels [first, last), d_pre given: weight_part[tap][c] = sum_t
+ * d_pre[t][c] x[t + tap][c] and bias_part[c] = sum_t d_pre[t][c], in pixel order. Per vector of channels the sums
+ * of up to WEIGHT_TILE taps stay in registers while t runs, d_pre's vector read once for all of them (summed in
+ * memory, tap after tap, the loads and stores of the sums bounded the kernel). */
+#define WEIGHT_TILE 9
+static inline __attribute__((always_inline)) void conv_weight_sums_of(const int count, const float *const *rows,
+                                                                      int64_t taps, const float *d_pre, int64_t n,
+                                                                      float *sums, int64_t channels) {
+    /* rows[t * taps + tap]: the row of x that tap reads for the part's pixel t (NULL off the image); sums[j] for
+     * the count taps from rows' first */
+    int64_t c = 0;
+#ifdef VEC
+    for (; c + VW <= channels; c += VW) {
+        vec acc[WEIGHT_TILE];
+        for (int j = 0; j < count; ++j) acc[j] = vzero();
+        for (int64_t t = 0; t < n; ++t) {
+            const vec dp = vload(d_pre + t * channels + c);
+            for (int j = 0; j < count; ++j) {
+                const float *xp = rows[t * taps + j];
+                if (xp) acc[j] = vfmadd(dp, vload(xp + c), acc[j]);
+            }
+        }
+        for (int j = 0; j < count; ++j) vstore(sums + j * channels + c, acc[j]);
+    }
+#endif
+    for (; c < channels; ++c)
+        for (int j = 0; j < count; ++j) {
+            float acc = 0.0f;
+            for (int64_t t = 0; t < n; ++t) {
+                const float *xp = rows[t * taps + j];
+                if (xp) acc += d_pre[t * channels + c] * xp[c];
+            }
+            sums[j * channels + c] = acc;
+        }
+}
+
+static void conv_weight_sums(const float *x, const float *d_pre, float *weight_part, float *bias_part, int64_t first,
+                             int64_t last, int64_t height, int64_t width, int64_t channels, int64_t kernel) {
+    const int64_t taps = kernel * kernel, n = last - first;
+    const float *rows[n * taps];
+    for (int64_t t = first; t < last; ++t)
+        for (int64_t tap = 0; tap < taps; ++tap)
+            rows[(t - first) * taps + tap] = tap_row(x, t / (height * width), t / width % height, t % width,
+                                                     tap / kernel, tap % kernel, height, width, channels, kernel);
+    const float *dp = d_pre + first * channels;
+    int64_t tap = 0;
+    for (; tap + WEIGHT_TILE <= taps; tap += WEIGHT_TILE)
+        conv_weight_sums_of(WEIGHT_TILE, rows + tap, taps, dp, n, weight_part + tap * channels, channels);
+    for (; tap < taps; ++tap) conv_weight_sums_of(1, rows + tap, taps, dp, n, weight_part + tap * channels, channels);
+    for (int64_t c = 0; c < channels; ++c) bias_part[c] = 0.0f;
+    for (int64_t t = 0; t < n; ++t) {
+#pragma omp simd
+        for (int64_t c = 0; c < channels; ++c) bias_part[c] += dp[t * channels + c];
+    }
+}
+
 void vil_conv2d_silu_backward(const float *x, const float *weight, const float *bias, const float *g, float *d_pre,
                               float *dx, float *d_weight, float *d_bias, float *partial, int64_t part_rows,
                               int64_t batch, int64_t height, int64_t width, int64_t channels, int64_t kernel,
@@ -506,9 +569,8 @@ void vil_conv2d_silu_backward(const float *x, const float *weight, const float *
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t part = 0; part < parts; ++part) {
         float pre[ROW_BUFFER];
-        float *weight_part = partial + part * stride, *bias_part = weight_part + taps * channels;
-        memset(weight_part, 0, (size_t)stride * sizeof(float));
-        for (int64_t t = part * part_rows; t < min64(pixels, (part + 1) * part_rows); ++t) {
+        const int64_t first = part * part_rows, last = min64(pixels, first + part_rows);
+        for (int64_t t = first; t < last; ++t) {
             const int64_t b = t / (height * width), i = t / width % height, j = t % width, pixel = t * channels;
             conv_pixel(x, weight, bias, pre, b, i, j, height, width, channels, kernel);
             float *dp = d_pre + pixel;
@@ -524,16 +586,10 @@ void vil_conv2d_silu_backward(const float *x, const float *weight, const float *
                 const float sig = 1.0f / (1.0f + expf(-pre[ch]));
                 dp[ch] = g[pixel + ch] * sig * (1.0f + pre[ch] * (1.0f - sig));
             }
-#pragma omp simd
-            for (int64_t c2 = 0; c2 < channels; ++c2) bias_part[c2] += dp[c2];
-            for (int64_t tap = 0; tap < taps; ++tap) {
-                const float *xp = tap_row(x, b, i, j, tap / kernel, tap % kernel, height, width, channels, kernel);
-                if (!xp) continue;
-                float *dw = weight_part + tap * channels;
-#pragma omp simd
-                for (int64_t c2 = 0; c2 < channels; ++c2) dw[c2] += dp[c2] * xp[c2];
-            }
         }
+        float *weight_part = partial + part * stride;
+        conv_weight_sums(x, d_pre, weight_part, weight_part + taps * channels, first, last, height, width, channels,
+                         kernel);
     }
     sum_parts(partial, parts, stride, d_weight, taps * channels, (int)threads);
     if (d_bias) sum_parts(partial + taps * channels, parts, stride, d_bias, channels, (int)threads);
