@@ -105,15 +105,23 @@ def test_parallel_cell_projecting_inside_gives_the_same_bits(shape, with_bias, m
     monkeypatch.setattr(kernels, "HEADWISE_CELL_MATRICES_PER_THREAD", 1)  # the few matrices of these shapes
     got_h, (_, got_den) = parallel_forward_projected(cell, igate, fgate, head_dim)
     assert torch.equal(got_h, want_h) and torch.equal(got_den, want_den)
-    # and the backward pass, projecting again inside its kernel
+    # and the backward pass, projecting again inside its kernel, and the projections' backward pass there too: the
+    # same input and gate gradients as the cell's backward pass followed by the projections'; the weight sums are
+    # grouped differently (per matrix, not per part of PART_ROWS tokens)
     d_h = torch.randn(*want_h.shape)
-    want_grads = parallel_backward(q, k, v, igate, fgate, (want_h, want_den), d_h)
+    dq, dk, dv, *want_gate_grads = parallel_backward(q, k, v, igate, fgate, (want_h, want_den), d_h)
+    want_projected = kernels.headwise_qkv_backward(qk_in, v_in, weights, [dq, dk, dv])
+    want_input_grads, want_param_grads = want_projected[:2], want_projected[2:]
 
     def cell_backward(*tensors):
         return kernels.mlstm_parallel_backward_headwise(qk_in, v_in, weights, biases, heads, *tensors)
 
-    got_grads = parallel_backward_projected(cell_backward, igate, fgate, head_dim, (got_h, got_den), d_h)
-    assert all(torch.equal(got, want) for got, want in zip(got_grads, want_grads, strict=True))
+    got = parallel_backward_projected(cell_backward, igate, fgate, head_dim, (got_h, got_den), d_h)
+    got_exact, got_param_grads = [*got[:2], *got[-2:]], got[2:-2]  # input and gate gradients; the weight sums
+    for got_grad, want_grad in zip(got_exact, [*want_input_grads, *want_gate_grads], strict=True):
+        assert torch.equal(got_grad, want_grad)
+    for got_param, want_param in zip(got_param_grads, want_param_grads, strict=True):
+        torch.testing.assert_close(got_param, want_param, rtol=1e-5, atol=1e-5 * want_param.abs().max().item())
     # too few matrices for the threads: it steps aside (the strips of mlstm_parallel spread better)
     monkeypatch.setattr(kernels, "HEADWISE_CELL_MATRICES_PER_THREAD", batch * heads + 1)
     assert parallel_forward_projected(cell, igate, fgate, head_dim) is None

@@ -39,9 +39,10 @@ PART_ROWS = 32
 __all__ = [
     "CACHE", "PART_ROWS", "ROW_BUFFER", "SWITCH", "conv2d_silu", "conv2d_silu_backward", "conv2d_silu_supported",
     "disabled", "gated_branch_output", "gated_branch_output_backward", "headwise_backward_applies",
-    "headwise_cell_has_work_for_the_threads", "headwise_gates", "headwise_qkv", "headwise_qkv_backward", "library",
-    "mlstm_chunkwise", "mlstm_chunk_states", "mlstm_chunkwise_backward", "mlstm_parallel", "mlstm_parallel_backward",
-    "mlstm_parallel_backward_headwise", "mlstm_parallel_headwise", "mlstm_state_backward", "reset", "usable",
+    "headwise_cell_has_work_for_the_threads", "headwise_gates", "headwise_gates_backward", "headwise_qkv",
+    "headwise_qkv_backward", "library", "mlstm_chunkwise", "mlstm_chunk_states", "mlstm_chunkwise_backward",
+    "mlstm_parallel", "mlstm_parallel_backward", "mlstm_parallel_backward_headwise", "mlstm_parallel_headwise",
+    "mlstm_state_backward", "reset", "usable",
 ]  # fmt: skip
 
 
@@ -86,6 +87,20 @@ def _contiguous(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...
 def _arranged_for_the_projection(weights: list[torch.Tensor]) -> list[torch.Tensor]:
     """Headwise weights (E/4, 4, 4) as the forward kernels read them: wt (4, E), wt[d, 4b + o] = w[b, o, d]."""
     return [w.permute(2, 0, 1).reshape(4, -1).contiguous() for w in weights]
+
+
+def _arranged_for_its_backward(weights: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Headwise weights as the backward kernels apply them to the gradients (the transposed projection): wt_in (4, E),
+    wt_in[o, 4b + d] = w[b, o, d]."""
+    return [w.permute(1, 0, 2).reshape(4, -1).contiguous() for w in weights]
+
+
+def _projection_grads(sums: torch.Tensor, dim: int) -> list[torch.Tensor]:
+    """dL/d each headwise weight (E/4, 4, 4), then dL/d each bias (E,), from the backward kernels' sums: per
+    projection dwt (4, E) with dwt[d, 4b + o] = dL/dw[b, o, d], then the bias's (E,)."""
+    per_projection = sums[: 15 * dim].view(3, 5, dim)
+    weight_grads = [p[:4].view(4, dim // 4, 4).permute(1, 2, 0).contiguous() for p in per_projection]
+    return weight_grads + [p[4] for p in per_projection]
 
 
 def headwise_qkv(
@@ -327,24 +342,30 @@ def mlstm_parallel_backward_headwise(
     write_log: torch.Tensor, row_max: torch.Tensor, eps: float, min_log: float,
 ) -> tuple[torch.Tensor, ...] | None:  # fmt: skip
     """:func:`mlstm_parallel_backward` with q, k, v projected inside the kernel, per matrix, as
-    :func:`mlstm_parallel_headwise` does (the same values bit for bit). None where it does not apply."""
+    :func:`mlstm_parallel_headwise` does, and their projections' backward pass too: dq, dk, dv never go through
+    memory. -> the projections' part of dL/d qk_input and dL/d v_input (B, S, E; the gates' part is
+    :func:`headwise_gates_backward`'s), dL/d each weight, dL/d each bias (as :func:`headwise_qkv_backward` gives
+    them), then the row and column sums of dL/d log decay and dL/dM (B, NH, S each). None where it does not apply."""
     tensors = (qk_input, v_input, *weights, *biases, dh, h, denominator, log_m_row, write_log, row_max)
     if not _applies(*tensors) or not _headwise_shapes_match(qk_input, v_input, weights, num_heads):
         return None
     batch, seq_len, dim = qk_input.shape
     if seq_len == 0 or h.shape != (batch, num_heads, seq_len, dim // num_heads):
         return None
-    arranged = _arranged_for_the_projection(weights)
+    arranged, arranged_back = _arranged_for_the_projection(weights), _arranged_for_its_backward(weights)
     qk_input, v_input, *biases = _contiguous(qk_input, v_input, *biases)
     dh, h, denominator, log_m_row, write_log, row_max = _contiguous(dh, h, denominator, log_m_row, write_log, row_max)
-    dq, dk, dv = (torch.empty_like(h) for _ in range(3))
+    d_qk_input, d_v_input = torch.empty_like(qk_input), torch.empty_like(v_input)
+    sums, partial = qk_input.new_empty(15 * dim), qk_input.new_empty(batch * num_heads, 15 * dim // num_heads)
     row_sum, col_sum, d_log_m_row = (denominator.new_empty(denominator.shape) for _ in range(3))
-    outputs = (dq, dk, dv, row_sum, col_sum, d_log_m_row)
     status = library().vil_mlstm_parallel_backward_headwise(
-        *map(_pointer, (qk_input, v_input, *arranged, *biases, dh, h, denominator, log_m_row, write_log, row_max)),
-        *map(_pointer, outputs), batch, num_heads, seq_len, dim // num_heads, eps, min_log, _threads(),
+        *map(_pointer, (qk_input, v_input, *arranged, *biases, *arranged_back, dh, h, denominator, log_m_row)),
+        *map(_pointer, (write_log, row_max, d_qk_input, d_v_input, sums, partial, row_sum, col_sum, d_log_m_row)),
+        batch, num_heads, seq_len, dim // num_heads, eps, min_log, _threads(),
     )  # fmt: skip
-    return outputs if status == 0 else None
+    if status != 0:
+        return None
+    return d_qk_input, d_v_input, *_projection_grads(sums, dim), row_sum, col_sum, d_log_m_row
 
 
 def mlstm_chunkwise(
@@ -505,27 +526,55 @@ def headwise_qkv_backward(
     bias. Only where :func:`headwise_backward_applies`."""
     if (gates is None) != (d_gates is None):
         raise ValueError("headwise_qkv_backward: gates and d_gates go together")
-    batch, seq_len, dim = qk_input.shape
-    heads, head_dim = grads[0].shape[1], grads[0].shape[3]
-    num_gates = 0 if gates is None else gates[0].shape[0]
-    qk_input, v_input, *grads = _contiguous(qk_input, v_input, *grads)
-    gate_tensors = [None] * 3 if gates is None else _contiguous(d_gates, *gates)
-    # wt_in[o, 4b + d] = w[b, o, d]: the transposed projection the kernel applies to the gradients
-    arranged = [w.permute(1, 0, 2).reshape(4, dim).contiguous() for w in weights]
     d_qk_input, d_v_input = torch.empty_like(qk_input), torch.empty_like(v_input)
-    size = 15 * dim + num_gates * (2 * dim + 1)
+    sums = _headwise_backward(qk_input, v_input, weights, grads, gates, d_gates, d_qk_input, d_v_input)
+    dim = qk_input.shape[-1]
+    return [d_qk_input, d_v_input, *_projection_grads(sums, dim), *_gate_weight_grads(sums[15 * dim :], gates, dim)]
+
+
+def headwise_gates_backward(
+    qk_input: torch.Tensor,
+    v_input: torch.Tensor,
+    gates: tuple[torch.Tensor, torch.Tensor],
+    d_gates: torch.Tensor,
+    d_qk_input: torch.Tensor,
+    d_v_input: torch.Tensor,
+) -> list[torch.Tensor]:
+    """The gates' share of :func:`headwise_qkv_backward`, after :func:`mlstm_parallel_backward_headwise` made the
+    projections' share: adds d_gates^T gate_w into ``d_qk_input`` and ``d_v_input`` (contiguous, in place) and returns
+    dL/d each gate weight and dL/d the gate bias. Only where :func:`headwise_backward_applies` with ``gates``."""
+    sums = _headwise_backward(qk_input, v_input, None, None, gates, d_gates, d_qk_input, d_v_input)
+    return _gate_weight_grads(sums, gates, qk_input.shape[-1])
+
+
+def _headwise_backward(qk_input, v_input, weights, grads, gates, d_gates, d_qk_input, d_v_input) -> torch.Tensor:
+    """vil_headwise_qkv_backward (block.c) -> its sums; without ``grads`` the gates' share only, added to d_qk_input
+    and d_v_input."""
+    batch, seq_len, dim = qk_input.shape
+    num_gates = 0 if gates is None else gates[0].shape[0]
+    qk_input, v_input = _contiguous(qk_input, v_input)
+    if grads is None:
+        heads, head_dim, grads, arranged = 1, dim, [None] * 3, [None] * 3
+    else:
+        heads, head_dim = grads[0].shape[1], grads[0].shape[3]
+        grads, arranged = _contiguous(*grads), _arranged_for_its_backward(weights)
+    gate_tensors = [None] * 3 if gates is None else _contiguous(d_gates, *gates)
+    size = (0 if grads[0] is None else 15 * dim) + num_gates * (2 * dim + 1)
     sums, partial = qk_input.new_zeros(size), _partial_sums(batch * seq_len, size, qk_input)
     library().vil_headwise_qkv_backward(
         *map(_pointer, (qk_input, v_input, *grads, *arranged, *gate_tensors, d_qk_input, d_v_input, sums, partial)),
         PART_ROWS, num_gates, batch, seq_len, heads, head_dim, _threads(),
     )  # fmt: skip
-    # per projection: dwt (4, E) with dwt[d, 4b + o] = dL/dw[b, o, d], then the bias's (E,)
-    per_projection = sums[: 15 * dim].view(3, 5, dim)
-    weight_grads = [p[:4].view(4, dim // 4, 4).permute(1, 2, 0).contiguous() for p in per_projection]
-    bias_grads = [p[4] for p in per_projection]
-    gate_sums = sums[15 * dim :]  # dL/d gate_wqk, dL/d gate_wv (G, E) and dL/d gate bias (G,)
-    gate_grads = [] if gates is None else [*gate_sums[:-num_gates].view(2, num_gates, dim), gate_sums[-num_gates:]]
-    return [d_qk_input, d_v_input, *weight_grads, *bias_grads, *gate_grads]
+    return sums
+
+
+def _gate_weight_grads(sums: torch.Tensor, gates, dim: int) -> list[torch.Tensor]:
+    """dL/d gate_wqk, dL/d gate_wv (G, E) and dL/d the gate bias (G,) from the backward kernel's gate sums; none
+    without gates."""
+    if gates is None:
+        return []
+    num_gates = gates[0].shape[0]
+    return [*sums[:-num_gates].view(2, num_gates, dim), sums[-num_gates:]]
 
 
 def conv2d_silu_backward(

@@ -234,12 +234,12 @@ void vil_conv2d_silu(const float *x, const float *weight, const float *bias, flo
  * dwt (4 x E, dwt[d][4b+o] = dL/dw[b][o][d]) and db (E), then with the gates dL/d gate_wqk, dL/d gate_wv (G x E)
  * and dL/d gate_bias (G). They are formed per part of part_rows tokens in partial (ceil(B S / part_rows) x their
  * size, scratch). One pass over the tokens, part by part: within a part q, k and v in turn (only one projection's
- * sums hot at a time, the part's rows staying in cache), then the gates' weight gradients. */
+ * sums hot at a time, the part's rows staying in cache), then the gates' weight gradients. With dq NULL (after
+ * vil_mlstm_parallel_backward_headwise, cell.c, which made the projections' part) only the gates' share is added to
+ * d_qk_in and d_v_in, and sums holds only the gates' sums. */
 #define GATE_TILE 8 /* gates whose weight gradients are accumulated in registers at once */
 
-/* dwt[d][c] += sum_t dy_t[c] x_t[(c & ~3) + d] and db[c] += sum_t dy_t[c] over the tokens [first, last) of a part,
- * dy in head layout: per vector of channels the five sums stay in registers while t runs (kept in memory and
- * updated token by token, as before, the loads and stores took half of the kernel), added in token order */
+/* the weight and bias sums of dy (head layout) against x over the tokens [first, last) of a part, head by head */
 static void headwise_weight_grads(const float *dy, const float *x, float *dwt, float *db, int64_t first, int64_t last,
                                   int64_t seq_len, int64_t heads, int64_t head_dim) {
     const int64_t dim = heads * head_dim;
@@ -247,34 +247,8 @@ static void headwise_weight_grads(const float *dy, const float *x, float *dwt, f
     for (int64_t t = first; t < last; ++t) rows[t - first] = (t / seq_len * heads * seq_len + t % seq_len) * head_dim;
     for (int64_t h = 0; h < heads; ++h) {
         const int64_t from = h * head_dim;
-        const float *dy_h = dy + h * seq_len * head_dim - from; /* + rows[t - first] + c: channel c of token t */
-        int64_t c = from;
-#ifdef VEC
-        for (; c + VW <= from + head_dim; c += VW) {
-            float *w = dwt + c;
-            vec bias = vload(db + c), w0 = vload(w), w1 = vload(w + dim), w2 = vload(w + 2 * dim), w3 = vload(w + 3 * dim);
-            for (int64_t t = first; t < last; ++t) {
-                const vec gv = vload(dy_h + rows[t - first] + c), xv = vload(x + t * dim + c);
-                bias = vadd(bias, gv);
-                w0 = vfmadd(gv, vlane_broadcast(xv, 0x00), w0);
-                w1 = vfmadd(gv, vlane_broadcast(xv, 0x55), w1);
-                w2 = vfmadd(gv, vlane_broadcast(xv, 0xAA), w2);
-                w3 = vfmadd(gv, vlane_broadcast(xv, 0xFF), w3);
-            }
-            vstore(db + c, bias);
-            vstore(w, w0);
-            vstore(w + dim, w1);
-            vstore(w + 2 * dim, w2);
-            vstore(w + 3 * dim, w3);
-        }
-#endif
-        for (; c < from + head_dim; ++c)
-            for (int64_t t = first; t < last; ++t) {
-                const float gc = dy_h[rows[t - first] + c];
-                const float *xb = x + t * dim + (c & ~(int64_t)3);
-                db[c] += gc;
-                for (int d = 0; d < 4; ++d) dwt[d * dim + c] += gc * xb[d];
-            }
+        headwise_weight_sums(dy + h * seq_len * head_dim, rows, x + first * dim + from, dim, last - first, head_dim,
+                             dwt + from, dim, db + from);
     }
 }
 
@@ -388,11 +362,12 @@ void vil_headwise_qkv_backward(const float *qk_in, const float *v_in, const floa
                                float *d_v_in, float *sums, float *partial, int64_t part_rows, int64_t num_gates,
                                int64_t batch, int64_t seq_len, int64_t heads, int64_t head_dim, int64_t threads) {
     const int64_t dim = heads * head_dim, tokens = batch * seq_len, parts = (tokens + part_rows - 1) / part_rows;
-    const int64_t gates = d_gates ? num_gates : 0, size = 15 * dim + gates * (2 * dim + 1);
+    const int64_t projected = dq ? 15 * dim : 0, gates = d_gates ? num_gates : 0;
+    const int64_t size = projected + gates * (2 * dim + 1);
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t part = 0; part < parts; ++part) {
         float dg[part_rows * (gates ? gates : 1)]; /* the part's gate gradients, token-major */
-        float *sum = partial + part * size, *gate_sum = sum + 15 * dim;
+        float *sum = partial + part * size, *gate_sum = sum + projected;
         memset(sum, 0, (size_t)size * sizeof(float));
         const int64_t first = part * part_rows, last = min64(tokens, first + part_rows);
         for (int64_t t = first; t < last; ++t)
@@ -401,13 +376,18 @@ void vil_headwise_qkv_backward(const float *qk_in, const float *v_in, const floa
                 dg[(t - first) * gates + j] = g;
                 gate_sum[2 * gates * dim + j] += g;
             }
-        /* q, k and v in turn, so that only one projection's sums are hot; the part's rows stay in cache between */
-        headwise_part_backward(qk_in, dq, wt_q, dg, gate_wqk, gates, d_qk_in, 0, sum, sum + 4 * dim, first, last,
-                               seq_len, heads, head_dim);
-        headwise_part_backward(qk_in, dk, wt_k, dg, NULL, 0, d_qk_in, 1, sum + 5 * dim, sum + 9 * dim, first, last,
-                               seq_len, heads, head_dim);
-        headwise_part_backward(v_in, dv, wt_v, dg, gate_wv, gates, d_v_in, 0, sum + 10 * dim, sum + 14 * dim, first,
-                               last, seq_len, heads, head_dim);
+        if (!dq) { /* the gates' share only, added to d_qk_in and d_v_in */
+            add_gate_grads(dg, gate_wqk, gates, d_qk_in + first * dim, last - first, dim);
+            add_gate_grads(dg, gate_wv, gates, d_v_in + first * dim, last - first, dim);
+        } else {
+            /* q, k and v in turn, so that only one projection's sums are hot; the part's rows stay in cache between */
+            headwise_part_backward(qk_in, dq, wt_q, dg, gate_wqk, gates, d_qk_in, 0, sum, sum + 4 * dim, first,
+                                   last, seq_len, heads, head_dim);
+            headwise_part_backward(qk_in, dk, wt_k, dg, NULL, 0, d_qk_in, 1, sum + 5 * dim, sum + 9 * dim, first,
+                                   last, seq_len, heads, head_dim);
+            headwise_part_backward(v_in, dv, wt_v, dg, gate_wv, gates, d_v_in, 0, sum + 10 * dim, sum + 14 * dim,
+                                   first, last, seq_len, heads, head_dim);
+        }
         if (gates) {
             gate_weight_grads(dg, qk_in + first * dim, last - first, gates, gate_sum, dim);
             gate_weight_grads(dg, v_in + first * dim, last - first, gates, gate_sum + gates * dim, dim);

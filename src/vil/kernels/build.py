@@ -44,7 +44,7 @@ _POINTER, _INT, _FLOAT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 _SIGNATURES = {
     "vil_headwise_qkv": [_POINTER] * 15 + [_INT] * 6,
     "vil_mlstm_parallel_headwise": [_POINTER] * 13 + [_INT] * 4 + [_FLOAT, _FLOAT, _INT],
-    "vil_mlstm_parallel_backward_headwise": [_POINTER] * 20 + [_INT] * 4 + [_FLOAT, _FLOAT, _INT],
+    "vil_mlstm_parallel_backward_headwise": [_POINTER] * 24 + [_INT] * 4 + [_FLOAT, _FLOAT, _INT],
     "vil_gated_branch_output": [_POINTER] * 7 + [_INT] * 4 + [_FLOAT, _INT],
     "vil_gated_branch_output_backward": [_POINTER] * 15 + [_INT] * 5 + [_FLOAT, _INT],
     "vil_conv2d_silu": [_POINTER] * 4 + [_INT] * 6,

@@ -14,7 +14,8 @@
  * it is, and no two items add into the same output, so results are the same for any number of threads, bit for
  * bit. The items: the parallel form's forward, one strip of one matrix (B NH S / STRIP_ROWS items), or one matrix
  * where it projects q, k, v itself (vil_mlstm_parallel_headwise); its backward, one matrix (B NH: dk and dv sum
- * over all strips); the chunkwise forward, one chunk of one matrix for
+ * over all strips), with the projections' weight sums, where it projects, formed per matrix and then added over the
+ * batch in order; the chunkwise forward, one chunk of one matrix for
  * the intra-chunk part and the state's share, with only the d x d state recurrence (cheap) run matrix by matrix;
  * the chunkwise backward, one chunk of one matrix (B NH NC items); the state recurrence's backward, rows of the state
  * of one matrix, whose shares of each chunk's dot products are added in a fixed order. Items of unequal cost are
@@ -493,7 +494,7 @@ static void readout_backward(const float *dh, const float *h, const float *den, 
 /* The scratch of the parallel form's backward pass, per thread: kt, vt, p, ds for strips_backward, d_num and d_den
  * for the readout's backward pass, and (for vil_mlstm_parallel_backward_headwise) q, k, v. */
 struct backward_scratch {
-    float *kt, *vt, *p, *ds, *d_num, *d_den, *q, *k, *v;
+    float *kt, *vt, *p, *ds, *d_num, *d_den, *q, *k, *v, *dq, *dk, *dv;
 };
 
 static int backward_scratch_alloc(struct backward_scratch *w, int64_t seq_len, int64_t head_dim, int64_t value_dim,
@@ -502,17 +503,22 @@ static int backward_scratch_alloc(struct backward_scratch *w, int64_t seq_len, i
     w->kt = buffer(head_dim * ld), w->vt = buffer(value_dim * ld);
     w->p = buffer(BACKWARD_STRIP_ROWS * ld), w->ds = buffer(BACKWARD_STRIP_ROWS * ld);
     w->d_num = buffer(seq_len * value_dim), w->d_den = buffer(seq_len);
-    w->q = w->k = w->v = NULL;
-    if (with_qkv) w->q = buffer(seq_len * head_dim), w->k = buffer(seq_len * head_dim), w->v = buffer(seq_len * value_dim);
-    return w->kt && w->vt && w->p && w->ds && w->d_num && w->d_den && (!with_qkv || (w->q && w->k && w->v));
+    float **qkv[6] = {&w->q, &w->k, &w->v, &w->dq, &w->dk, &w->dv};
+    int ready = w->kt && w->vt && w->p && w->ds && w->d_num && w->d_den;
+    for (int i = 0; i < 6; ++i) {
+        *qkv[i] = with_qkv ? buffer(seq_len * (i % 3 == 2 ? value_dim : head_dim)) : NULL;
+        ready = ready && (!with_qkv || *qkv[i]);
+    }
+    return ready;
 }
 
 static void backward_scratch_free(struct backward_scratch *w) {
-    float *all[9] = {w->kt, w->vt, w->p, w->ds, w->d_num, w->d_den, w->q, w->k, w->v};
-    for (int i = 0; i < 9; ++i) free(all[i]);
+    float *all[12] = {w->kt, w->vt, w->p, w->ds, w->d_num, w->d_den, w->q, w->k, w->v, w->dq, w->dk, w->dv};
+    for (int i = 0; i < 12; ++i) free(all[i]);
 }
 
-/* The backward pass of one matrix (its rows t0 .. t0 + S of the per-token arrays), q, k, v given */
+/* The backward pass of one matrix (its rows t0 .. t0 + S of the per-token arrays), its q, k, v given: its dq, dk, dv
+ * written */
 static void matrix_backward(const float *q, const float *k, const float *v, const float *dh, const float *h,
                             const float *den, const float *log_m, const float *a, const float *r, float *dq, float *dk,
                             float *dv, float *row_sum, float *col_sum, float *d_log_m, struct backward_scratch *w,
@@ -521,12 +527,11 @@ static void matrix_backward(const float *q, const float *k, const float *v, cons
     readout_backward(dh + t0 * value_dim, h + t0 * value_dim, den + t0, log_m + t0, w->d_num, w->d_den, d_log_m + t0,
                      seq_len, value_dim, eps);
     /* dk, dv and col_sum accumulate over the strips */
-    memset(dk + t0 * head_dim, 0, (size_t)(seq_len * head_dim) * sizeof(float));
-    memset(dv + t0 * value_dim, 0, (size_t)(seq_len * value_dim) * sizeof(float));
+    memset(dk, 0, (size_t)(seq_len * head_dim) * sizeof(float));
+    memset(dv, 0, (size_t)(seq_len * value_dim) * sizeof(float));
     memset(col_sum + t0, 0, (size_t)seq_len * sizeof(float));
-    strips_backward(q, k, v, w->d_num, w->d_den, a + t0, r + t0, dq + t0 * head_dim, dk + t0 * head_dim,
-                    dv + t0 * value_dim, row_sum + t0, col_sum + t0, w->kt, w->vt, w->p, w->ds, padded(seq_len),
-                    seq_len, head_dim, value_dim, min_log);
+    strips_backward(q, k, v, w->d_num, w->d_den, a + t0, r + t0, dq, dk, dv, row_sum + t0, col_sum + t0, w->kt, w->vt,
+                    w->p, w->ds, padded(seq_len), seq_len, head_dim, value_dim, min_log);
 }
 
 /* The parallel form's backward pass (vil.ops.parallel.parallel_backward) for each matrix, given dh (S, DHV) and the
@@ -547,23 +552,59 @@ int vil_mlstm_parallel_backward(const float *q, const float *k, const float *v, 
         for (int64_t m = 0; m < mats; ++m) {
             if (!ready) continue;
             const int64_t t0 = m * seq_len;
-            matrix_backward(q + t0 * head_dim, k + t0 * head_dim, v + t0 * value_dim, dh, h, den, log_m, a, r, dq,
-                            dk, dv, row_sum, col_sum, d_log_m, &w, t0, seq_len, head_dim, value_dim, eps, min_log);
+            matrix_backward(q + t0 * head_dim, k + t0 * head_dim, v + t0 * value_dim, dh, h, den, log_m, a, r,
+                            dq + t0 * head_dim, dk + t0 * head_dim, dv + t0 * value_dim, row_sum, col_sum, d_log_m, &w,
+                            t0, seq_len, head_dim, value_dim, eps, min_log);
         }
         backward_scratch_free(&w);
     }
     return failed ? -1 : 0;
 }
 
-/* vil_mlstm_parallel_backward with q, k and v projected inside, per matrix, as vil_mlstm_parallel_headwise does:
- * the same values bit for bit, and q, k, v never go through memory. */
+/* The headwise projections' backward pass for one matrix (head hd of batch element b), given its dq, dk, dv (S x
+ * DH): its head's channels of d_qk_in = hw_q^T(dq) + hw_k^T(dk) and d_v_in = hw_v^T(dv) (B, S, E), with hw^T the
+ * transposed projection (wt_in arranged as in vil_headwise_qkv_backward, block.c, with the same arithmetic), and
+ * the matrix's weight and bias sums: sums (3 projections x (4 + 1) x DH), dwt then db, as there. */
+static void project_matrix_backward(const float *qk_in, const float *v_in, const float *const *wt_in, const float *dq,
+                                    const float *dk, const float *dv, float *d_qk_in, float *d_v_in, float *sums,
+                                    int64_t b, int64_t hd, int64_t seq_len, int64_t heads, int64_t head_dim) {
+    const int64_t dim = heads * head_dim, from = hd * head_dim, to = from + head_dim, first = b * seq_len * dim;
+    float out[ROW_BUFFER];
+    for (int64_t s = 0; s < seq_len; ++s) {
+        const int64_t row = first + s * dim, at = s * head_dim - from; /* dq + at + c: channel c of token s */
+        headwise_row(dq + at, wt_in[0], NULL, d_qk_in + row + from, from, to, dim);
+        headwise_row(dk + at, wt_in[1], NULL, out, from, to, dim);
+        float *dx = d_qk_in + row + from;
+#pragma omp simd
+        for (int64_t c = 0; c < head_dim; ++c) dx[c] = out[c] + dx[c];
+        headwise_row(dv + at, wt_in[2], NULL, d_v_in + row + from, from, to, dim);
+    }
+    int64_t rows[seq_len];
+    for (int64_t s = 0; s < seq_len; ++s) rows[s] = s * head_dim;
+    memset(sums, 0, (size_t)(15 * head_dim) * sizeof(float));
+    const float *grads[3] = {dq, dk, dv}, *inputs[3] = {qk_in, qk_in, v_in};
+    for (int p = 0; p < 3; ++p)
+        headwise_weight_sums(grads[p], rows, inputs[p] + first + from, dim, seq_len, head_dim, sums + 5 * p * head_dim,
+                             head_dim, sums + (5 * p + 4) * head_dim);
+}
+
+/* vil_mlstm_parallel_backward with q, k and v projected inside, per matrix, as vil_mlstm_parallel_headwise does (the
+ * same q, k, v bit for bit), and their own backward pass too, while the matrix's dq, dk, dv are in cache: they never
+ * go through memory. Writes d_qk_in and d_v_in (B, S, E), the projections' part of dL/d qk_in and dL/d v_in (the
+ * gates' part is added by vil_headwise_qkv_backward), and the weight and bias sums into sums (3 x 5 x E, laid out as
+ * vil_headwise_qkv_backward's), formed per matrix in partial (B NH x 15 DH, scratch) and added over the batch in
+ * order; row_sum, col_sum and d_log_m as vil_mlstm_parallel_backward. wt_q_in, wt_k_in, wt_v_in: the weights arranged
+ * for the transposed projection. */
 int vil_mlstm_parallel_backward_headwise(const float *qk_in, const float *v_in, const float *wq, const float *wk,
                                          const float *wv, const float *bq, const float *bk, const float *bv,
+                                         const float *wt_q_in, const float *wt_k_in, const float *wt_v_in,
                                          const float *dh, const float *h, const float *den, const float *log_m,
-                                         const float *a, const float *r, float *dq, float *dk, float *dv,
-                                         float *row_sum, float *col_sum, float *d_log_m, int64_t batch, int64_t heads,
-                                         int64_t seq_len, int64_t head_dim, float eps, float min_log, int64_t threads) {
-    const float *weights[3] = {wq, wk, wv}, *biases[3] = {bq, bk, bv};
+                                         const float *a, const float *r, float *d_qk_in, float *d_v_in, float *sums,
+                                         float *partial, float *row_sum, float *col_sum, float *d_log_m, int64_t batch,
+                                         int64_t heads, int64_t seq_len, int64_t head_dim, float eps, float min_log,
+                                         int64_t threads) {
+    const float *weights[3] = {wq, wk, wv}, *biases[3] = {bq, bk, bv}, *wt_in[3] = {wt_q_in, wt_k_in, wt_v_in};
+    const int64_t dim = heads * head_dim, part = 15 * head_dim;
     int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
@@ -572,11 +613,27 @@ int vil_mlstm_parallel_backward_headwise(const float *qk_in, const float *v_in, 
 #pragma omp for schedule(dynamic, 1)
         for (int64_t m = 0; m < batch * heads; ++m) {
             if (!ready) continue;
-            project_matrix(qk_in, v_in, weights, biases, w.q, w.k, w.v, m / heads, m % heads, seq_len, heads, head_dim);
-            matrix_backward(w.q, w.k, w.v, dh, h, den, log_m, a, r, dq, dk, dv, row_sum, col_sum, d_log_m, &w,
+            const int64_t b = m / heads, hd = m % heads;
+            project_matrix(qk_in, v_in, weights, biases, w.q, w.k, w.v, b, hd, seq_len, heads, head_dim);
+            matrix_backward(w.q, w.k, w.v, dh, h, den, log_m, a, r, w.dq, w.dk, w.dv, row_sum, col_sum, d_log_m, &w,
                             m * seq_len, seq_len, head_dim, head_dim, eps, min_log);
+            project_matrix_backward(qk_in, v_in, wt_in, w.dq, w.dk, w.dv, d_qk_in, d_v_in, partial + m * part, b, hd,
+                                    seq_len, heads, head_dim);
         }
         backward_scratch_free(&w);
+        /* sums[(5 p + i) E + hd DH + c] = sum over b, in order, of the matrices' partial[(b NH + hd) 15 DH + (5 p + i)
+         * DH + c] */
+#pragma omp for schedule(static)
+        for (int64_t row = 0; row < 15 * heads; ++row) {
+            const int64_t i = row / heads, hd = row % heads;
+            float *out = sums + i * dim + hd * head_dim;
+            for (int64_t c = 0; c < head_dim; ++c) out[c] = 0.0f;
+            for (int64_t b = 0; b < batch; ++b) {
+                const float *in = partial + (b * heads + hd) * part + i * head_dim;
+#pragma omp simd
+                for (int64_t c = 0; c < head_dim; ++c) out[c] += in[c];
+            }
+        }
     }
     return failed ? -1 : 0;
 }

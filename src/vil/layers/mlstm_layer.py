@@ -138,8 +138,8 @@ class _HeadwiseQKV:
         return h, (*saved, igate, fgate)  # the gates too: the backward pass then makes no projection at all
 
     def parallel_backward(self, inputs, saved, dh, eps: float):
-        """The backward pass of :meth:`parallel_forward`, q, k, v projected inside the kernel again: -> dL/d (q, k,
-        v, igate, fgate), or None where the kernels do not apply."""
+        """The backward pass of :meth:`parallel_forward`, q, k, v projected inside the kernel again and their
+        projections' backward pass made there too: -> dL/d inputs, or None where the kernels do not apply."""
         qk_input, v_input, weights, biases = self._split(inputs)
         *cell_saved, igate, fgate = saved
 
@@ -148,9 +148,15 @@ class _HeadwiseQKV:
                 qk_input, v_input, weights, biases, self.num_heads, *tensors_and_options
             )
 
-        return parallel_backward_projected(
+        grads = parallel_backward_projected(
             cell_backward, igate, fgate, self.cell_shape(qk_input)[3], cell_saved, dh, eps
         )
+        if grads is None:
+            return None
+        d_qk, d_v, *d_qkv_params, d_igate, d_fgate = grads
+        d_gates = torch.cat([d_igate, d_fgate], dim=1)  # (B, 2 NH, S)
+        d_gate_weights = kernels.headwise_gates_backward(qk_input, v_input, tuple(inputs[2:4]), d_gates, d_qk, d_v)
+        return self._input_grads(inputs, d_qk, d_v, d_gate_weights, d_qkv_params[:3], d_qkv_params[3:])
 
     @staticmethod
     def _split(inputs):
@@ -171,8 +177,11 @@ class _HeadwiseQKV:
         d_qk, d_v, *d_weights = kernels.headwise_qkv_backward(
             qk_input, v_input, weights, [dq, dk, dv], gates=(gate_wqk, gate_wv), d_gates=d_gates
         )
-        d_qkv_weights, d_qkv_biases, d_gate_weights = d_weights[:3], d_weights[3:6], d_weights[6:]
-        # in the inputs' order; without the bias gradients when there are no biases
+        return _HeadwiseQKV._input_grads(inputs, d_qk, d_v, d_weights[6:], d_weights[:3], d_weights[3:6])
+
+    @staticmethod
+    def _input_grads(inputs, d_qk, d_v, d_gate_weights, d_qkv_weights, d_qkv_biases) -> list[torch.Tensor]:
+        """The gradients in the inputs' order; without the bias gradients when there are no biases."""
         return [d_qk, d_v, *d_gate_weights, *d_qkv_weights, *d_qkv_biases][: len(inputs)]
 
 

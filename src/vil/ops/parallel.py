@@ -124,28 +124,33 @@ def parallel_backward(q, k, v, igate, fgate, saved, dh, eps: float = EPS):
         q, k, v, dh, h, denominator, gates.log_m_row, gates.scaled_a, gates.amax, eps, MIN_LOG_DECAY
     )  # the readout's backward pass included
     if fused is not None:
-        return _through_the_gates(*fused, gates, fgate)
-    d_num, d_den, d_log_m_row = readout_backward(dh, h, denominator, gates.log_m_row, eps)
-    dq, dk, dv, d_log_decay_rows, d_a = _tiled_backward(q, k, v, gates, d_num, d_den)
-    return _through_the_gates(dq, dk, dv, d_log_decay_rows, d_a, d_log_m_row, gates, fgate)
+        dq, dk, dv, *decay_grads = fused
+    else:
+        d_num, d_den, d_log_m_row = readout_backward(dh, h, denominator, gates.log_m_row, eps)
+        dq, dk, dv, *decay_grads = (*_tiled_backward(q, k, v, gates, d_num, d_den), d_log_m_row)
+    return dq, dk, dv, *_gate_grads(*decay_grads, gates, fgate)
 
 
 def parallel_backward_projected(cell_backward, igate, fgate, head_dim: int, saved, dh, eps: float = EPS):
     """:func:`parallel_backward` for a kernel that makes q, k and v itself: ``cell_backward(dh, h, denominator,
-    log_m_row, write_log, row_max, eps, min_log)`` -> what :func:`vil.kernels.mlstm_parallel_backward` returns, or None
-    where it does not apply. -> the gradients, or None."""
+    log_m_row, write_log, row_max, eps, min_log)`` -> its own gradients, then the row and column sums of dL/d log decay
+    and dL/dM as :func:`vil.kernels.mlstm_parallel_backward` gives them; None where it does not apply. -> the kernel's
+    gradients followed by dL/d igate and dL/d fgate, or None."""
     h, denominator = saved
     gates = _Gates(igate, fgate, head_dim)
     fused = cell_backward(dh, h, denominator, gates.log_m_row, gates.scaled_a, gates.amax, eps, MIN_LOG_DECAY)
-    return None if fused is None else _through_the_gates(*fused, gates, fgate)
+    if fused is None:
+        return None
+    *grads, d_log_decay_rows, d_a, d_log_m_row = fused
+    return *grads, *_gate_grads(d_log_decay_rows, d_a, d_log_m_row, gates, fgate)
 
 
-def _through_the_gates(dq, dk, dv, d_log_decay_rows, d_a, d_log_m_row, gates: _Gates, fgate):
-    """dq, dk, dv and the gates' gradients, from the gradients of the log decay's rows and columns and of M."""
+def _gate_grads(d_log_decay_rows, d_a, d_log_m_row, gates: _Gates, fgate) -> tuple[torch.Tensor, torch.Tensor]:
+    """dL/d igate and dL/d fgate, from the gradients of the log decay's rows and columns and of M."""
     d_amax = d_log_m_row - d_log_decay_rows  # M = b + amax; the decay exp(a[s] - amax[t]) sees amax with a minus
     d_a.scatter_add_(-1, gates.amax_index, d_amax)  # amax = cummax(a)
     d_igate, d_log_f = gate_backward(d_a, d_log_m_row)
-    return dq, dk, dv, d_igate, d_log_f * torch.sigmoid(-fgate)
+    return d_igate, d_log_f * torch.sigmoid(-fgate)
 
 
 def _tiled_backward(q, k, v, gates: _Gates, d_num, d_den):

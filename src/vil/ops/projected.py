@@ -65,7 +65,7 @@ def mlstm_projected(
     form on its own inputs, q, k, v never materialised: ``project.cell_shape(*inputs)`` -> (B, NH, S, DH),
     ``project.parallel_forward(inputs, eps)`` -> (h, saved) or None where it cannot, with saved[:2] what
     :func:`vil.ops.parallel.parallel_backward` needs, and ``project.parallel_backward(inputs, saved, dh, eps)`` ->
-    dL/d (q, k, v, igate, fgate), or None where it cannot (then q, k, v are recomputed).
+    dL/d inputs (the projection's backward pass included), or None where it cannot (then q, k, v are recomputed).
     Falls back to the plain call where the saving does not apply or cannot be made safely: without gradients,
     for small inputs (RECOMPUTE_MIN_ELEMENTS), under autocast (the recomputation would have to replay it), while
     compiling, for the recurrent form and the Triton kernels, and for half-precision inputs.
@@ -128,9 +128,9 @@ class _ProjectedMLSTM(torch.autograd.Function):
         # the projection's own backward where it has one (the fused kernels), else autograd of its recomputation
         applies = getattr(ctx.project, "hand_backward_applies", None)
         by_hand = applies is not None and applies(*inputs)
-        grads = ctx.project.parallel_backward(inputs, saved, dh, eps) if by_hand and ctx.fused else None
-        if grads is not None:  # no projection made at all
-            return None, None, *ctx.project.hand_backward(inputs, grads)
+        d_inputs = ctx.project.parallel_backward(inputs, saved, dh, eps) if by_hand and ctx.fused else None
+        if d_inputs is not None:  # no projection made at all
+            return None, None, *d_inputs
         saved = saved[:2] if ctx.fused else saved
         if by_hand:
             projected = plain = ctx.project(*inputs)
