@@ -142,7 +142,7 @@ def test_gated_branch_output_matches_norm_skip_and_gate(shape, with_bias):
 
 
 @pytest.mark.parametrize("kernel_size", [3, 5])
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", [*SHAPES, (2, 3, 4, 1, 44)])  # 44 channels: register blocks, a vector, a tail
 def test_conv2d_silu_matches_the_depthwise_conv(shape, kernel_size):
     batch, height, width, heads, head_dim = shape
     conv = SequenceConv2d(heads * head_dim, kernel_size)
