@@ -122,6 +122,16 @@ def test_parallel_cell_projecting_inside_gives_the_same_bits(shape, with_bias, m
         assert torch.equal(got_grad, want_grad)
     for got_param, want_param in zip(got_param_grads, want_param_grads, strict=True):
         torch.testing.assert_close(got_param, want_param, rtol=1e-5, atol=1e-5 * want_param.abs().max().item())
+    # then the gates' share, added into those input gradients: as the one-pass projection backward with the gates
+    # gives it; dL/d qk_input adds it after both q's and k's shares instead of between them (the last bits differ)
+    d_gates = torch.cat(got[-2:], dim=1)
+    want = kernels.headwise_qkv_backward(qk_in, v_in, weights, [dq, dk, dv], gates=gate_weights[:2], d_gates=d_gates)
+    d_qk, d_v = got[0].clone(), got[1].clone()
+    got_gate_sums = kernels.headwise_gates_backward(qk_in, v_in, gate_weights[:2], d_gates, d_qk, d_v)
+    assert torch.equal(d_v, want[1])
+    torch.testing.assert_close(d_qk, want[0], rtol=1e-5, atol=1e-5 * want[0].abs().max().item())
+    for got_sum, want_sum in zip(got_gate_sums, want[-3:], strict=True):
+        assert torch.equal(got_sum, want_sum)
     # too few matrices for the threads: it steps aside (the strips of mlstm_parallel spread better)
     monkeypatch.setattr(kernels, "HEADWISE_CELL_MATRICES_PER_THREAD", batch * heads + 1)
     assert parallel_forward_projected(cell, igate, fgate, head_dim) is None

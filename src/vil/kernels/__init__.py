@@ -20,7 +20,8 @@ torch.compile active, an unsupported shape); callers then compute the PyTorch ex
 Every kernel runs on ``torch.get_num_threads()`` threads, in PyTorch's own OpenMP pool (see
 :mod:`vil.kernels.build`), and gives the same result for any thread count, bit for bit: the work is split into
 parts that do not depend on the thread count (tokens for the block kernels, with sums over tokens formed per
-part of PART_ROWS tokens and added in order; matrices, strips and chunks for the cell), see block.c and cell.c.
+part of PART_ROWS tokens and added in order; matrices, strips and chunks for the cell, the projections' weight sums
+in its backward pass formed per matrix and added over the batch in order), see block.c and cell.c.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .build import CACHE, SWITCH, disabled, is_disabled, library, reset
 from .scratch import reused
 
 ROW_BUFFER = 4096  # the widest row (channels, or a head) a kernel keeps on its stack: ROW_BUFFER in block.c
+MAX_CONV_KERNEL = 15  # the conv kernels keep a pointer per tap (and per tap and pixel of a part) on their stack
 # Tokens per part of a backward kernel's sums over tokens: a fixed split, so that the sums do not depend on the
 # thread count; 1568 tokens (224 px, batch 8) give 49 parts, enough for 49 threads, at up to 15 E + G (2 E + 1)
 # floats of scratch each (the headwise backward's sums, G gates).
@@ -264,10 +266,15 @@ def _branch_shapes_match(h: torch.Tensor, *token_tensors: torch.Tensor) -> bool:
 
 
 def _conv_shapes_match(x: torch.Tensor, grid: tuple[int, int], weight: torch.Tensor) -> bool:
-    """x (B, H*W, C) on ``grid`` and a depthwise weight (C, 1, k, k) with k odd."""
+    """x (B, H*W, C) on ``grid`` and a depthwise weight (C, 1, k, k) with k odd, at most MAX_CONV_KERNEL."""
     batch, num_tokens, channels = x.shape
     kernel = weight.shape[-1]
-    return weight.shape == (channels, 1, kernel, kernel) and kernel % 2 == 1 and num_tokens == grid[0] * grid[1]
+    return (
+        weight.shape == (channels, 1, kernel, kernel)
+        and kernel % 2 == 1
+        and kernel <= MAX_CONV_KERNEL
+        and num_tokens == grid[0] * grid[1]
+    )
 
 
 def conv2d_silu_supported(x: torch.Tensor, grid: tuple[int, int], weight: torch.Tensor, bias: torch.Tensor | None):
@@ -350,7 +357,7 @@ def mlstm_parallel_backward_headwise(
     if not _applies(*tensors) or not _headwise_shapes_match(qk_input, v_input, weights, num_heads):
         return None
     batch, seq_len, dim = qk_input.shape
-    if seq_len == 0 or h.shape != (batch, num_heads, seq_len, dim // num_heads):
+    if seq_len == 0 or h.shape != (batch, num_heads, seq_len, dim // num_heads) or dim // num_heads > ROW_BUFFER:
         return None
     arranged, arranged_back = _arranged_for_the_projection(weights), _arranged_for_its_backward(weights)
     qk_input, v_input, *biases = _contiguous(qk_input, v_input, *biases)

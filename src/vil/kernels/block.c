@@ -233,8 +233,8 @@ static void headwise_weight_grads(const float *dy, const float *x, float *dwt, f
     for (int64_t t = first; t < last; ++t) rows[t - first] = (t / seq_len * heads * seq_len + t % seq_len) * head_dim;
     for (int64_t h = 0; h < heads; ++h) {
         const int64_t from = h * head_dim;
-        headwise_weight_sums(dy + h * seq_len * head_dim, rows, x + first * dim + from, dim, last - first, head_dim,
-                             dwt + from, dim, db + from);
+        headwise_weight_sums(dy + h * seq_len * head_dim, rows, 0, x + first * dim + from, dim, last - first,
+                             head_dim, dwt + from, dim, db + from);
     }
 }
 
@@ -466,10 +466,8 @@ void vil_gated_branch_output_backward(const float *h, const float *c, const floa
     sum_parts(partial + 2 * dim, parts, 3 * dim, d_skip, dim, (int)threads);
 }
 
-/* ---- the backward pass of vil_conv2d_silu ------------------------------------------------------------------------
- * For g = dL/d out (B, H, W, C): d_pre = g silu'(conv(x)) (into the scratch buffer d_pre), dx (B, H, W, C) = the
- * transposed depthwise conv of d_pre, and d_weight (k*k, C), d_bias (C,) (may be NULL) increased by their sums,
- * formed per part of part_rows pixels in partial (ceil(B H W / part_rows) x (k*k + 1) C, scratch). */
+/* ---- the backward pass of vil_conv2d_silu ------------------------------------------------------------------------ */
+
 /* The weight and bias sums of one part's pixels [first, last), d_pre given: weight_part[tap][c] = sum_t
  * d_pre[t][c] x[t + tap][c] and bias_part[c] = sum_t d_pre[t][c], in pixel order. Per vector of channels the sums
  * of up to WEIGHT_TILE taps stay in registers while t runs, d_pre's vector read once for all of them (summed in
@@ -526,6 +524,9 @@ static void conv_weight_sums(const float *x, const float *d_pre, float *weight_p
     }
 }
 
+/* For g = dL/d out (B, H, W, C): d_pre = g silu'(conv(x)) (into the scratch buffer d_pre), dx (B, H, W, C) = the
+ * transposed depthwise conv of d_pre, and d_weight (k*k, C), d_bias (C,) (may be NULL) increased by their sums,
+ * formed per part of part_rows pixels in partial (ceil(B H W / part_rows) x (k*k + 1) C, scratch). */
 void vil_conv2d_silu_backward(const float *x, const float *weight, const float *bias, const float *g, float *d_pre,
                               float *dx, float *d_weight, float *d_bias, float *partial, int64_t part_rows,
                               int64_t batch, int64_t height, int64_t width, int64_t channels, int64_t kernel,

@@ -579,13 +579,11 @@ static void project_matrix_backward(const float *qk_in, const float *v_in, const
         for (int64_t c = 0; c < head_dim; ++c) dx[c] = out[c] + dx[c];
         headwise_row(dv + at, wt_in[2], NULL, d_v_in + row + from, from, to, dim);
     }
-    int64_t rows[seq_len];
-    for (int64_t s = 0; s < seq_len; ++s) rows[s] = s * head_dim;
     memset(sums, 0, (size_t)(15 * head_dim) * sizeof(float));
     const float *grads[3] = {dq, dk, dv}, *inputs[3] = {qk_in, qk_in, v_in};
     for (int p = 0; p < 3; ++p)
-        headwise_weight_sums(grads[p], rows, inputs[p] + first + from, dim, seq_len, head_dim, sums + 5 * p * head_dim,
-                             head_dim, sums + (5 * p + 4) * head_dim);
+        headwise_weight_sums(grads[p], NULL, head_dim, inputs[p] + first + from, dim, seq_len, head_dim,
+                             sums + 5 * p * head_dim, head_dim, sums + (5 * p + 4) * head_dim);
 }
 
 /* vil_mlstm_parallel_backward with q, k and v projected inside, per matrix, as vil_mlstm_parallel_headwise does (the

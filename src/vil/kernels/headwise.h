@@ -33,12 +33,14 @@ static inline void headwise_row(const float *x, const float *wt, const float *bi
 }
 
 /* The weight and bias gradients' sums of one head's channels [0, width) over n tokens: dwt[d * dwt_stride + c] +=
- * sum_t dy_t[c] x_t[(c & ~3) + d] and db[c] += sum_t dy_t[c], with dy_t = dy + dy_rows[t] and x_t = x + t * x_stride
- * (both at the head's first channel, a multiple of 4), added in token order. Per vector of channels the five sums
- * stay in registers while t runs (kept in memory and updated token by token, the loads and stores took half of the
- * kernel). */
-static inline void headwise_weight_sums(const float *dy, const int64_t *dy_rows, const float *x, int64_t x_stride,
-                                        int64_t n, int64_t width, float *dwt, int64_t dwt_stride, float *db) {
+ * sum_t dy_t[c] x_t[(c & ~3) + d] and db[c] += sum_t dy_t[c], with dy_t = dy + dy_rows[t] (or dy + t * dy_stride
+ * where dy_rows is NULL) and x_t = x + t * x_stride (both at the head's first channel, a multiple of 4), added in
+ * token order. Per vector of channels the five sums stay in registers while t runs (kept in memory and updated
+ * token by token, the loads and stores took half of the kernel). */
+static inline void headwise_weight_sums(const float *dy, const int64_t *dy_rows, int64_t dy_stride, const float *x,
+                                        int64_t x_stride, int64_t n, int64_t width, float *dwt, int64_t dwt_stride,
+                                        float *db) {
+#define DY_ROW(t) (dy + (dy_rows ? dy_rows[t] : (t) * dy_stride))
     int64_t c = 0;
 #ifdef VEC
     for (; c + VW <= width; c += VW) {
@@ -46,7 +48,7 @@ static inline void headwise_weight_sums(const float *dy, const int64_t *dy_rows,
         vec bias = vload(db + c), w0 = vload(w), w1 = vload(w + dwt_stride), w2 = vload(w + 2 * dwt_stride);
         vec w3 = vload(w + 3 * dwt_stride);
         for (int64_t t = 0; t < n; ++t) {
-            const vec gv = vload(dy + dy_rows[t] + c), xv = vload(x + t * x_stride + c);
+            const vec gv = vload(DY_ROW(t) + c), xv = vload(x + t * x_stride + c);
             bias = vadd(bias, gv);
             w0 = vfmadd(gv, vlane_broadcast(xv, 0x00), w0);
             w1 = vfmadd(gv, vlane_broadcast(xv, 0x55), w1);
@@ -62,11 +64,12 @@ static inline void headwise_weight_sums(const float *dy, const int64_t *dy_rows,
 #endif
     for (; c < width; ++c)
         for (int64_t t = 0; t < n; ++t) {
-            const float gc = dy[dy_rows[t] + c];
+            const float gc = DY_ROW(t)[c];
             const float *xb = x + t * x_stride + (c & ~(int64_t)3);
             db[c] += gc;
             for (int d = 0; d < 4; ++d) dwt[d * dwt_stride + c] += gc * xb[d];
         }
+#undef DY_ROW
 }
 
 #endif
