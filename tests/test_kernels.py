@@ -368,6 +368,13 @@ def test_gated_branch_output_backward_matches_autograd(shape, with_bias):
             torch.testing.assert_close(got, leaf.grad, rtol=1e-4, atol=1e-4)
 
 
+def test_conv_kernels_step_aside_for_kernels_their_stack_arrays_do_not_hold():
+    conv = SequenceConv2d(8, kernels.MAX_CONV_KERNEL + 2)
+    x = torch.randn(1, 20 * 20, 8)
+    assert kernels.conv2d_silu(x, (20, 20), conv.weight, conv.bias) is None
+    assert conv.fused_silu(x, (20, 20)) is None  # the block then computes the PyTorch expression
+
+
 # kernel 5: 25 taps, more than the weight sums keep in registers at once; 44 channels: a tail past the vectors
 @pytest.mark.parametrize(("with_bias", "kernel_size", "channels"), [(True, 3, 40), (False, 3, 40), (True, 5, 44)])
 def test_fused_conv_silu_gradients_match_torch(with_bias, kernel_size, channels):
