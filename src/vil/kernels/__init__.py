@@ -363,7 +363,7 @@ def mlstm_parallel_backward_headwise(
     qk_input, v_input, *biases = _contiguous(qk_input, v_input, *biases)
     dh, h, denominator, log_m_row, write_log, row_max = _contiguous(dh, h, denominator, log_m_row, write_log, row_max)
     d_qk_input, d_v_input = torch.empty_like(qk_input), torch.empty_like(v_input)
-    sums, partial = qk_input.new_empty(15 * dim), qk_input.new_empty(batch * num_heads, 15 * dim // num_heads)
+    sums, partial = qk_input.new_zeros(15 * dim), qk_input.new_empty(batch, 15 * dim)
     row_sum, col_sum, d_log_m_row = (denominator.new_empty(denominator.shape) for _ in range(3))
     status = library().vil_mlstm_parallel_backward_headwise(
         *map(_pointer, (qk_input, v_input, *arranged, *biases, *arranged_back, dh, h, denominator, log_m_row)),

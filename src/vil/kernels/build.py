@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 SOURCES = (HERE / "block.c", HERE / "cell.c")  # with their shared headers
-HEADERS = (HERE / "vector.h", HERE / "headwise.h")
+HEADERS = (HERE / "vector.h", HERE / "headwise.h", HERE / "sums.h")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-shared", "-fPIC")
 SERIAL = ("-fopenmp", "-fopenmp-simd")  # where the compiler lacks OpenMP: the same kernels on one thread
 SWITCH = "VIL_KERNELS"  # "0" turns the kernels off

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 
 #include "headwise.h"
+#include "sums.h"
 #include "vector.h"
 
 #define STRIP_ROWS 16 /* rows of the S x S matrices computed at once: 16 x S floats stay in L1/L2 */
@@ -564,7 +565,8 @@ int vil_mlstm_parallel_backward(const float *q, const float *k, const float *v, 
 /* The headwise projections' backward pass for one matrix (head hd of batch element b), given its dq, dk, dv (S x
  * DH): its head's channels of d_qk_in = hw_q^T(dq) + hw_k^T(dk) and d_v_in = hw_v^T(dv) (B, S, E), with hw^T the
  * transposed projection (wt_in arranged as in vil_headwise_qkv_backward, block.c, with the same arithmetic), and
- * the matrix's weight and bias sums: sums (3 projections x (4 + 1) x DH), dwt then db, as there. */
+ * its head's channels of batch element b's weight and bias sums: sums (3 projections x (4 + 1) x E), dwt then db, as
+ * there. */
 static void project_matrix_backward(const float *qk_in, const float *v_in, const float *const *wt_in, const float *dq,
                                     const float *dk, const float *dv, float *d_qk_in, float *d_v_in, float *sums,
                                     int64_t b, int64_t hd, int64_t seq_len, int64_t heads, int64_t head_dim) {
@@ -579,19 +581,19 @@ static void project_matrix_backward(const float *qk_in, const float *v_in, const
         for (int64_t c = 0; c < head_dim; ++c) dx[c] = out[c] + dx[c];
         headwise_row(dv + at, wt_in[2], NULL, d_v_in + row + from, from, to, dim);
     }
-    memset(sums, 0, (size_t)(15 * head_dim) * sizeof(float));
+    for (int64_t i = 0; i < 15; ++i) memset(sums + i * dim + from, 0, (size_t)head_dim * sizeof(float));
     const float *grads[3] = {dq, dk, dv}, *inputs[3] = {qk_in, qk_in, v_in};
     for (int p = 0; p < 3; ++p)
         headwise_weight_sums(grads[p], NULL, head_dim, inputs[p] + first + from, dim, seq_len, head_dim,
-                             sums + 5 * p * head_dim, head_dim, sums + (5 * p + 4) * head_dim);
+                             sums + 5 * p * dim + from, dim, sums + (5 * p + 4) * dim + from);
 }
 
 /* vil_mlstm_parallel_backward with q, k and v projected inside, per matrix, as vil_mlstm_parallel_headwise does (the
  * same q, k, v bit for bit), and their own backward pass too, while the matrix's dq, dk, dv are in cache: they never
  * go through memory. Writes d_qk_in and d_v_in (B, S, E), the projections' part of dL/d qk_in and dL/d v_in (the
- * gates' part is added by vil_headwise_qkv_backward), and the weight and bias sums into sums (3 x 5 x E, laid out as
- * vil_headwise_qkv_backward's), formed per matrix in partial (B NH x 15 DH, scratch) and added over the batch in
- * order; row_sum, col_sum and d_log_m as vil_mlstm_parallel_backward. wt_q_in, wt_k_in, wt_v_in: the weights arranged
+ * gates' part is added by vil_headwise_qkv_backward), and adds the weight and bias sums into sums (3 x 5 x E, laid
+ * out as vil_headwise_qkv_backward's), formed per batch element in partial (B x 15 E, scratch; each matrix its
+ * head's channels) and added over the batch in order; row_sum, col_sum and d_log_m as vil_mlstm_parallel_backward. wt_q_in, wt_k_in, wt_v_in: the weights arranged
  * for the transposed projection. */
 int vil_mlstm_parallel_backward_headwise(const float *qk_in, const float *v_in, const float *wq, const float *wk,
                                          const float *wv, const float *bq, const float *bk, const float *bv,
@@ -602,7 +604,7 @@ int vil_mlstm_parallel_backward_headwise(const float *qk_in, const float *v_in, 
                                          int64_t heads, int64_t seq_len, int64_t head_dim, float eps, float min_log,
                                          int64_t threads) {
     const float *weights[3] = {wq, wk, wv}, *biases[3] = {bq, bk, bv}, *wt_in[3] = {wt_q_in, wt_k_in, wt_v_in};
-    const int64_t dim = heads * head_dim, part = 15 * head_dim;
+    const int64_t dim = heads * head_dim;
     int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
@@ -615,24 +617,12 @@ int vil_mlstm_parallel_backward_headwise(const float *qk_in, const float *v_in, 
             project_matrix(qk_in, v_in, weights, biases, w.q, w.k, w.v, b, hd, seq_len, heads, head_dim);
             matrix_backward(w.q, w.k, w.v, dh, h, den, log_m, a, r, w.dq, w.dk, w.dv, row_sum, col_sum, d_log_m, &w,
                             m * seq_len, seq_len, head_dim, head_dim, eps, min_log);
-            project_matrix_backward(qk_in, v_in, wt_in, w.dq, w.dk, w.dv, d_qk_in, d_v_in, partial + m * part, b, hd,
-                                    seq_len, heads, head_dim);
+            project_matrix_backward(qk_in, v_in, wt_in, w.dq, w.dk, w.dv, d_qk_in, d_v_in, partial + b * 15 * dim, b,
+                                    hd, seq_len, heads, head_dim);
         }
         backward_scratch_free(&w);
-        /* sums[(5 p + i) E + hd DH + c] = sum over b, in order, of the matrices' partial[(b NH + hd) 15 DH + (5 p + i)
-         * DH + c] */
-#pragma omp for schedule(static)
-        for (int64_t row = 0; row < 15 * heads; ++row) {
-            const int64_t i = row / heads, hd = row % heads;
-            float *out = sums + i * dim + hd * head_dim;
-            for (int64_t c = 0; c < head_dim; ++c) out[c] = 0.0f;
-            for (int64_t b = 0; b < batch; ++b) {
-                const float *in = partial + (b * heads + hd) * part + i * head_dim;
-#pragma omp simd
-                for (int64_t c = 0; c < head_dim; ++c) out[c] += in[c];
-            }
-        }
     }
+    if (!failed) sum_parts(partial, batch, 15 * dim, sums, 15 * dim, (int)threads);
     return failed ? -1 : 0;
 }
 
