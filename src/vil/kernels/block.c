@@ -73,8 +73,7 @@ void vil_headwise_qkv(const float *qk_in, const float *v_in, const float *wq, co
             for (int64_t h = 0; h < heads; ++h) {
                 const int64_t dst = ((b * heads + h) * seq_len + s) * head_dim;
                 const int64_t from = h * head_dim, to = from + head_dim;
-                headwise_row(qk_in + row, wq, bq, q + dst, from, to, dim);
-                headwise_row(qk_in + row, wk, bk, k + dst, from, to, dim);
+                headwise_row_pair(qk_in + row, wq, bq, wk, bk, q + dst, k + dst, from, to, dim);
                 headwise_row(v_in + row, wv, bv, v + dst, from, to, dim);
             }
         }
