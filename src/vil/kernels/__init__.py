@@ -50,11 +50,11 @@ __all__ = [
 
 def usable(*tensors: torch.Tensor | None) -> bool:
     """Whether the kernels can compute on these tensors: float32 on the CPU, outside torch.compile and autocast."""
-    present = [t for t in tensors if t is not None]
     if is_disabled() or torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
         return False
-    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in present):
-        return False
+    for t in tensors:  # a plain loop with is_cpu and dtype identity: this runs several times per block and call
+        if t is not None and (not t.is_cpu or t.dtype is not torch.float32):
+            return False
     return library() is not None
 
 
