@@ -83,12 +83,15 @@ def fold_into_linear(
     """``x_1, .., x_n -> weight @ cat(projection_1(x_1), .., projection_n(x_n))`` as linear maps of each x_i: weight
     (O, n E) -> the folded weights (n, O, E) and the bias they contribute (O,), or None without biases.
 
-    Written as one broadcast product and sum rather than an einsum per projection: in training the fold runs with
-    autograd on every forward pass, where a dozen tiny ops per projection cost more than the arithmetic."""
-    blocks = torch.stack([p.weight for p in projections]).unsqueeze(1)  # (n, 1, NB, o, i)
-    count, _, num_blocks, out_size, in_size = blocks.shape
-    per_block = weight.view(-1, count, num_blocks, out_size).transpose(0, 1).unsqueeze(-1)  # (n, O, NB, o, 1)
-    folded = (per_block * blocks).sum(dim=3).view(count, -1, num_blocks * in_size)  # (n, O, E), contiguous
+    Written as one batched product over (projection, block) rather than an einsum per projection: in training the
+    fold runs with autograd on every forward pass, where a dozen tiny ops per projection cost more than the
+    arithmetic (and a broadcast product and sum, as before, ~20 % more than this in a ViL-T block, forward and
+    backward; the same values)."""
+    blocks = torch.stack([p.weight for p in projections])  # (n, NB, o, i)
+    count, num_blocks, out_size, in_size = blocks.shape
+    per_block = weight.view(-1, count, num_blocks, out_size).permute(1, 2, 0, 3)  # (n, NB, O, o)
+    folded = torch.matmul(per_block, blocks)  # (n, NB, O, i)
+    folded = folded.transpose(1, 2).reshape(count, -1, num_blocks * in_size)  # (n, O, E), contiguous
     if projections[0].bias is None:
         return folded, None
     return folded, weight @ torch.cat([p.bias for p in projections])
