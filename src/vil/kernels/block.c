@@ -148,8 +148,9 @@ static inline const float *tap_row(const float *x, int64_t b, int64_t i, int64_t
 #define CONV_VECS 4 /* vectors of channels whose sums stay in registers across the taps */
 
 /* pre[ch] = bias[ch] + sum over the k x k taps inside the image, in tap order, of weight[tap][ch] x[pixel + tap][ch]
- * for pixel (b, i, j), then SiLU with silu set; with flipped set the kernel turned by 180 degrees (weight[k*k - 1 -
- * tap]), the transposed conv of the backward pass. The taps' rows are found first; then CONV_VECS vectors of channels
+ * for pixel (b, i, j), then SiLU with silu set; with flipped set the kernel turned by 180 degrees (weight[n] applied
+ * to tap k*k - 1 - n), the transposed conv of the backward pass, summed in the same weight order as before it used
+ * this routine (the same bits). The taps' rows are found first; then CONV_VECS vectors of channels
  * at a time are summed in registers across them and stored once, SiLU applied in registers. Against the two
  * versions before (a pass over the row per tap in the forward pass; in the backward pass a register block whose
  * width was a variable, so that its sums went through memory): forward 0.67 against 0.78 ms, backward 1.91
@@ -160,9 +161,10 @@ static void conv_pixel(const float *x, const float *weight, const float *bias, f
                        int flipped) {
     const float *rows[kernel * kernel], *weights[kernel * kernel];
     int64_t taps = 0;
-    for (int64_t tap = 0; tap < kernel * kernel; ++tap) {
+    for (int64_t n = 0; n < kernel * kernel; ++n) { /* weight n reads tap n, or the tap opposite it when flipped */
+        const int64_t tap = flipped ? kernel * kernel - 1 - n : n;
         rows[taps] = tap_row(x, b, i, j, tap / kernel, tap % kernel, height, width, channels, kernel);
-        weights[taps] = weight + (flipped ? kernel * kernel - 1 - tap : tap) * channels;
+        weights[taps] = weight + n * channels;
         taps += rows[taps] != NULL;
     }
     int64_t ch = 0;
@@ -545,9 +547,9 @@ void vil_conv2d_silu_backward(const float *x, const float *weight, const float *
     }
     sum_parts(partial, parts, stride, d_weight, taps * channels, (int)threads);
     if (d_bias) sum_parts(partial + taps * channels, parts, stride, d_bias, channels, (int)threads);
-    /* dx[i, j] = sum over taps of weight[di, dj] d_pre[i - di + k/2, j - dj + k/2]: the conv of d_pre with the kernel
-     * turned by 180 degrees (as fast as the pass over dx's row per tap that it replaced, 2.16 against 2.13 ms per
-     * ViL-T call at 224 x 8) */
+    /* dx[i, j] = sum over taps of weight[di, dj] d_pre[i - di + k/2, j - dj + k/2], in weight order: the conv of d_pre
+     * with the kernel turned by 180 degrees (as fast as the pass over dx's row per tap that it replaced, 2.16 against
+     * 2.13 ms per ViL-T call at 224 x 8, and the same bits) */
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t t = 0; t < pixels; ++t) {
         const int64_t b = t / (height * width), i = t / width % height, j = t % width;
