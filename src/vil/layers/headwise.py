@@ -86,7 +86,7 @@ def fold_into_linear(
     Written as one batched product over (projection, block) rather than an einsum per projection: in training the
     fold runs with autograd on every forward pass, where a dozen tiny ops per projection cost more than the
     arithmetic (and a broadcast product and sum, as before, ~20 % more than this in a ViL-T block, forward and
-    backward; the same values)."""
+    backward; the same forward values)."""
     blocks = torch.stack([p.weight for p in projections])  # (n, NB, o, i)
     count, num_blocks, out_size, in_size = blocks.shape
     per_block = weight.view(-1, count, num_blocks, out_size).permute(1, 2, 0, 3)  # (n, NB, O, o)
