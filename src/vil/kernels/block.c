@@ -150,12 +150,11 @@ static inline const float *tap_row(const float *x, int64_t b, int64_t i, int64_t
 /* pre[ch] = bias[ch] + sum over the k x k taps inside the image, in tap order, of weight[tap][ch] x[pixel + tap][ch]
  * for pixel (b, i, j), then SiLU with silu set; with flipped set the kernel turned by 180 degrees (weight[n] applied
  * to tap k*k - 1 - n), the transposed conv of the backward pass, summed in the same weight order as before it used
- * this routine (the same bits). The taps' rows are found first; then CONV_VECS vectors of channels
- * at a time are summed in registers across them and stored once, SiLU applied in registers. Against the two
- * versions before (a pass over the row per tap in the forward pass; in the backward pass a register block whose
- * width was a variable, so that its sums went through memory): forward 0.67 against 0.78 ms, backward 1.91
- * against 2.15 ms (ViL-T 224 x 8, AVX2, one thread, minimum of 60 and 40 calls alternating the builds), the same
- * values bit for bit. */
+ * this routine (the same bits). The taps' rows are found first; then CONV_VECS vectors of channels at a time are
+ * summed in registers across them and stored once, SiLU applied in registers. Against the two versions before (a
+ * pass over the row per tap in the forward pass; in the backward pass a register block whose width was a variable,
+ * so that its sums went through memory): forward 0.67 against 0.78 ms, backward 1.91 against 2.15 ms (ViL-T 224 x
+ * 8, AVX2, one thread, minimum of 60 and 40 calls alternating the builds), the same values bit for bit. */
 static void conv_pixel(const float *x, const float *weight, const float *bias, float *pre, int64_t b, int64_t i,
                        int64_t j, int64_t height, int64_t width, int64_t channels, int64_t kernel, int silu,
                        int flipped) {

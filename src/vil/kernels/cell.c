@@ -606,8 +606,8 @@ static void project_matrix_backward(const float *qk_in, const float *v_in, const
  * go through memory. Writes d_qk_in and d_v_in (B, S, E), the projections' part of dL/d qk_in and dL/d v_in (the
  * gates' part is added by vil_headwise_qkv_backward), and adds the weight and bias sums into sums (3 x 5 x E, laid
  * out as vil_headwise_qkv_backward's), formed per batch element in partial (B x 15 E, scratch; each matrix its
- * head's channels) and added over the batch in order; row_sum, col_sum and d_log_m as vil_mlstm_parallel_backward. wt_q_in, wt_k_in, wt_v_in: the weights arranged
- * for the transposed projection. */
+ * head's channels) and added over the batch in order; row_sum, col_sum and d_log_m as vil_mlstm_parallel_backward.
+ * wt_q_in, wt_k_in, wt_v_in: the weights arranged for the transposed projection. */
 int vil_mlstm_parallel_backward_headwise(const float *qk_in, const float *v_in, const float *wq, const float *wk,
                                          const float *wv, const float *bq, const float *bk, const float *bv,
                                          const float *wt_q_in, const float *wt_k_in, const float *wt_v_in,
