@@ -231,8 +231,9 @@ static void headwise_weight_grads(const float *dy, const float *x, float *dwt, f
  * (a token's slice lies E floats after the one before, a step the hardware prefetchers mostly miss). Against the walk
  * per product with one vector of channels that it replaced (and 4-token tiles of dx whose row count was a variable,
  * so that their sums went through the stack), the gates' share after the cell's backward pass (ViL-T 224 x 8, rows
- * not in cache, median of 80 calls alternating the builds) took 0.55 against 1.72 ms at one thread and 0.38 against
- * 1.14 ms at two (AVX-512; 1.90 against 2.93 ms built for AVX2, one thread), the same values bit for bit. */
+ * not in cache, medians of three runs of 80 calls alternating the builds) took 1.66 against 2.12 ms at one thread and
+ * 0.90 against 1.20 ms at two (AVX-512; built for AVX2, 1.49 against 2.04 ms at one thread), the same values bit for
+ * bit. Its rows come from memory: that, not the arithmetic, is what is left. */
 #define GATE_TILE 8
 #if VW == 16 /* 24 or 16 sums: what the 32 or 16 vector registers hold beside the rest */
 #define GATE_VECS 3
