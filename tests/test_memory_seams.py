@@ -84,6 +84,7 @@ def test_features_for_a_dense_head_buffer_only_the_blocks_they_depend_on():
 def test_the_heap_is_trimmed_once_when_the_backward_pass_starts_if_malloc_is_tuned(monkeypatch, tuned):
     model, images = _small_model(), torch.randn(2, 3, 64, 64)
     calls = []
+    monkeypatch.setattr(cpu_allocator, "TRIM_MIN_TOKENS", 256)  # the small model's sequences count as long
     monkeypatch.setattr(cpu_allocator, "_tuned", tuned)
     monkeypatch.setattr(cpu_allocator, "_glibc_function", lambda name: {"malloc_trim": calls.append}[name])
     with torch.no_grad():
@@ -92,3 +93,14 @@ def test_the_heap_is_trimmed_once_when_the_backward_pass_starts_if_malloc_is_tun
     assert calls == []  # neither a pass without gradients nor the forward pass itself trims
     out.square().sum().backward()
     assert calls == ([0] if tuned else [])
+
+
+@pytest.mark.parametrize("min_tokens", [256, 257])
+def test_only_long_sequences_are_trimmed(monkeypatch, min_tokens):
+    model, images = _small_model(), torch.randn(2, 3, 64, 64)  # 256 tokens per image
+    calls = []
+    monkeypatch.setattr(cpu_allocator, "TRIM_MIN_TOKENS", min_tokens)
+    monkeypatch.setattr(cpu_allocator, "_tuned", True)
+    monkeypatch.setattr(cpu_allocator, "_glibc_function", lambda name: {"malloc_trim": calls.append}[name])
+    model(images).square().sum().backward()
+    assert calls == ([0] if 256 >= min_tokens else [])
