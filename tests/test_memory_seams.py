@@ -103,4 +103,4 @@ def test_only_long_sequences_are_trimmed(monkeypatch, min_tokens):
     monkeypatch.setattr(cpu_allocator, "_tuned", True)
     monkeypatch.setattr(cpu_allocator, "_glibc_function", lambda name: {"malloc_trim": calls.append}[name])
     model(images).square().sum().backward()
-    assert calls == ([0] if 256 >= min_tokens else [])
+    assert calls == ([0] if min_tokens <= 256 else [])

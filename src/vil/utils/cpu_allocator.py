@@ -18,7 +18,7 @@ resident set would otherwise peak with them in it: at 1024 px this lowered ViL-T
 ~100 MiB (943-970 to 842-854 MiB), and at 224 x 8 by ~45 MiB, for ~20 ms per 1024 px step (measured with
 benchmarks/user_script.py; a one-off measurement, see docs/benchmarks.md). The backward pass then faults those
 pages in again, and so does the next forward pass: at 224 x 8 that cost more than the ~45 MiB it saved was worth
-(steps 3-4 % slower with the trim), so only sequences of TRIM_MIN_TOKENS tokens per image or more are trimmed.
+(steps 2-4 % slower with the trim), so only sequences of TRIM_MIN_TOKENS tokens per image or more are trimmed.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ _TRIM_THRESHOLD_MAX = 2**31 - 1
 SWITCH = "VIL_MALLOC_TUNING"  # "0": the library leaves malloc at its defaults
 # From this many tokens per image on (512 px at patch 16), where memory is what limits the image size, the heap is
 # trimmed when the backward pass starts. ViL-T training steps alternated in one process with and without the trim at
-# 224 x 8 (196 tokens), 10-16 pairs, three runs each: without it 0.95-0.99x the time at two threads and 0.95-1.01x
+# 224 x 8 (196 tokens), 6-16 pairs, three runs each: without it 0.95-0.99x the time at two threads and 0.95-1.01x
 # at one (medians 0.98 and 0.96x), 15-17 thousand page faults fewer per step, for ~45 MiB more growth.
 TRIM_MIN_TOKENS = 1024
 _tuned: bool | None = None  # None until first use
