@@ -234,7 +234,8 @@ class VisionLSTM(nn.Module):
 
 def _ready_heap_for_backward(x: torch.Tensor, blocks: nn.ModuleList) -> None:
     """When the backward pass reaches the output x of ``blocks``: their gradients in one buffer
-    (vil.utils.gradient_buffer) and the forward pass's heap holes handed back to the OS (vil.utils.cpu_allocator).
+    (vil.utils.gradient_buffer) and, for long sequences, the forward pass's heap holes handed back to the OS
+    (vil.utils.cpu_allocator).
 
     The hooks run in this order: the buffer is allocated first, into the space the previous step's gradients freed,
     whose pages are still mapped; trimmed first, that space went back to the OS and zeroing the new buffer
