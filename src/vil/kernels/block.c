@@ -269,27 +269,26 @@ static inline __attribute__((always_inline)) void gate_share_tile(const int coun
     for (int j = 0; j < count; ++j)
         for (int v = 0; v < vecs; ++v) vstore(dw + j * dim + v * VW, sums[j][v]);
 }
+
+/* gate_share_tile over all the gates for one tile of vecs vectors of channels: tiles of GATE_TILE gates, then one at a
+ * time, each with its sizes as constants */
+static inline __attribute__((always_inline)) void gate_share_columns(const int vecs, const float *dg, int64_t count,
+                                                                     const float *w, const float *x, float *dx,
+                                                                     float *dw, int64_t n, int64_t dim) {
+    int64_t j = 0;
+    for (; j + GATE_TILE <= count; j += GATE_TILE)
+        gate_share_tile(GATE_TILE, vecs, dg + j, count, w + j * dim, x, dx, dw + j * dim, n, dim);
+    for (; j < count; ++j) gate_share_tile(1, vecs, dg + j, count, w + j * dim, x, dx, dw + j * dim, n, dim);
+}
 #endif
 
 static void gate_share(const float *dg, int64_t count, const float *w, const float *x, float *dx, float *dw, int64_t n,
                        int64_t dim) {
     int64_t c = 0;
 #ifdef VEC
-    for (; c + GATE_VECS * VW <= dim; c += GATE_VECS * VW) {
-        int64_t j = 0;
-        for (; j + GATE_TILE <= count; j += GATE_TILE)
-            gate_share_tile(GATE_TILE, GATE_VECS, dg + j, count, w + j * dim + c, x + c, dx + c, dw + j * dim + c, n,
-                            dim);
-        for (; j < count; ++j) gate_share_tile(1, GATE_VECS, dg + j, count, w + j * dim + c, x + c, dx + c,
-                                               dw + j * dim + c, n, dim);
-    }
-    for (; c + VW <= dim; c += VW) {
-        int64_t j = 0;
-        for (; j + GATE_TILE <= count; j += GATE_TILE)
-            gate_share_tile(GATE_TILE, 1, dg + j, count, w + j * dim + c, x + c, dx + c, dw + j * dim + c, n, dim);
-        for (; j < count; ++j)
-            gate_share_tile(1, 1, dg + j, count, w + j * dim + c, x + c, dx + c, dw + j * dim + c, n, dim);
-    }
+    for (; c + GATE_VECS * VW <= dim; c += GATE_VECS * VW)
+        gate_share_columns(GATE_VECS, dg, count, w + c, x + c, dx + c, dw + c, n, dim);
+    for (; c + VW <= dim; c += VW) gate_share_columns(1, dg, count, w + c, x + c, dx + c, dw + c, n, dim);
 #endif
     for (; c < dim; ++c)
         for (int64_t t = 0; t < n; ++t) {

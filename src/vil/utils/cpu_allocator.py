@@ -82,7 +82,7 @@ def release_when_reached(x: torch.Tensor) -> None:
     """When the backward pass reaches x (B, N, D), hand the heap's free pages back to the OS (glibc's ``malloc_trim``),
     if the library tuned malloc (:func:`tune_on_first_use`), x is a CPU tensor that needs a gradient and its sequences
     are long (TRIM_MIN_TOKENS)."""
-    long_enough = x.ndim == 3 and x.shape[1] >= TRIM_MIN_TOKENS
+    long_enough = x.shape[1] >= TRIM_MIN_TOKENS
     trim = _glibc_function("malloc_trim") if _tuned and long_enough and cpu_backward_ahead(x) else None
     if trim is None:
         return
